@@ -1,0 +1,1 @@
+"""Speed and memory: latency, throughput, peak memory, size on disk."""

@@ -1,0 +1,70 @@
+"""Timing one engine: batch-1 latency from streamed tokens, throughput from batched generation."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from slipstream.benchmark.stats import percentiles, summary
+from slipstream.engines.protocol import Engine, SamplingParams
+
+
+@dataclass(frozen=True)
+class StreamTiming:
+    ttft_s: float  # request start to first token
+    gaps_s: list[float]  # time between consecutive tokens after the first
+    tokens: int
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        total = sum(self.gaps_s)
+        return len(self.gaps_s) / total if total > 0 else float("nan")
+
+
+def time_stream(engine: Engine, prompt: Sequence[int], params: SamplingParams) -> StreamTiming:
+    start = time.perf_counter()
+    stamps = []
+    for _ in engine.stream(prompt, params):
+        stamps.append(time.perf_counter())
+    if not stamps:
+        raise RuntimeError("the engine produced no tokens")
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    return StreamTiming(stamps[0] - start, gaps, len(stamps))
+
+
+def latency(engine: Engine, prompt: Sequence[int], params: SamplingParams, repeats: int, warmup: int,
+            tick: Callable[[], None] = lambda: None) -> dict:
+    """Time to first token and time per output token (p50/p95/p99) over ``repeats`` streamed runs."""
+    for _ in range(warmup):
+        time_stream(engine, prompt, params)
+        tick()
+    runs = []
+    for _ in range(repeats):
+        runs.append(time_stream(engine, prompt, params))
+        tick()
+    gaps = [g for r in runs for g in r.gaps_s]
+    return {
+        "prompt_tokens": len(prompt),
+        "output_tokens": runs[0].tokens,
+        "ttft_s": percentiles([r.ttft_s for r in runs]) | {"runs": summary([r.ttft_s for r in runs])},
+        "tpot_s": percentiles(gaps),
+        "decode_tokens_per_s": summary([r.decode_tokens_per_s for r in runs]),
+    }
+
+
+def throughput(engine: Engine, prompt: Sequence[int], params: SamplingParams, batch_size: int, repeats: int,
+               tick: Callable[[], None] = lambda: None) -> dict:
+    """Output tokens per second generating ``batch_size`` copies of the prompt at once (prefill included)."""
+    prompts = [list(prompt)] * batch_size
+    engine.generate(prompts[:1], params.with_(max_tokens=4, min_tokens=0, ignore_eos=True))  # warm-up
+    rates, seconds = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        done = engine.generate(prompts, params)
+        elapsed = time.perf_counter() - start
+        produced = sum(len(c.token_ids) for c in done)
+        rates.append(produced / elapsed)
+        seconds.append(elapsed)
+        tick()
+    return {"batch_size": batch_size, "output_tokens_per_s": summary(rates), "seconds": summary(seconds)}

@@ -1,0 +1,1 @@
+"""Files to tokens: every engine implements :class:`slipstream.engines.protocol.Engine`."""

@@ -1,0 +1,135 @@
+"""The CTranslate2 engine: runs variants written by the CTranslate2 exporter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from slipstream.engines.finishing import finish
+from slipstream.engines.protocol import Completion, EngineInfo, SamplingParams
+from slipstream.engines.tokenizer import Tokenizer
+from slipstream.extras import require
+
+
+class CTranslate2Engine:
+    name = "ctranslate2"
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        device: str = "cpu",
+        compute_type: str = "default",
+        threads: int | None = None,
+        batch_size: int = 8,
+        max_context: int | None = None,
+    ):
+        ct2 = require("ctranslate2", "ctranslate2", "the CTranslate2 engine")
+        from slipstream.exporters.ctranslate2 import TOKENIZER_DIR, check_runnable
+
+        path = Path(path)
+        check_runnable(path, device, compute_type)
+        self._ct2 = ct2
+        self.device = device
+        self.batch_size = batch_size
+        self.generator = ct2.Generator(str(path), device=device, compute_type=compute_type, intra_threads=threads or 0)
+        self._threads = threads or 0
+        self._tokenizer = Tokenizer.from_dir(path / TOKENIZER_DIR)
+        self.max_context = max_context or _max_context(path / TOKENIZER_DIR)
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self._tokenizer
+
+    def info(self) -> EngineInfo:
+        import os
+
+        threads = self._threads or (os.cpu_count() or 1)
+        return EngineInfo("ctranslate2", self.device, self.generator.compute_type, threads,
+                          {"ctranslate2": self._ct2.__version__})
+
+    def close(self) -> None:
+        self.generator = None
+
+    def _tokens(self, ids: Sequence[int]) -> list[str]:
+        return self._tokenizer.tokens(ids)
+
+    # scoring --------------------------------------------------------------------------------
+    def logprobs(self, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        out: list[np.ndarray] = []
+        for start in range(0, len(sequences), self.batch_size):
+            batch = [list(s) for s in sequences[start : start + self.batch_size]]
+            lp = np.asarray(self.generator.forward_batch(batch, return_log_probs=True))
+            out.extend(np.array(lp[i, : len(s)], dtype=np.float32) for i, s in enumerate(batch))
+        return out
+
+    def score(self, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        out: list[np.ndarray] = []
+        for start in range(0, len(sequences), self.batch_size):
+            batch = [self._tokens(s) for s in sequences[start : start + self.batch_size]]
+            for r in self.generator.score_batch(batch):
+                out.append(np.asarray(r.log_probs, dtype=np.float32))
+        return out
+
+    # generation -----------------------------------------------------------------------------
+    def _options(self, params: SamplingParams) -> dict:
+        if params.seed is not None:
+            self._ct2.set_random_seed(params.seed)
+        greedy = params.greedy
+        return dict(
+            max_length=params.max_tokens,
+            min_length=params.max_tokens if params.ignore_eos else params.min_tokens,
+            sampling_topk=1 if greedy else (params.top_k or 0),
+            sampling_topp=1.0 if greedy else params.top_p,
+            sampling_temperature=1.0 if greedy else params.temperature,
+            end_token=list(self._tokenizer.eos_token_ids) or None,
+            include_prompt_in_result=False,
+        )
+
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Completion]:
+        # With include_prompt_in_result=False, CTranslate2 forwards only the shortest prompt's length at
+        # once and force-decodes the rest into the result; so each call gets prompts of one length.
+        by_length: dict[int, list[int]] = {}
+        for i, p in enumerate(prompts):
+            by_length.setdefault(len(p), []).append(i)
+        out: list[Completion | None] = [None] * len(prompts)
+        for indices in by_length.values():
+            results = self.generator.generate_batch(
+                [self._tokens(prompts[i]) for i in indices],
+                max_batch_size=self.batch_size,
+                return_end_token=True,
+                **self._options(params),
+            )
+            for i, r in zip(indices, results):
+                out[i] = finish(self._tokenizer, len(prompts[i]), r.sequences_ids[0], params)
+        return out  # type: ignore[return-value]
+
+    def stream(self, prompt: Sequence[int], params: SamplingParams) -> Iterator[int]:
+        options = self._options(params)
+        options.pop("include_prompt_in_result")
+        steps = self.generator.generate_tokens(self._tokens(prompt), **options)
+        eos = self._tokenizer.eos_token_ids
+        try:
+            for step in steps:
+                if step.token_id in eos and not params.ignore_eos:
+                    return
+                yield int(step.token_id)
+        finally:
+            close = getattr(steps, "close", None)
+            if close:
+                close()
+
+
+def _max_context(tokenizer_dir: Path) -> int:
+    """The parent model's context length, from its config.json kept beside the tokenizer."""
+    import json
+
+    f = tokenizer_dir / "config.json"
+    if f.exists():
+        cfg = json.loads(f.read_text())
+        for key in ("max_position_embeddings", "n_positions", "max_length"):
+            if cfg.get(key):
+                return int(cfg[key])
+    return 2048

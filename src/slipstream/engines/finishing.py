@@ -1,0 +1,44 @@
+"""Turning raw generated ids into a :class:`Completion`: end-of-sequence and stop strings.
+
+Shared by every engine so that all of them report the same tokens, text and finish reason.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from slipstream.engines.protocol import Completion, SamplingParams
+from slipstream.engines.tokenizer import Tokenizer
+
+
+def finish(tokenizer: Tokenizer, prompt_len: int, generated: Sequence[int], params: SamplingParams) -> Completion:
+    ids = list(generated)
+    reason = "length"
+    if not params.ignore_eos:
+        for i, t in enumerate(ids):
+            if t in tokenizer.eos_token_ids and i >= params.min_tokens:
+                ids, reason = ids[:i], "stop"
+                break
+    ids = ids[: params.max_tokens]
+    text = tokenizer.decode(ids)
+    if params.stop:
+        cut = first_stop(text, params.stop)
+        if cut is not None:
+            text = text[:cut]
+            ids = _tokens_covering(tokenizer, ids, text)
+            reason = "stop"
+    return Completion(token_ids=ids, text=text, finish_reason=reason, prompt_tokens=prompt_len)
+
+
+def first_stop(text: str, stops: Sequence[str]) -> int | None:
+    """Index where the earliest stop string starts in ``text``, or None."""
+    hits = [i for s in stops if s and (i := text.find(s)) >= 0]
+    return min(hits) if hits else None
+
+
+def _tokens_covering(tokenizer: Tokenizer, ids: list[int], text: str) -> list[int]:
+    """The shortest prefix of ``ids`` whose decoded text reaches ``text`` (the part before a stop)."""
+    for n in range(len(ids) + 1):
+        if len(tokenizer.decode(ids[:n])) >= len(text):
+            return ids[:n]
+    return ids

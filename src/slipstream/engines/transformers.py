@@ -1,0 +1,164 @@
+"""The transformers (PyTorch) engine: the reference every other engine is checked against."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from slipstream.engines.finishing import finish
+from slipstream.engines.protocol import Completion, EngineInfo, SamplingParams
+from slipstream.engines.tokenizer import Tokenizer
+from slipstream.errors import Unsupported
+from slipstream.extras import require
+
+
+class TransformersEngine:
+    name = "transformers"
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        device: str = "cpu",
+        dtype: str = "float32",
+        threads: int | None = None,
+        trust_remote_code: bool = False,
+        batch_size: int = 8,
+    ):
+        torch = require("torch", "core", "the transformers engine")
+        from transformers import AutoModelForCausalLM
+
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise Unsupported("device 'cuda' asked for, but torch sees no CUDA device here")
+        if threads:
+            torch.set_num_threads(threads)
+        self._torch = torch
+        self.device = device
+        self.dtype = dtype
+        self.batch_size = batch_size
+        self.model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
+        ).to(device)
+        self.model.eval()
+        self._tokenizer = Tokenizer.from_dir(path, trust_remote_code=trust_remote_code)
+        cfg = self.model.config
+        self.max_context = int(
+            getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 2048
+        )
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self._tokenizer
+
+    def info(self) -> EngineInfo:
+        return EngineInfo("transformers", self.device, self.dtype, self._torch.get_num_threads(),
+                          {"torch": self._torch.__version__})
+
+    def close(self) -> None:
+        self.model = None
+
+    # scoring --------------------------------------------------------------------------------
+    def _log_softmax(self, batch: Sequence[Sequence[int]]) -> Any:
+        torch = self._torch
+        width = max(len(s) for s in batch)
+        ids = torch.full((len(batch), width), self._tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, s in enumerate(batch):
+            ids[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
+            mask[i, : len(s)] = 1
+        with torch.inference_mode():
+            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+            return logits.float().log_softmax(-1).cpu()
+
+    def logprobs(self, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        out: list[np.ndarray] = []
+        for start in range(0, len(sequences), self.batch_size):
+            batch = sequences[start : start + self.batch_size]
+            lp = self._log_softmax(batch)
+            out.extend(lp[i, : len(s)].numpy() for i, s in enumerate(batch))
+        return out
+
+    def score(self, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        torch = self._torch
+        out: list[np.ndarray] = []
+        for start in range(0, len(sequences), self.batch_size):
+            batch = sequences[start : start + self.batch_size]
+            lp = self._log_softmax(batch)
+            for i, s in enumerate(batch):
+                target = torch.tensor(list(s[1:]), dtype=torch.long)
+                out.append(lp[i, : len(s) - 1].gather(-1, target[:, None])[:, 0].numpy())
+        return out
+
+    # generation -----------------------------------------------------------------------------
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Completion]:
+        torch = self._torch
+        from transformers import GenerationConfig
+
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        width = max(len(p) for p in prompts)
+        pad = self._tokenizer.pad_token_id
+        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):  # left padding, as decoder-only generation needs
+            ids[i, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+            mask[i, width - len(p) :] = 1
+        config = GenerationConfig(
+            max_new_tokens=params.max_tokens,
+            min_new_tokens=params.max_tokens if params.ignore_eos else params.min_tokens,
+            do_sample=not params.greedy,
+            # unset for greedy decoding, where transformers warns that they are unused
+            temperature=None if params.greedy else params.temperature,
+            top_k=None if params.greedy else params.top_k,
+            top_p=None if params.greedy else params.top_p,
+            eos_token_id=list(self._tokenizer.eos_token_ids) or None,
+            pad_token_id=pad,
+        )
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=ids.to(self.device), attention_mask=mask.to(self.device), generation_config=config
+            )
+        return [
+            finish(self._tokenizer, len(p), out[i, width:].tolist(), params) for i, p in enumerate(prompts)
+        ]
+
+    def stream(self, prompt: Sequence[int], params: SamplingParams) -> Iterator[int]:
+        torch = self._torch
+        gen = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
+        eos = list(self._tokenizer.eos_token_ids)
+        min_tokens = params.max_tokens if params.ignore_eos else params.min_tokens
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.tensor([list(prompt)], device=self.device), use_cache=True)
+            for step in range(params.max_tokens):
+                logits = out.logits[0, -1].float().cpu()
+                if step < min_tokens and eos:
+                    logits[eos] = float("-inf")
+                token = pick(logits, params, gen)
+                if token in eos and step >= min_tokens:
+                    return
+                yield token
+                out = self.model(
+                    input_ids=torch.tensor([[token]], device=self.device),
+                    past_key_values=out.past_key_values,
+                    use_cache=True,
+                )
+
+
+def pick(logits: Any, params: SamplingParams, generator: Any = None) -> int:
+    """Choose the next token from one row of logits (greedy, or temperature/top-k/top-p sampling)."""
+    import torch
+
+    if params.greedy:
+        return int(torch.argmax(logits))
+    scores = logits / params.temperature
+    if params.top_k:
+        kth = torch.topk(scores, min(params.top_k, scores.numel())).values[-1]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, descending=True)
+        cum = sorted_scores.softmax(-1).cumsum(-1)
+        drop = cum - sorted_scores.softmax(-1) > params.top_p
+        scores = scores.scatter(0, order[drop], float("-inf"))
+    return int(torch.multinomial(scores.softmax(-1), 1, generator=generator))

@@ -1,0 +1,1 @@
+"""Accuracy checks, run through the Engine protocol so every engine is scored the same way."""

@@ -1,0 +1,98 @@
+"""CTranslate2 conversion, the first headline optimization: one config, one export function.
+
+The variant directory holds CTranslate2's own files (``model.bin``, ``config.json``, vocabulary) and
+a ``tokenizer/`` folder with the parent's tokenizer and transformers config, so it is self-contained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+from typing import Literal
+
+from slipstream.errors import Unsupported
+from slipstream.extras import require
+from slipstream.progress import Progress, or_null
+from slipstream.techniques.config import TechniqueConfig
+
+Quantization = Literal[
+    "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16", "float32"
+]
+QUANTIZATIONS: tuple[str, ...] = Quantization.__args__  # type: ignore[attr-defined]
+TOKENIZER_DIR = "tokenizer"
+
+# What CTranslate2 can compute on CUDA (compute capability permitting); used when the target is
+# a GPU this machine does not have. On a present device we ask CTranslate2 itself.
+_CUDA_TYPES = frozenset({"float32", "float16", "bfloat16", "int8", "int8_float32", "int8_float16", "int8_bfloat16"})
+
+
+@dataclasses.dataclass(frozen=True)
+class CTranslate2(TechniqueConfig):
+    """Convert a transformers model to CTranslate2, quantizing weights to ``quantization``."""
+
+    technique = "ctranslate2"
+    quantization: Quantization = "int8"
+
+    def slug(self) -> str:
+        return f"ct2-{self.quantization}"
+
+
+def supported_types(device: str) -> frozenset[str]:
+    ct2 = require("ctranslate2", "ctranslate2", "CTranslate2 conversion")
+    if device == "cuda" and ct2.get_cuda_device_count() == 0:
+        return _CUDA_TYPES
+    return frozenset(ct2.get_supported_compute_types(device))
+
+
+def check_device(config: CTranslate2, device: str) -> None:
+    """Reject a quantization type the target device cannot run."""
+    types = supported_types(device)
+    if config.quantization not in types:
+        hint = "; float16/bfloat16 types need a CUDA GPU (--device cuda)" if device == "cpu" else ""
+        raise Unsupported(
+            f"CTranslate2 quantization {config.quantization!r} cannot run on {device} here "
+            f"(supported: {', '.join(sorted(types))}){hint}"
+        )
+
+
+def export(src: Path, out: Path, config: CTranslate2, device: str = "cpu", progress: Progress | None = None) -> dict:
+    """Convert the transformers model in ``src`` into ``out``; return facts for the manifest."""
+    check_device(config, device)
+    ct2 = require("ctranslate2", "ctranslate2", "CTranslate2 conversion")
+    from ctranslate2.converters import TransformersConverter
+
+    with or_null(progress).task(f"converting to CTranslate2 {config.quantization}"):
+        converter = TransformersConverter(str(src), low_cpu_mem_usage=True)
+        converter.convert(str(out), quantization=config.quantization, force=True)
+    tok = out / TOKENIZER_DIR
+    tok.mkdir(exist_ok=True)
+    from slipstream.models.checks import CONFIG_FILES, TOKENIZER_FILES
+
+    for name in (*CONFIG_FILES, *TOKENIZER_FILES):
+        if (src / name).exists():
+            shutil.copy2(src / name, tok / name)
+    return {"ctranslate2": ct2.__version__, "device": device}
+
+
+def check_runnable(path: Path, device: str, compute_type: str = "default") -> None:
+    """Refuse to load a variant whose weights type the device cannot compute in, instead of letting
+    CTranslate2 silently fall back to another type."""
+    wanted = compute_type if compute_type not in ("default", "auto") else stored_quantization(path)
+    if wanted is None:
+        return
+    types = supported_types(device)
+    if wanted not in types:
+        raise Unsupported(
+            f"{path.name}: CTranslate2 {wanted!r} cannot run on {device} here (supported: "
+            f"{', '.join(sorted(types))}); pass a supported compute_type to convert it at load time"
+        )
+
+
+def stored_quantization(path: Path) -> str | None:
+    manifest = path / "slipstream.json"
+    if manifest.exists():
+        technique = json.loads(manifest.read_text()).get("technique") or {}
+        return technique.get("quantization")
+    return None

@@ -1,0 +1,1 @@
+"""Where a model comes from: a Hugging Face directory, a hub id, a GGUF file, or a bundled package."""

@@ -1,0 +1,92 @@
+"""``optimize``: apply one technique to a model in the store and register the variant it makes.
+
+The sequence is fixed and readable: resolve the parent, build and check the config, stage,
+run the technique, write the manifest, commit atomically.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from slipstream.benchmark.memory import peak_rss_bytes
+from slipstream.devices import resolve_device
+from slipstream.errors import Unsupported
+from slipstream.extras import library_versions
+from slipstream.progress import Progress
+from slipstream.store import Store, Variant
+from slipstream.techniques.config import TechniqueConfig
+from slipstream.techniques.registry import make_config, spec_for
+
+
+def optimize(
+    model: str,
+    technique: TechniqueConfig | str,
+    options: dict[str, Any] | None = None,
+    *,
+    name: str | None = None,
+    device: str | None = None,
+    store: Store | None = None,
+    progress: Progress | None = None,
+) -> Variant:
+    """Make a variant of ``model`` with ``technique`` (a config, or a technique name plus options).
+
+    >>> optimize("smollm2-135m", CTranslate2(quantization="int8"))  # doctest: +SKIP
+    """
+    store = store or Store()
+    config = make_config(technique, options) if isinstance(technique, str) else technique
+    spec = spec_for(config)
+    parent = store.get(model)
+    if parent.format not in spec.input_formats:
+        raise Unsupported(
+            f"technique {spec.name!r} takes a {' or '.join(spec.input_formats)} model, "
+            f"but {parent.name!r} is {parent.format!r}"
+        )
+    target = resolve_device(device)
+    run = spec.load()  # imports the backend; a missing extra fails here with its install hint
+    name = name or f"{parent.name}-{config.slug()}"
+    with store.stage(name) as staged:
+        start = time.perf_counter()
+        facts = run(parent.path, staged, config, device=target, progress=progress) or {}
+        facts |= {"seconds": round(time.perf_counter() - start, 3), "process_peak_rss_bytes": peak_rss_bytes()}
+        return store.commit(
+            staged,
+            name=name,
+            kind="variant",
+            format=spec.output_format,
+            architecture=parent.architecture,
+            parameters=parent.parameters,
+            source=f"{spec.name} of {parent.name}",
+            parent=parent.name,
+            technique=config.to_dict(),
+            device=target,
+            versions=library_versions(*(spec.extra,) if spec.extra else ()),
+            extra={"facts": facts},
+        )
+
+
+def build(
+    model: str,
+    steps: list[TechniqueConfig],
+    *,
+    device: str | None = None,
+    store: Store | None = None,
+    progress: Progress | None = None,
+) -> Variant:
+    """Apply ``steps`` in order (a recipe), reusing any step already in the store.
+
+    Each step's variant is named ``<input>-<slug>``, so a recipe run twice, or interrupted and run
+    again, finds its finished steps and does only what is left.
+    """
+    store = store or Store()
+    current = store.get(model)
+    for step in steps:
+        name = f"{current.name}-{step.slug()}"
+        if store.exists(name):
+            existing = store.get(name)
+            if existing.technique != step.to_dict() or existing.parent != current.name:
+                raise Unsupported(f"{name!r} exists in the store but was made differently; remove it or rename")
+            current = existing
+            continue
+        current = optimize(current.name, step, name=name, device=device, store=store, progress=progress)
+    return current

@@ -1,0 +1,233 @@
+"""The local store: model and variant directories under ``$SLIPSTREAM_HOME`` plus the registry.
+
+Writes are atomic: a variant is built in ``staging/``, its manifest written last, then renamed into
+``variants/`` in one step and only then registered. A process killed at any point leaves either
+nothing or a complete directory; :meth:`Store.recover` removes dead staging directories and
+re-registers complete directories whose registry row is missing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from slipstream.errors import InvalidConfig, NotFound, SlipstreamError
+from slipstream.extras import library_versions
+from slipstream.home import slipstream_home
+from slipstream.store.manifest import MANIFEST, Manifest, list_files, tree_digest
+from slipstream.store.registry import Registry, ResultRow, VariantRow, now
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A model or variant in the store (an imported model is a variant with no parent)."""
+
+    name: str
+    kind: str
+    format: str
+    architecture: str | None
+    parameters: int | None
+    size_bytes: int
+    sha256: str
+    source: str | None
+    parent: str | None
+    technique: dict[str, Any] | None
+    device: str | None
+    path: Path
+    created: str
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["path"] = str(self.path)
+        return d
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise InvalidConfig(
+            f"invalid name {name!r}: use letters, digits, '.', '_' and '-', starting with a letter or digit"
+        )
+    return name
+
+
+class Store:
+    def __init__(self, home: Path | str | None = None):
+        self.home = Path(home).expanduser().resolve() if home else slipstream_home()
+        self.variants_dir = self.home / "variants"
+        self.staging_dir = self.home / "staging"
+        self.variants_dir.mkdir(parents=True, exist_ok=True)
+        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        self.registry = Registry(self.home / "registry.sqlite")
+        self.recover()
+
+    # reading --------------------------------------------------------------------------------
+    def get(self, name: str) -> Variant:
+        row = self.registry.get_variant(name)
+        if row is None:
+            known = [v.name for v in self.registry.variants()]
+            hint = f"; known: {', '.join(known)}" if known else "; the store is empty (slipstream models import ...)"
+            raise NotFound(f"no model or variant named {name!r} in {self.home}{hint}")
+        return self._variant(row)
+
+    def exists(self, name: str) -> bool:
+        return self.registry.get_variant(name) is not None
+
+    def list(self, kind: str | None = None) -> list[Variant]:
+        return [self._variant(r) for r in self.registry.variants(kind)]
+
+    def children(self, name: str) -> list[Variant]:
+        return [v for v in self.list() if v.parent == name]
+
+    def _variant(self, row: VariantRow) -> Variant:
+        d = dict(row.__dict__)
+        d["path"] = self.home / row.path
+        return Variant(**d)
+
+    # writing --------------------------------------------------------------------------------
+    @contextmanager
+    def stage(self, name: str) -> Iterator[Path]:
+        """A fresh staging directory, removed if the block raises (or the process dies)."""
+        check_name(name)
+        if self.exists(name) or (self.variants_dir / name).exists():
+            raise InvalidConfig(f"{name!r} already exists in the store; choose another --name or remove it first")
+        tmp = self.staging_dir / f"{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True)
+        try:
+            yield tmp
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def commit(
+        self,
+        staged: Path,
+        *,
+        name: str,
+        kind: str,
+        format: str,
+        architecture: str | None,
+        parameters: int | None,
+        source: str | None,
+        parent: str | None = None,
+        technique: dict[str, Any] | None = None,
+        device: str | None = None,
+        versions: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> Variant:
+        """Write the manifest, move ``staged`` into place in one rename, then register it."""
+        files = list_files(staged)
+        manifest = Manifest(
+            name=name,
+            kind=kind,
+            format=format,
+            architecture=architecture,
+            parameters=parameters,
+            source=source,
+            parent=parent,
+            technique=technique,
+            device=device,
+            library_versions=versions or library_versions(),
+            files=files,
+            size_bytes=sum(f.size for f in files),
+            sha256=tree_digest(files),
+            created=now(),
+            extra=extra or {},
+        )
+        manifest.write(staged)
+        final = self.variants_dir / name
+        if final.exists():
+            raise InvalidConfig(f"{name!r} already exists in the store")
+        os.replace(staged, final)
+        self._register(manifest)
+        return self.get(name)
+
+    def _register(self, m: Manifest) -> None:
+        self.registry.add_variant(
+            VariantRow(
+                name=m.name,
+                kind=m.kind,
+                format=m.format,
+                architecture=m.architecture,
+                parameters=m.parameters,
+                size_bytes=m.size_bytes,
+                sha256=m.sha256,
+                source=m.source,
+                parent=m.parent,
+                technique=m.technique,
+                device=m.device,
+                path=str((self.variants_dir / m.name).relative_to(self.home)),
+                created=m.created,
+            )
+        )
+
+    def remove(self, name: str) -> None:
+        variant = self.get(name)
+        children = self.children(name)
+        if children:
+            raise SlipstreamError(
+                f"cannot remove {name!r}: variants derive from it ({', '.join(c.name for c in children)})"
+            )
+        self.registry.remove_variant(name)
+        shutil.rmtree(variant.path, ignore_errors=True)
+
+    def manifest(self, name: str) -> Manifest:
+        return Manifest.read(self.get(name).path)
+
+    # results --------------------------------------------------------------------------------
+    def add_result(self, variant: str, kind: str, key: str, settings: dict, metrics: dict,
+                   machine: dict, versions: dict) -> int:
+        return self.registry.add_result(variant, kind, key, settings, metrics, machine, versions)
+
+    def result(self, variant: str, kind: str, key: str) -> ResultRow | None:
+        rows = self.registry.results(variant, kind, key)
+        return rows[-1] if rows else None
+
+    def results(self, variant: str | None = None, kind: str | None = None) -> list[ResultRow]:
+        return self.registry.results(variant, kind)
+
+    # crash recovery -------------------------------------------------------------------------
+    def recover(self) -> None:
+        for tmp in self.staging_dir.iterdir():
+            pid = _pid_of(tmp.name)
+            if pid is None or not _alive(pid):
+                shutil.rmtree(tmp, ignore_errors=True)
+        for d in self.variants_dir.iterdir():
+            if not d.is_dir():
+                continue
+            if not (d / MANIFEST).exists():
+                # Only a rename can put a directory here, and it always carries a manifest;
+                # anything else is not ours to keep.
+                shutil.rmtree(d, ignore_errors=True)
+            elif self.registry.get_variant(d.name) is None:
+                self._register(Manifest.read(d))
+
+
+def _pid_of(staging_name: str) -> int | None:
+    parts = staging_name.rsplit(".", 2)
+    try:
+        return int(parts[1]) if len(parts) == 3 else None
+    except ValueError:
+        return None
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+__all__ = ["Store", "Variant", "check_name"]

@@ -1,0 +1,88 @@
+"""The manifest written into every model and variant directory (``slipstream.json``).
+
+It holds everything the registry row holds, plus the file list, so the registry can be rebuilt
+from the directories alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "slipstream.json"
+MANIFEST_VERSION = 1
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    kind: str  # "model" (imported) or "variant" (derived from a parent)
+    format: str  # "hf", "ctranslate2", ...
+    architecture: str | None
+    parameters: int | None
+    source: str | None
+    parent: str | None
+    technique: dict[str, Any] | None
+    device: str | None
+    library_versions: dict[str, str]
+    files: tuple[FileEntry, ...]
+    size_bytes: int
+    sha256: str
+    created: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["slipstream_manifest"] = MANIFEST_VERSION
+        return json.dumps(data, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Manifest":
+        data = dict(data)
+        data.pop("slipstream_manifest", None)
+        data["files"] = tuple(FileEntry(**f) for f in data.get("files", ()))
+        return cls(**data)
+
+    @classmethod
+    def read(cls, directory: Path) -> "Manifest":
+        return cls.from_dict(json.loads((directory / MANIFEST).read_text()))
+
+    def write(self, directory: Path) -> None:
+        tmp = directory / (MANIFEST + ".tmp")
+        tmp.write_text(self.to_json())
+        tmp.replace(directory / MANIFEST)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def list_files(directory: Path) -> tuple[FileEntry, ...]:
+    """Every file under ``directory`` (except the manifest), with size and sha256, sorted by path."""
+    entries = []
+    for p in sorted(directory.rglob("*")):
+        if p.is_file() and p.name not in (MANIFEST, MANIFEST + ".tmp"):
+            entries.append(FileEntry(str(p.relative_to(directory)), p.stat().st_size, sha256_file(p)))
+    return tuple(entries)
+
+
+def tree_digest(files: tuple[FileEntry, ...]) -> str:
+    """One sha256 for a set of files: the hash of their sorted (path, sha256) pairs."""
+    h = hashlib.sha256()
+    for f in sorted(files, key=lambda e: e.path):
+        h.update(f"{f.path}\0{f.sha256}\n".encode())
+    return h.hexdigest()

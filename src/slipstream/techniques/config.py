@@ -1,0 +1,106 @@
+"""The base every technique config derives from: a frozen dataclass with checked fields."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, ClassVar, Literal, Union, get_args, get_origin
+
+from slipstream.errors import InvalidConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class TechniqueConfig:
+    """Subclasses are frozen dataclasses; the config is the identity of the variant it makes."""
+
+    technique: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    def slug(self) -> str:
+        """A short name for variants made with this config (``ct2-int8``)."""
+        return "-".join([self.technique, *(str(v) for v in dataclasses.astuple(self))])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"technique": self.technique, **dataclasses.asdict(self)}
+
+
+def check_fields(config: Any) -> None:
+    """Check every field against its annotation (Literal choices, int, float, bool, str)."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if not _matches(value, hints[f.name]):
+            raise InvalidConfig(
+                f"{config.technique}: {f.name}={value!r} is not valid; expected {describe(hints[f.name])}"
+            )
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin = get_origin(hint)
+    if origin is Literal:
+        return value in get_args(hint)
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, h) for h in get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin in (tuple, list):
+        args = [a for a in get_args(hint) if a is not Ellipsis]
+        return isinstance(value, (tuple, list)) and all(_matches(v, args[0]) for v in value) if args else True
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
+
+
+def describe(hint: Any) -> str:
+    origin = get_origin(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(hint))
+    if origin in (Union, types.UnionType):
+        return " or ".join(describe(h) for h in get_args(hint))
+    if hint is type(None):
+        return "None"
+    return getattr(hint, "__name__", str(hint))
+
+
+def coerce(text: str, hint: Any) -> Any:
+    """Turn a command-line string into a value of the annotated type (checked later)."""
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        if text.lower() in ("none", "null") and type(None) in get_args(hint):
+            return None
+        for h in get_args(hint):
+            if h is type(None):
+                continue
+            try:
+                value = coerce(text, h)
+            except ValueError:
+                continue
+            if _matches(value, h):
+                return value
+        return text
+    if origin is Literal:
+        for choice in get_args(hint):
+            if str(choice) == text:
+                return choice
+        return text
+    if hint is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(text)
+    if hint is int:
+        return int(text)
+    if hint is float:
+        return float(text)
+    if origin in (tuple, list):
+        (inner, *_) = get_args(hint) or (str,)
+        return tuple(coerce(t.strip(), inner) for t in text.split(",") if t.strip())
+    return text

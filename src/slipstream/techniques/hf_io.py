@@ -1,0 +1,30 @@
+"""Loading and saving transformers models for transforms (model in, model out, same format)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from slipstream.extras import require
+from slipstream.models.checks import CONFIG_FILES, TOKENIZER_FILES
+
+
+def load_model(src: Path, dtype: str = "float32", device: str = "cpu") -> Any:
+    torch = require("torch", "core")
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=getattr(torch, dtype)).to(device)
+    model.eval()
+    return model
+
+
+def save_model(model: Any, src: Path, out: Path) -> None:
+    """Save ``model`` as safetensors beside the parent's tokenizer files."""
+    model.save_pretrained(out)
+    for name in (*TOKENIZER_FILES, "generation_config.json"):
+        if (src / name).exists() and not (out / name).exists():
+            shutil.copy2(src / name, out / name)
+    for name in CONFIG_FILES:
+        if not (out / name).exists() and (src / name).exists():
+            shutil.copy2(src / name, out / name)

@@ -1,0 +1,1 @@
+"""Quantization transforms (model in, model out)."""

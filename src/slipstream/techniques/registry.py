@@ -1,0 +1,95 @@
+"""The one registry of techniques. Specs name their function by import path, so nothing heavy
+is imported until a technique actually runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+from slipstream.errors import InvalidConfig, NotFound
+from slipstream.techniques.config import TechniqueConfig, coerce
+
+Kind = Literal["transform", "export"]
+
+
+@dataclass(frozen=True)
+class TechniqueSpec:
+    name: str
+    kind: Kind
+    config: type[TechniqueConfig]
+    function: str  # "package.module:function"
+    output_format: str  # the format of the variant it writes ("hf", "ctranslate2", ...)
+    summary: str
+    input_formats: tuple[str, ...] = ("hf",)
+    extra: str | None = None  # the pip extra that provides its library
+    needs_calibration: bool = False
+
+    def load(self) -> Callable[..., Any]:
+        module, _, attr = self.function.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def options(self) -> dict[str, Any]:
+        """Field name -> (type hint, default) for the technique's config."""
+        hints = typing.get_type_hints(self.config)
+        return {f.name: (hints[f.name], f.default) for f in dataclasses.fields(self.config)}
+
+
+_REGISTRY: dict[str, TechniqueSpec] = {}
+
+
+def register(spec: TechniqueSpec) -> TechniqueSpec:
+    if spec.name in _REGISTRY:
+        raise ValueError(f"technique {spec.name!r} registered twice")
+    if spec.config.technique != spec.name:
+        raise ValueError(f"{spec.config.__name__}.technique must be {spec.name!r}")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def _ensure_loaded() -> None:
+    importlib.import_module("slipstream.techniques.catalog")
+
+
+def get(name: str) -> TechniqueSpec:
+    _ensure_loaded()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise NotFound(f"unknown technique {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def all_techniques() -> list[TechniqueSpec]:
+    _ensure_loaded()
+    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+
+
+def spec_for(config: TechniqueConfig) -> TechniqueSpec:
+    return get(config.technique)
+
+
+def make_config(name: str, options: dict[str, Any] | None = None) -> TechniqueConfig:
+    """Build a technique's config from options given as strings (CLI) or values (Python, files)."""
+    spec = get(name)
+    fields = spec.options()
+    kwargs = {}
+    for key, value in (options or {}).items():
+        key = key.replace("-", "_")
+        if key == "technique":
+            continue
+        if key not in fields:
+            raise InvalidConfig(
+                f"technique {name!r} has no option {key!r}; its options: {', '.join(fields) or 'none'}"
+            )
+        kwargs[key] = coerce(value, fields[key][0]) if isinstance(value, str) else value
+    try:
+        return spec.config(**kwargs)
+    except TypeError as exc:
+        raise InvalidConfig(f"technique {name!r}: {exc}") from exc
+
+
+def config_from_dict(data: dict[str, Any]) -> TechniqueConfig:
+    data = dict(data)
+    return make_config(data.pop("technique"), data)

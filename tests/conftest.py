@@ -1,0 +1,76 @@
+"""Shared fixtures: a tiny random Llama with a real (small, trained) tokenizer, and a fresh store."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+TINY_VOCAB = 512
+
+
+def build_tokenizer(directory: Path) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from slipstream.evaluation.data import text_set
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=TINY_VOCAB, special_tokens=["<unk>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(text_set("wikitext2").splitlines()[:2000], trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                   pad_token="</s>")
+    fast.save_pretrained(directory)
+
+
+def build_tiny_llama(directory: Path, seed: int = 0, layers: int = 2) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    directory.mkdir(parents=True, exist_ok=True)
+    build_tokenizer(directory)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=False,
+        initializer_range=0.2,  # peaky logits, so greedy choices are not near-ties
+    )
+    model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = 2
+    model.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama") / "model")
+
+
+@pytest.fixture
+def store(tmp_path):
+    from slipstream.store import Store
+
+    return Store(tmp_path / "home")
+
+
+@pytest.fixture(scope="session")
+def session_store(tmp_path_factory, tiny_llama_dir):
+    """A store holding the tiny Llama and its CTranslate2 float32 and int8 variants."""
+    from slipstream.models.intake import import_model
+    from slipstream.pipeline import optimize
+    from slipstream.store import Store
+
+    store = Store(tmp_path_factory.mktemp("home"))
+    import_model(str(tiny_llama_dir), "tiny", store=store)
+    pytest.importorskip("ctranslate2")
+    for q in ("float32", "int8"):
+        optimize("tiny", "ctranslate2", {"quantization": q}, name=f"tiny-ct2-{q}", store=store)
+    return store
