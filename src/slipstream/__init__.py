@@ -15,7 +15,7 @@ _API = {
     "optimize": "slipstream.pipeline",
     "evaluate": "slipstream.evaluation.run",
     "bench": "slipstream.benchmark.run",
-    "compare": "slipstream.compare",
+    "compare": "slipstream.comparison",
     "open_engine": "slipstream.engines.loading",
     "Store": "slipstream.store",
     "SamplingParams": "slipstream.engines.protocol",
@@ -25,7 +25,7 @@ __all__ = sorted(_API) + ["__version__"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from slipstream.benchmark.run import bench
-    from slipstream.compare import compare
+    from slipstream.comparison import compare
     from slipstream.engines.loading import open_engine
     from slipstream.engines.protocol import SamplingParams
     from slipstream.evaluation.run import evaluate

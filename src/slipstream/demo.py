@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from slipstream.benchmark.run import BenchSettings
-from slipstream.compare import Comparison, compare
+from slipstream.comparison import Comparison, compare
 from slipstream.evaluation.run import EvalSettings
 from slipstream.progress import Progress, or_null
 from slipstream.store import Store
@@ -31,9 +31,11 @@ class DemoSettings:
     output_tokens: int = 64
     batch_sizes: tuple[int, ...] = (1, 8)
     repeats: int = 5
-    # One thread per engine: on a shared 2-core machine the second thread adds noise, and CTranslate2
-    # decodes slower with two threads than with one here (see BENCHMARKS.md).
-    threads: int | None = 1
+    rounds: int = 1  # benchmark rounds, interleaved across variants
+    # Benchmarks run one thread per engine: on a shared 2-core machine a second thread adds noise,
+    # and CTranslate2 decodes slower with two threads than with one here (see BENCHMARKS.md).
+    bench_threads: int | None = 1
+    eval_threads: int | None = None  # scoring long windows does use both cores well
 
 
 def run_demo(settings: DemoSettings | None = None, *, store: Store | None = None,
@@ -57,9 +59,10 @@ def run_demo(settings: DemoSettings | None = None, *, store: Store | None = None
         settings.model,
         names,
         eval_settings=EvalSettings(window=settings.window, stride=settings.stride, max_tokens=settings.eval_tokens,
-                                   threads=settings.threads),
+                                   threads=settings.eval_threads),
         bench_settings=BenchSettings(output_tokens=settings.output_tokens, batch_sizes=settings.batch_sizes,
-                                     repeats=settings.repeats, threads=settings.threads),
+                                     repeats=settings.repeats, threads=settings.bench_threads),
+        rounds=settings.rounds,
         store=store,
         progress=progress,
     )

@@ -61,10 +61,21 @@ def test_import_optimize_list_show_as_json(tiny_llama_dir, tmp_path):
     assert shown["manifest"]["technique"]["quantization"] == "int8"
     ev = json.loads(slipstream("evaluate", "tiny-ct2-int8", "--max-tokens", "512", "--window", "128",
                                "--stride", "64", "--threads", "1", "--json", home=tmp_path, check=True).stdout)
-    assert ev["reference"] == "tiny" and ev["metrics"]["kl_mean"] > 0
+    report = ev["reports"][0]
+    assert report["reference"] == "tiny" and report["metrics"]["kl_mean"] > 0 and ev["gates"] == []
     text = slipstream("evaluate", "tiny-ct2-int8", "--max-tokens", "512", "--window", "128", "--stride", "64",
                       home=tmp_path, check=True).stdout
-    assert "(cached)" in text and "tiny (reference)" in text
+    assert "(cached)" in text and "tiny-ct2-int8 vs tiny" in text
+    gated = slipstream("evaluate", "tiny-ct2-int8", "--max-tokens", "512", "--window", "128", "--stride", "64",
+                       "--gate", "perplexity", "--max-drop", "0%", home=tmp_path)
+    worse = report["metrics"]["perplexity"] > report["reference_metrics"]["perplexity"]
+    assert gated.returncode == (1 if worse else 0)
+    assert ("FAIL  wikitext2.perplexity" in gated.stderr) == worse
+    lenient = slipstream("evaluate", "tiny-ct2-int8", "--max-tokens", "512", "--window", "128", "--stride", "64",
+                         "--gate", "perplexity=50%", "--json", home=tmp_path, check=True)
+    assert json.loads(lenient.stdout)["passed"] is True
+    unknown = slipstream("evaluate", "tiny", "--task", "mmlu", home=tmp_path)
+    assert unknown.returncode == 1 and "unknown task 'mmlu'; known: wikitext2, arc_easy" in unknown.stderr
     techniques = json.loads(slipstream("techniques", "--json", check=True).stdout)
     assert {"ctranslate2", "smoothquant"} <= {t["name"] for t in techniques}
 

@@ -20,19 +20,22 @@ def compare_cmd(
     output_tokens: int = typer.Option(64, "--output-tokens"),
     batch_sizes: str = typer.Option("1,8", "--batch-sizes"),
     repeats: int = typer.Option(5, "--repeats"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for every engine"),
+    rounds: int = typer.Option(1, "--rounds", help="Benchmark rounds, interleaved (A B A B ...); >1 measures afresh"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads per engine for the benchmarks"),
+    eval_threads: Optional[int] = typer.Option(None, "--eval-threads", help="CPU threads for evaluation"),
 ) -> None:
     """Size, perplexity, KL and speed of each variant with its ratio to BASE (missing figures are measured)."""
     from slipstream.benchmark.run import BenchSettings
     from slipstream.cli.bench import parse_sizes
-    from slipstream.compare import compare
+    from slipstream.comparison import compare
     from slipstream.evaluation.run import EvalSettings
 
     result = compare(
         base, variants,
-        eval_settings=EvalSettings(window=window, stride=stride, max_tokens=max_tokens, threads=threads),
+        eval_settings=EvalSettings(window=window, stride=stride, max_tokens=max_tokens, threads=eval_threads),
         bench_settings=BenchSettings(output_tokens=output_tokens, batch_sizes=parse_sizes(batch_sizes),
                                      repeats=repeats, threads=threads),
+        rounds=rounds,
         progress=RichProgress(not (as_json or markdown)),
     )
     render(result, as_json=as_json, markdown=markdown)

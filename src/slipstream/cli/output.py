@@ -52,21 +52,36 @@ class _Task:
 
 
 class RichProgress:
-    """The library's Progress protocol drawn as rich progress bars on stderr."""
+    """The library's Progress protocol drawn as rich progress bars on stderr. Tasks opened while
+    another is running share its live display (rich allows one at a time)."""
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
+        self._live: Progress | None = None
 
     @contextmanager
     def task(self, description: str, total: float | None = None) -> Iterator[_Task]:
+        if self.enabled and not err.is_terminal:  # logs get a line per task instead of a live bar
+            err.print(f"… {description}", highlight=False)
+        if self._live is not None:  # nested: a row in the running display
+            task_id = self._live.add_task(description, total=total)
+            try:
+                yield _Task(self._live, task_id)
+            finally:
+                self._live.remove_task(task_id)
+            return
         bar = Progress(SpinnerColumn(), TextColumn("[progress.description]{task.description}"), BarColumn(),
                        MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=False,
                        disable=not self.enabled)
-        with bar:
-            task_id = bar.add_task(description, total=total)
-            yield _Task(bar, task_id)
-            if total is not None:
-                bar.update(task_id, completed=total)
+        self._live = bar
+        try:
+            with bar:
+                task_id = bar.add_task(description, total=total)
+                yield _Task(bar, task_id)
+                if total is not None:
+                    bar.update(task_id, completed=total)
+        finally:
+            self._live = None
 
     def log(self, message: str) -> None:
         if self.enabled:

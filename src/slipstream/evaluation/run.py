@@ -1,35 +1,40 @@
-"""``slipstream evaluate``: perplexity of a variant and of its reference, plus KL between them.
+"""``slipstream evaluate``: score a variant on a task through its engine, beside its reference.
 
-The reference (by default the variant's parent) is always measured alongside, and both are
-computed window by window in one pass so the reference's distributions are never stored.
-Results are cached in the registry by (variant, reference, task, settings).
+The reference (by default the variant's parent) is always measured too. Perplexity tasks score the
+reference and the variants window by window in one pass, so the reference's next-token
+distributions give KL divergence and top-1 agreement without ever being stored. Other tasks score
+each model on its own. Every result is cached in the registry by (variant, reference, task, settings).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from slipstream.errors import InvalidConfig
-from slipstream.evaluation import data
+from slipstream.errors import InvalidConfig, SlipstreamError
+from slipstream.evaluation.gate import Gate, GateResult
 from slipstream.evaluation.perplexity import DivergenceAccumulator, NLLAccumulator, plan_windows, scored_rows
+from slipstream.evaluation.tasks import Task, get_task
 from slipstream.extras import library_versions
 from slipstream.machine import describe_machine
 from slipstream.progress import Progress, or_null
 from slipstream.store import Store, Variant
 
 KIND = "evaluation"
+METHOD_VERSION = 1  # bump when a change to scoring makes old cached results incomparable
 
 
 @dataclass(frozen=True)
 class EvalSettings:
-    task: str = "wikitext2"  # a bundled text set, or "file:PATH"
-    window: int = 1024
-    stride: int = 512
-    max_tokens: int | None = None  # score at most this many tokens (the first ones: deterministic)
+    task: str = "wikitext2"
+    window: int = 1024  # perplexity: tokens per sliding window
+    stride: int = 512  # perplexity: tokens between window starts
+    max_tokens: int | None = None  # perplexity: score only the first N tokens of the text
+    limit: int | None = None  # datasets: only the first N items (deterministic)
+    max_new_tokens: int | None = None  # generation tasks: None = the task's default
+    batch_size: int = 16
     threads: int | None = None
 
     def __post_init__(self) -> None:
@@ -37,30 +42,33 @@ class EvalSettings:
             raise InvalidConfig(f"need window >= 2 and 0 < stride <= window (got {self.window}, {self.stride})")
         if self.max_tokens is not None and self.max_tokens < 2:
             raise InvalidConfig(f"max_tokens must be at least 2, got {self.max_tokens}")
+        if self.limit is not None and self.limit < 1:
+            raise InvalidConfig(f"limit must be at least 1, got {self.limit}")
 
-    def identity(self) -> dict[str, Any]:
-        """What determines the result (threads do not)."""
-        d = asdict(self)
-        d.pop("threads")
-        if self.task.startswith("file:"):
-            d["text_sha256"] = hashlib.sha256(self.text().encode()).hexdigest()
+    def identity(self, task: Task) -> dict[str, Any]:
+        """What determines a result for ``task`` (threads and batch size do not)."""
+        d: dict[str, Any] = {"task": task.name, "kind": task.kind, "method": METHOD_VERSION}
+        if task.data_identity:
+            d["data"] = task.data_identity
+        if task.kind == "perplexity":
+            d |= {"window": self.window, "stride": self.stride, "max_tokens": self.max_tokens}
+        else:
+            d["limit"] = self.limit
+        if task.kind == "generation":
+            d["max_new_tokens"] = self.max_new_tokens or task.options.get("max_new_tokens")
         return d
-
-    def text(self) -> str:
-        if self.task.startswith("file:"):
-            return data.read_text_file(Path(self.task[5:]))
-        return data.text_set(self.task)
 
 
 @dataclass
 class EvalReport:
     variant: str
     reference: str | None
+    task: str
     settings: dict[str, Any]
     metrics: dict[str, Any]
     reference_metrics: dict[str, Any] | None = None
     cached: bool = False
-    engines: dict[str, Any] = field(default_factory=dict)
+    headline: str = ""  # the task's main metric
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,8 +84,7 @@ def evaluate(
     use_cache: bool = True,
     **setting_overrides: Any,
 ) -> EvalReport:
-    """Perplexity of ``variant`` on the task text and, against ``reference`` ("parent" by default,
-    or a name, or None), the mean KL divergence and top-1 agreement on the same tokens."""
+    """Score ``variant`` on ``settings.task`` beside ``reference`` ("parent" by default, a name, or None)."""
     return evaluate_many([variant], reference=reference, settings=settings, store=store, progress=progress,
                          use_cache=use_cache, **setting_overrides)[0]
 
@@ -92,35 +99,67 @@ def evaluate_many(
     use_cache: bool = True,
     **setting_overrides: Any,
 ) -> list[EvalReport]:
-    """Evaluate several variants; those sharing a reference are scored in one pass over the text,
-    so the reference's forward pass is computed once per window for all of them."""
+    """Evaluate several variants on one task; for perplexity, those sharing a reference are scored in
+    one pass, so the reference's forward pass runs once per window for all of them."""
     store = store or Store()
     settings = settings or EvalSettings(**setting_overrides)
+    task = get_task(settings.task)
+    progress = or_null(progress)
     targets = [store.get(v) for v in variants]
     refs = [_reference(store, t, reference) for t in targets]
     reports: dict[str, EvalReport] = {}
     pending: dict[str | None, list[Variant]] = {}
     for target, ref in zip(targets, refs):
-        hit = store.result(target.name, KIND, _key(target, ref, settings)) if use_cache else None
+        hit = store.result(target.name, KIND, _key(target, ref, settings, task)) if use_cache else None
         if hit:
-            reports[target.name] = EvalReport(target.name, ref.name if ref else None, hit.settings, hit.metrics,
-                                              _cached_reference(store, ref, settings), True)
+            ref_hit = store.result(ref.name, KIND, _key(ref, None, settings, task)) if ref else None
+            reports[target.name] = EvalReport(target.name, ref.name if ref else None, task.name, hit.settings,
+                                              hit.metrics, ref_hit.metrics if ref_hit else None, True,
+                                              task.metrics[0])
         else:
             pending.setdefault(ref.name if ref else None, []).append(target)
     for ref_name, group in pending.items():
         ref = store.get(ref_name) if ref_name else None
-        for report in _score_pass(group, ref, settings, store, or_null(progress)):
+        if task.kind == "perplexity":
+            done = _perplexity_pass(task, group, ref, settings, store, progress)
+        else:
+            done = [_independent(task, t, ref, settings, store, progress, use_cache) for t in group]
+        for report in done:
             reports[report.variant] = report
     return [reports[t.name] for t in targets]
 
 
-def _score_pass(targets: list[Variant], ref: Variant | None, settings: EvalSettings, store: Store,
-                progress: Progress) -> list[EvalReport]:
+def check_gates(reports: list[EvalReport], gates: list[Gate]) -> list[GateResult]:
+    """Apply each gate to the report that carries its metric (``task.metric`` or a unique ``metric``)."""
+    results = []
+    for gate in gates:
+        task_name, _, metric = gate.metric.rpartition(".")
+        matches = [r for r in reports if (not task_name or r.task == task_name) and metric in r.metrics]
+        if not matches:
+            available = sorted({f"{r.task}.{m}" for r in reports for m in r.metrics
+                                if isinstance(r.metrics[m], (int, float))})
+            raise InvalidConfig(f"gate on {gate.metric!r}: no evaluated task reports it; available: "
+                                f"{', '.join(available)}")
+        if len(matches) > 1:
+            raise InvalidConfig(f"gate on {gate.metric!r} is ambiguous; name the task, e.g. "
+                                f"{matches[0].task}.{metric}")
+        report = matches[0]
+        if not report.reference_metrics or metric not in report.reference_metrics:
+            raise InvalidConfig(f"gate on {gate.metric!r} needs a reference to compare with")
+        results.append(replace(gate, metric=f"{report.task}.{metric}" if not task_name else gate.metric)
+                       .check(report.reference_metrics[metric], report.metrics[metric]))
+    return results
+
+
+# --- perplexity: reference and variants together ------------------------------------------------
+
+def _perplexity_pass(task: Task, targets: list[Variant], ref: Variant | None, settings: EvalSettings,
+                     store: Store, progress: Progress) -> list[EvalReport]:
     from slipstream.engines.loading import open_engine
 
     engines = [open_engine(t, threads=settings.threads, store=store) for t in targets]
     ref_engine = open_engine(ref, threads=settings.threads, store=store) if ref else None
-    text = settings.text()
+    text = task.load()
     tokens = engines[0].tokenizer.encode(text)
     for target, engine in zip(targets, engines):
         other = ref_engine or engines[0]
@@ -135,7 +174,7 @@ def _score_pass(targets: list[Variant], ref: Variant | None, settings: EvalSetti
     div = [DivergenceAccumulator() for _ in targets]
     ref_nll = NLLAccumulator()
     label = ", ".join(t.name for t in targets) + (f" vs {ref.name}" if ref else "")
-    with progress.task(f"evaluating {label} on {settings.task}", total=len(windows)) as bar:
+    with progress.task(f"{task.name}: {label}", total=len(windows)) as bar:
         for w in windows:
             ids = tokens[w.begin : w.end]
             if ref_engine is None:
@@ -150,45 +189,89 @@ def _score_pass(targets: list[Variant], ref: Variant | None, settings: EvalSetti
                     d.add(ref_rows, rows)
             bar.advance()
 
-    machine, versions = describe_machine(), library_versions("ctranslate2")
-    ref_info = asdict(ref_engine.info()) if ref_engine else None
     ref_metrics = None
     if ref_engine:
-        ref_metrics = ref_nll.result() | {"engine": ref_info}
-        store.add_result(ref.name, KIND, _key(ref, None, settings), settings.identity() | {"reference": None},
-                         ref_metrics, machine, versions)
+        ref_metrics = ref_nll.result() | {"engine": asdict(ref_engine.info())}
+        _store(store, ref, None, settings, task, ref_metrics)
     reports = []
     for target, engine, acc, d in zip(targets, engines, nll, div):
-        info = asdict(engine.info())
-        metrics = acc.result() | (d.result() if ref_engine else {}) | {"engine": info}
-        stored = settings.identity() | {"reference": ref.name if ref else None}
-        store.add_result(target.name, KIND, _key(target, ref, settings), stored, metrics, machine, versions)
-        reports.append(EvalReport(target.name, ref.name if ref else None, stored, metrics, ref_metrics, False,
-                                  {"variant": info, "reference": ref_info}))
+        metrics = acc.result() | (d.result() if ref_engine else {}) | {"engine": asdict(engine.info())}
+        stored = _store(store, target, ref, settings, task, metrics)
+        reports.append(EvalReport(target.name, ref.name if ref else None, task.name, stored, metrics, ref_metrics,
+                                  False, task.metrics[0]))
     return reports
 
+
+# --- other tasks: each model on its own -----------------------------------------------------------
+
+def _independent(task: Task, target: Variant, ref: Variant | None, settings: EvalSettings, store: Store,
+                 progress: Progress, use_cache: bool) -> EvalReport:
+    ref_metrics = None
+    if ref is not None:
+        hit = store.result(ref.name, KIND, _key(ref, None, settings, task)) if use_cache else None
+        ref_metrics = hit.metrics if hit else _score_one(task, ref, settings, store, progress)
+        if not hit:
+            _store(store, ref, None, settings, task, ref_metrics)
+    metrics = _score_one(task, target, settings, store, progress)
+    stored = _store(store, target, ref, settings, task, metrics)
+    return EvalReport(target.name, ref.name if ref else None, task.name, stored, metrics, ref_metrics, False,
+                      task.metrics[0])
+
+
+def _score_one(task: Task, variant: Variant, settings: EvalSettings, store: Store, progress: Progress) -> dict:
+    from slipstream.engines.loading import open_engine
+    from slipstream.evaluation import generation, multiple_choice
+
+    engine = open_engine(variant, threads=settings.threads, store=store)
+    try:
+        items = task.load(settings.limit)
+        if not items:
+            raise SlipstreamError(f"task {task.name} has no items")
+        label = f"{task.name}: {variant.name}"
+        if task.kind == "multiple_choice":
+            metrics = multiple_choice.accuracy(engine, items, settings.batch_size, progress, label)
+        else:
+            opts = task.options
+            outputs = generation.generate_all(
+                engine, items, max_new_tokens=settings.max_new_tokens or opts.get("max_new_tokens", 64),
+                stop=tuple(opts.get("stop", ())), chat=opts.get("chat"),
+                batch_size=max(1, settings.batch_size // 2), progress=progress, label=label)
+            if task.scorer == "translation":
+                metrics = generation.translation_metrics(outputs, [it.references[0] for it in items])
+            else:
+                metrics = generation.qa_metrics(outputs, items)
+            metrics["examples"] = [{"prompt": it.prompt[-200:], "output": o, "reference": it.references[0]}
+                                   for it, o in list(zip(items, outputs))[:3]]
+        return metrics | {"engine": asdict(engine.info())}
+    finally:
+        engine.close()
+
+
+# --- cache ----------------------------------------------------------------------------------------
 
 def _reference(store: Store, target: Variant, reference: str | None) -> Variant | None:
     if reference is None:
         return None
     if reference == "parent":
         return store.get(target.parent) if target.parent else None
-    return store.get(reference)
+    ref = store.get(reference)
+    return None if ref.name == target.name else ref
 
 
-def _key(target: Variant, ref: Variant | None, settings: EvalSettings) -> str:
-    ident = {"variant": target.sha256, "reference": ref.sha256 if ref else None, **settings.identity()}
+def _key(target: Variant, ref: Variant | None, settings: EvalSettings, task: Task) -> str:
+    ident = {"variant": target.sha256, "reference": ref.sha256 if ref else None, **settings.identity(task)}
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
 
-def _cached_reference(store: Store, ref: Variant | None, settings: EvalSettings) -> dict | None:
-    if ref is None:
-        return None
-    hit = store.result(ref.name, KIND, _key(ref, None, settings))
-    return hit.metrics if hit else None
+def _store(store: Store, target: Variant, ref: Variant | None, settings: EvalSettings, task: Task,
+           metrics: dict) -> dict:
+    stored = settings.identity(task) | {"reference": ref.name if ref else None}
+    store.add_result(target.name, KIND, _key(target, ref, settings, task), stored, metrics, describe_machine(),
+                     library_versions("ctranslate2", "sacrebleu"))
+    return stored
 
 
-def latest(store: Store, variant: str) -> dict | None:
-    """The newest evaluation stored for ``variant`` (any settings), or None."""
-    rows = store.results(variant, KIND)
+def latest(store: Store, variant: str, task: str = "wikitext2") -> dict | None:
+    """The newest evaluation stored for ``variant`` on ``task`` (any settings), or None."""
+    rows = [r for r in store.results(variant, KIND) if r.settings.get("task") == task]
     return rows[-1].metrics | {"settings": rows[-1].settings} if rows else None

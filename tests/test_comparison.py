@@ -7,7 +7,7 @@ import json
 import pytest
 
 from slipstream.benchmark.run import BenchSettings
-from slipstream.compare import compare
+from slipstream.comparison import compare
 from slipstream.evaluation.run import EvalSettings
 
 
@@ -32,3 +32,19 @@ def test_compare_rows_and_ratios(session_store):
     assert md.count("\n") == 4 and "tiny-ct2-int8" in md and "| variant |" in md
     data = json.loads(json.dumps(result.to_dict()))
     assert [r["name"] for r in data["rows"]] == ["tiny", "tiny-ct2-float32", "tiny-ct2-int8"]
+
+
+def test_interleaved_rounds_give_median_ratios(session_store):
+    pytest.importorskip("ctranslate2")
+    result = compare(
+        "tiny", ["tiny-ct2-int8"],
+        eval_settings=EvalSettings(window=128, stride=64, max_tokens=512, threads=1),
+        bench_settings=BenchSettings(prompt_tokens=16, output_tokens=8, batch_sizes=(1,), repeats=1, threads=1),
+        rounds=3, store=session_store,
+    )
+    int8 = result.rows[1]
+    assert int8.rounds == 3 and result.rounds == 3
+    lo, hi = int8.speedup_range
+    assert lo <= int8.speedup <= hi
+    assert len(session_store.results("tiny-ct2-int8", "benchmark")) >= 3  # each round measured afresh
+    assert "(" in result.to_markdown().splitlines()[-1]  # the range is shown

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from statistics import median
 from typing import Any
 
 from slipstream.benchmark.run import BenchSettings, bench
@@ -36,11 +37,13 @@ class Row:
     tpot_p50_s: float
     tpot_p95_s: float
     peak_rss_bytes: int
-    # ratios to the base
+    # ratios to the base; speed ratios are medians of per-round ratios when runs are interleaved
     size_ratio: float = 1.0
     perplexity_change: float = 0.0  # relative: +0.01 is 1% worse
     speedup: float = 1.0
     batch_speedup: float = 1.0
+    speedup_range: tuple[float, float] = (1.0, 1.0)  # min and max of the per-round ratios
+    rounds: int = 1
 
 
 @dataclass
@@ -49,10 +52,11 @@ class Comparison:
     rows: list[Row]
     eval_settings: dict[str, Any]
     bench_settings: dict[str, Any]
+    rounds: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return {"base": self.base, "eval_settings": self.eval_settings, "bench_settings": self.bench_settings,
-                "rows": [asdict(r) for r in self.rows]}
+                "rounds": self.rounds, "rows": [asdict(r) for r in self.rows]}
 
     def table(self) -> tuple[list[str], list[list[str]]]:
         """Headers and formatted cells, shared by the terminal and markdown renderings."""
@@ -72,7 +76,8 @@ class Comparison:
                 _num(r.kl_mean, "{:.4f}"),
                 _num(r.top1_agreement, "{:.1%}"),
                 f"{r.decode_tokens_per_s:.1f}",
-                f"{r.speedup:.2f}",
+                f"{r.speedup:.2f}" + (f" ({r.speedup_range[0]:.2f}–{r.speedup_range[1]:.2f})"
+                                      if r.rounds > 1 and r.name != self.base else ""),
                 f"{r.batch_tokens_per_s:.1f}",
                 f"{r.batch_speedup:.2f}",
                 f"{r.ttft_p50_s * 1e3:.0f}",
@@ -98,9 +103,13 @@ def compare(
     *,
     eval_settings: EvalSettings | None = None,
     bench_settings: BenchSettings | None = None,
+    rounds: int = 1,
     store: Store | None = None,
     progress: Progress | None = None,
 ) -> Comparison:
+    """Compare ``variants`` with ``base``. With ``rounds > 1`` the benchmarks are interleaved
+    (A B C, A B C, ...) and each speed ratio is the median of the per-round ratios, so a machine whose
+    speed drifts during the run does not favour whichever variant ran at the quiet moment."""
     store = store or Store()
     eval_settings = eval_settings or EvalSettings()
     bench_settings = bench_settings or BenchSettings()
@@ -109,37 +118,53 @@ def compare(
     reports = evaluate_many(names[1:], reference=base, settings=eval_settings, store=store, progress=progress)
     evals = {r.variant: r.metrics for r in reports}
     evals[base] = evaluate(base, reference=None, settings=eval_settings, store=store, progress=progress).metrics
-    rows = []
-    for name in names:
-        record = store.get(name)
-        metrics = evals[name]
-        bm = bench(name, settings=bench_settings, store=store, progress=progress, use_cache=True).metrics
-        largest = max(bm["throughput"], key=lambda t: t["batch_size"])
-        engine = bm["engine"]
-        rows.append(Row(
-            name=name,
-            format=record.format,
-            technique=(record.technique or {}).get("technique", "original"),
-            engine=engine["engine"],
-            compute_type=engine["compute_type"],
-            threads=engine.get("threads"),
-            size_bytes=record.size_bytes,
-            perplexity=metrics["perplexity"],
-            perplexity_ci95=tuple(metrics.get("perplexity_ci95") or ()) or None,
-            kl_mean=metrics.get("kl_mean"),
-            top1_agreement=metrics.get("top1_agreement"),
-            decode_tokens_per_s=bm["latency"]["decode_tokens_per_s"]["median"],
-            batch_tokens_per_s=largest["output_tokens_per_s"]["median"],
-            batch_size=largest["batch_size"],
-            ttft_p50_s=bm["latency"]["ttft_s"]["p50"],
-            tpot_p50_s=bm["latency"]["tpot_s"]["p50"],
-            tpot_p95_s=bm["latency"]["tpot_s"]["p95"],
-            peak_rss_bytes=bm["memory"]["peak_rss_bytes"],
-        ))
-    b = rows[0]
-    for r in rows:
-        r.size_ratio = r.size_bytes / b.size_bytes
-        r.perplexity_change = r.perplexity / b.perplexity - 1
-        r.speedup = r.decode_tokens_per_s / b.decode_tokens_per_s
-        r.batch_speedup = r.batch_tokens_per_s / b.batch_tokens_per_s
-    return Comparison(base, rows, asdict(eval_settings), asdict(bench_settings))
+    runs: dict[str, list[dict]] = {n: [] for n in names}
+    for _ in range(rounds):
+        for name in names:
+            runs[name].append(bench(name, settings=bench_settings, store=store, progress=progress,
+                                    use_cache=rounds == 1).metrics)
+    rows = [_row(store, name, evals[name], runs[name]) for name in names]
+    base_runs = runs[base]
+    for row, name in zip(rows, names):
+        per_round = [_decode(r) / _decode(b) for r, b in zip(runs[name], base_runs)]
+        row.size_ratio = row.size_bytes / rows[0].size_bytes
+        row.perplexity_change = row.perplexity / rows[0].perplexity - 1
+        row.speedup = float(median(per_round))
+        row.speedup_range = (min(per_round), max(per_round))
+        row.batch_speedup = float(median([_batch(r) / _batch(b) for r, b in zip(runs[name], base_runs)]))
+        row.rounds = rounds
+    return Comparison(base, rows, asdict(eval_settings), asdict(bench_settings), rounds)
+
+
+def _decode(metrics: dict) -> float:
+    return metrics["latency"]["decode_tokens_per_s"]["median"]
+
+
+def _batch(metrics: dict) -> float:
+    return max(metrics["throughput"], key=lambda t: t["batch_size"])["output_tokens_per_s"]["median"]
+
+
+def _row(store: Store, name: str, metrics: dict, runs: list[dict]) -> Row:
+    record = store.get(name)
+    last = runs[-1]
+    largest = max(last["throughput"], key=lambda t: t["batch_size"])
+    return Row(
+        name=name,
+        format=record.format,
+        technique=(record.technique or {}).get("technique", "original"),
+        engine=last["engine"]["engine"],
+        compute_type=last["engine"]["compute_type"],
+        threads=last["engine"].get("threads"),
+        size_bytes=record.size_bytes,
+        perplexity=metrics["perplexity"],
+        perplexity_ci95=tuple(metrics.get("perplexity_ci95") or ()) or None,
+        kl_mean=metrics.get("kl_mean"),
+        top1_agreement=metrics.get("top1_agreement"),
+        decode_tokens_per_s=float(median([_decode(r) for r in runs])),
+        batch_tokens_per_s=float(median([_batch(r) for r in runs])),
+        batch_size=largest["batch_size"],
+        ttft_p50_s=float(median([r["latency"]["ttft_s"]["p50"] for r in runs])),
+        tpot_p50_s=float(median([r["latency"]["tpot_s"]["p50"] for r in runs])),
+        tpot_p95_s=float(median([r["latency"]["tpot_s"]["p95"] for r in runs])),
+        peak_rss_bytes=max(r["memory"]["peak_rss_bytes"] for r in runs),
+    )
