@@ -1,0 +1,1 @@
+"""Choosing a variant: the candidate space, the Pareto frontier, and ``select``."""
