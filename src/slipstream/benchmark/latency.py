@@ -50,7 +50,17 @@ def latency(engine: Engine, prompt: Sequence[int], params: SamplingParams, repea
         "ttft_s": percentiles([r.ttft_s for r in runs]) | {"runs": summary([r.ttft_s for r in runs])},
         "tpot_s": percentiles(gaps),
         "decode_tokens_per_s": summary([r.decode_tokens_per_s for r in runs]),
+        "samples": {"ttft_s": [r.ttft_s for r in runs], "tpot_s": thin(gaps, 400)},
     }
+
+
+def thin(values: Sequence[float], n: int) -> list[float]:
+    """At most ``n`` values, evenly spaced through the sorted list (keeps the distribution's shape)."""
+    ordered = sorted(values)
+    if len(ordered) <= n:
+        return ordered
+    step = (len(ordered) - 1) / (n - 1)
+    return [ordered[round(i * step)] for i in range(n)]
 
 
 def throughput(engine: Engine, prompt: Sequence[int], params: SamplingParams, batch_size: int, repeats: int,

@@ -28,6 +28,8 @@ def bench_cmd(
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: all)"),
     engine: Optional[str] = typer.Option(None, "--engine", help="Engine to run the variant on"),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda"),
+    instance: Optional[str] = typer.Option(None, "--instance", help="Priced instance type for the cost line"),
+    price_per_hour: Optional[float] = typer.Option(None, "--price-per-hour", help="US$ per hour, overrides --instance"),
     as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON"),
 ) -> None:
     """Benchmark VARIANT in a fresh process; the result is stored in the registry."""
@@ -37,8 +39,9 @@ def bench_cmd(
                              batch_sizes=parse_sizes(batch_sizes), repeats=repeats, warmup=warmup,
                              threads=threads, engine=engine, device=device)
     report = bench(variant, settings=settings, progress=RichProgress(not as_json))
+    extra = _analysis(variant, report, instance, price_per_hour)
     if as_json:
-        print_json(report.to_dict())
+        print_json(report.to_dict() | extra)
         return
     m = report.metrics
     lat, mem, eng = m["latency"], m["memory"], m["engine"]
@@ -58,4 +61,37 @@ def bench_cmd(
              ["peak RSS (process)", mb(mem["peak_rss_bytes"])], ["size on disk", mb(m["size_bytes"])]]
     if mem.get("peak_gpu_bytes"):
         rows.append(["peak GPU memory", mb(mem["peak_gpu_bytes"])])
+    if "roofline" in extra:
+        r = extra["roofline"]
+        rows.append(["roofline: share of the decode limit",
+                     f"{r['share_of_limit']:.0%} of {r['limit_tokens_per_s']:.0f} tok/s ({r['bound']}-bound, "
+                     f"{r['bytes_per_token'] / 1e6:.0f} MB/token at {r['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s)"])
+    c = extra["cost"]
+    rows.append([f"cost at {c['price']['name']} (${c['price']['price_per_hour']}/h)",
+                 f"${c['dollars_per_million_tokens']:.3f} per million output tokens (batch {c['batch_size']})"])
     table(f"{variant}: prompt {prompt_tokens}, output {output_tokens} tokens", ["measure", "value"], rows)
+
+
+def _analysis(variant: str, report, instance: str | None, price_per_hour: float | None) -> dict:
+    """Roofline share and cost for one benchmark result."""
+    from slipstream.benchmark.cost import cost, resolve_price
+    from slipstream.benchmark.roofline import machine_peaks, roofline, token_cost
+    from slipstream.report.build import architecture_config
+    from slipstream.store import Store
+
+    store = Store()
+    record = store.get(variant)
+    m = report.metrics
+    best = max(m["throughput"], key=lambda t: t["output_tokens_per_s"]["median"])
+    out = {"cost": cost(best["output_tokens_per_s"]["median"], resolve_price(instance, price_per_hour))
+           | {"batch_size": best["batch_size"]}}
+    config = architecture_config(record)
+    if config:
+        lat = m["latency"]
+        context = lat["prompt_tokens"] + lat["output_tokens"] // 2
+        compute = m["engine"]["compute_type"]
+        kv = 2 if ("16" in compute and "int16" not in compute) else 4
+        peaks = machine_peaks(store.home, int(m["engine"]["threads"] or 1))
+        out["roofline"] = roofline(lat["decode_tokens_per_s"]["median"],
+                                   token_cost(record.path, record.format, config, context, kv, record.parameters), peaks)
+    return out

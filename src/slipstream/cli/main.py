@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from slipstream.cli import bench, compare, demo, evaluate, lm_eval, models, optimize, techniques
+from slipstream.cli import bench, compare, demo, evaluate, lm_eval, models, optimize, report, techniques
 
 app = typer.Typer(
     name="slipstream",
@@ -26,6 +26,7 @@ app.command("bench")(bench.bench_cmd)
 app.command("compare")(compare.compare_cmd)
 app.command("demo")(demo.demo_cmd)
 app.command("lm-eval")(lm_eval.lm_eval_cmd)
+app.command("report")(report.report_cmd)
 
 
 @app.callback()

@@ -16,7 +16,7 @@ h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.2rem;margin-top:2rem;bord
 .meta{color:#666;font-size:.9rem}.cards{display:flex;gap:1rem;flex-wrap:wrap;margin:1rem 0}
 .card{background:#f6f8fa;border-radius:8px;padding:.8rem 1rem;min-width:180px}
 .card .v{font-size:1.4rem;font-weight:600}.card .l{color:#666;font-size:.8rem}
-table{border-collapse:collapse;font-size:.85rem;width:100%}th,td{padding:.35rem .5rem;border-bottom:1px solid #eee;
+.scroll{overflow-x:auto}table{border-collapse:collapse;font-size:.8rem;width:100%}th,td{padding:.35rem .5rem;border-bottom:1px solid #eee;
 text-align:right;white-space:nowrap}th:first-child,td:first-child{text-align:left}th{background:#f6f8fa}
 tr.front td:first-child{font-weight:600}tr.front td:first-child::before{content:"★ ";color:#c90}
 .plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:1.5rem}
@@ -44,14 +44,14 @@ def render(data: dict[str, Any]) -> str:
         "latency": plots.distributions(names, [[1e3 * x for x in data["samples"].get(n, {}).get("tpot", [])]
                                                for n in names], "ms", "Time per output token (batch 1)"),
         "cost": plots.bars(names, [r["cost"]["dollars_per_million_tokens"] for r in rows], "US$ per million output tokens",
-                           f"Cost per million output tokens at {data['price']['name']} "
-                           f"(${data['price']['price_per_hour']}/h)", "${:.2f}"),
+                           f"$ per million output tokens ({data['price']['name']}, ${data['price']['price_per_hour']}/h)",
+                           "${:.2f}"),
     }
     best = max(rows, key=lambda r: r["speedup"])
     cheapest = min(rows, key=lambda r: r["cost"]["dollars_per_million_tokens"])
-    head = ["variant", "engine / compute", "threads", "size MB", "ppl", "ppl Δ", "KL", "top-1", "tok/s b1", "speed ×",
-            f"tok/s b{base['batch_size']}", "TTFT p50 ms", "TPOT p50 ms", "TPOT p95 ms", "peak RSS MB",
-            "roofline share", "$ / M tokens"]
+    head = ["variant", "engine / compute", "thr.", "MB", "ppl", "ppl Δ", "KL", "top-1", "tok/s b1", "speed ×",
+            f"tok/s b{base['batch_size']}", "TTFT p50", "TPOT p50", "TPOT p95", "RSS MB",
+            "roofline", "$ / M tok"]
     body = []
     for r in rows:
         cells = [html.escape(r["name"]), html.escape(f"{r['engine']} / {r['compute_type']}"), _cell(r["threads"], "{}"),
@@ -90,7 +90,7 @@ def render(data: dict[str, Any]) -> str:
 generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by slipstream</div>
 <div class="cards">{card_html}</div>
 <h2>Comparison with {html.escape(base['name'])}</h2>
-<table><thead><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr></thead><tbody>{''.join(body)}</tbody></table>
+<div class="scroll"><table><thead><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr></thead><tbody>{''.join(body)}</tbody></table></div>
 <p class="note">Speed ratios are medians of per-round ratios over {data['settings'].get('rounds', 1)} interleaved round(s).
 Perplexity on {html.escape(str(data['settings'].get('eval', {}).get('task', '')))},
 {data['settings'].get('eval', {}).get('max_tokens') or 'all'} tokens. Roofline share: batch-1 decode speed as a share of

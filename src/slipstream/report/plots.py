@@ -15,7 +15,7 @@ def _figure(width: float = 7.0, height: float = 4.0):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"svg.fonttype": "none", "font.size": 10, "axes.spines.top": False,
+    plt.rcParams.update({"svg.fonttype": "none", "font.size": 10, "axes.spines.top": False, "text.parse_math": False,
                          "axes.spines.right": False})
     return plt, plt.subplots(figsize=(width, height))
 
@@ -37,7 +37,10 @@ def pareto(names: Sequence[str], speed: Sequence[float], accuracy_loss: Sequence
         on = n in front
         ax.scatter([x], [y], s=90 if on else 45, color=PALETTE[i % len(PALETTE)], edgecolor="black" if on else "none",
                    zorder=3, label=n)
-        ax.annotate(n, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
+        ax.annotate(n, (x, y), textcoords="offset points", xytext=(6, 6 + 11 * (i % 3)), fontsize=8,
+                    arrowprops={"arrowstyle": "-", "color": "#999", "lw": 0.5})
+    if max(abs(v) for v in accuracy_loss) > 10:  # keep small differences readable beside a large one
+        ax.set_yscale("symlog", linthresh=2.0)
     pts = sorted((x, y) for n, x, y in zip(names, speed, accuracy_loss) if n in front)
     if len(pts) > 1:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], color="black", lw=1, ls="--", zorder=2,
@@ -64,8 +67,10 @@ def bars(names: Sequence[str], values: Sequence[float], label: str, title: str, 
 
 def distributions(names: Sequence[str], samples: Sequence[Sequence[float]], label: str, title: str) -> str:
     plt, (fig, ax) = _figure(7.0, 0.5 + 0.5 * len(names))
+    if not any(samples):
+        ax.text(0.5, 0.5, "no per-token samples stored for these benchmarks", ha="center", transform=ax.transAxes)
     data = [list(s) if s else [float("nan")] for s in samples]
-    parts = ax.boxplot(data, vert=False, tick_labels=list(names), showfliers=True, patch_artist=True,
+    parts = ax.boxplot(data, orientation="horizontal", tick_labels=list(names), showfliers=True, patch_artist=True,
                        whis=(5, 95))
     for i, box in enumerate(parts["boxes"]):
         box.set_facecolor(PALETTE[i % len(PALETTE)])
