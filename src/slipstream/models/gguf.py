@@ -82,5 +82,13 @@ def _set_special_tokens(tokenizer, path: Path) -> None:
         field = fields.get(key)
         if field is not None:
             setattr(tokenizer, attr, tokenizer.convert_ids_to_tokens(int(field.contents())))
+    add_bos = fields.get("tokenizer.ggml.add_bos_token")
+    bos = tokenizer.bos_token
+    if add_bos is not None and bool(add_bos.contents()) and bos and tokenizer("a")["input_ids"][:1] != [tokenizer.bos_token_id]:
+        # The GGUF says the model expects BOS first (Gemma); transformers' conversion can drop that.
+        from tokenizers import processors
+
+        tokenizer._tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tokenizer.bos_token_id)])
     # WordPiece-style clean-up corrupts byte-level BPE output; transformers warns about it on every decode.
     tokenizer.clean_up_tokenization_spaces = False

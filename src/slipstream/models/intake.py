@@ -66,8 +66,12 @@ def import_model(
         with progress.task(f"importing {name} ({src.kind})", total=None):
             if src.kind == "bundled":
                 entry = bundled.CATALOG[src.location]
-                path = entry.locate()
-                gguf.gguf_to_safetensors(path, staged)
+                pieces = staged / "_pieces"
+                pieces.mkdir()
+                try:
+                    gguf.gguf_to_safetensors(entry.locate(pieces), staged)
+                finally:
+                    shutil.rmtree(pieces, ignore_errors=True)
                 described = f"pypi:{entry.distribution}=={entry.version}:{entry.file} (hub: {entry.hub_id})"
             elif src.kind == "gguf":
                 gguf.gguf_to_safetensors(Path(src.location), staged)
