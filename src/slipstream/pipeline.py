@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from slipstream.benchmark.memory import peak_rss_bytes
+from slipstream.benchmark.memory import peak_rss_bytes, reset_peak_rss
 from slipstream.devices import resolve_device
 from slipstream.errors import Unsupported
 from slipstream.extras import library_versions
@@ -46,9 +46,12 @@ def optimize(
     run = spec.load()  # imports the backend; a missing extra fails here with its install hint
     name = name or f"{parent.name}-{config.slug()}"
     with store.stage(name) as staged:
+        separate = reset_peak_rss()  # the peak from here on is this technique's own
         start = time.perf_counter()
         facts = run(parent.path, staged, config, device=target, progress=progress) or {}
-        facts |= {"seconds": round(time.perf_counter() - start, 3), "process_peak_rss_bytes": peak_rss_bytes()}
+        facts |= {"seconds": round(time.perf_counter() - start, 3),
+                  "peak_rss_bytes": peak_rss_bytes() if separate else None,
+                  "process_peak_rss_bytes": peak_rss_bytes()}
         return store.commit(
             staged,
             name=name,
