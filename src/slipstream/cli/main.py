@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from slipstream.cli import bench, compare, demo, evaluate, models, optimize, techniques
+from slipstream.cli import bench, compare, demo, evaluate, models, optimize, serve, techniques
 
 app = typer.Typer(
     name="slipstream",
@@ -25,6 +25,7 @@ app.command("evaluate")(evaluate.evaluate_cmd)
 app.command("bench")(bench.bench_cmd)
 app.command("compare")(compare.compare_cmd)
 app.command("demo")(demo.demo_cmd)
+app.command("serve")(serve.serve_cmd)
 
 
 @app.callback()
