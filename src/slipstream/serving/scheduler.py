@@ -23,7 +23,7 @@ from concurrent.futures import Future
 from typing import Any, Callable, Sequence
 
 from slipstream.engines.protocol import SamplingParams
-from slipstream.engines.stepping import RowCallbackEngine, Stepper, batch_key
+from slipstream.engines.stepping import Stepper, batch_key
 
 log = logging.getLogger("slipstream.serving")
 
@@ -257,7 +257,7 @@ class DynamicScheduler(Scheduler):
         if not self.waiting:
             return
         first = self.waiting[0]
-        rows = isinstance(self.engine, RowCallbackEngine)
+        rows = callable(getattr(self.engine, "generate_rows", None))
         key = batch_key(first.params) if rows else first.params
         batch = self._admit(self.max_batch_size,
                             lambda t: (batch_key(t.params) if rows else t.params) == key and not t.cancelled)

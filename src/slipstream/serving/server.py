@@ -8,6 +8,7 @@ stream end), the scheduler stops and the process exits 0.
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import sys
 from typing import Any, Callable
@@ -90,4 +91,9 @@ class _Server(uvicorn.Server):
             self.shutdown_note = f"signal {sig}"
             self.echo(f"slipstream serve: shutting down on signal {sig}; {busy} request(s) in flight, "
                       f"{self.config.timeout_graceful_shutdown:g} s grace")
-        super().handle_exit(sig, frame)
+        # uvicorn's own handler also re-raises the signal once it has shut down, which would end the
+        # process with 128+signal; a clean shutdown here exits 0.
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        else:
+            self.should_exit = True
