@@ -147,7 +147,8 @@ class TransformersStepper:
     def _drop_row(self, r: int) -> None:
         last = len(self.rows) - 1
         if r != last:
-            self.cache.move(last, r, self.rows[last].length)
+            with torch.inference_mode():
+                self.cache.move(last, r, self.rows[last].length)
             self.rows[r] = self.rows[last]
         self.rows.pop()
 
