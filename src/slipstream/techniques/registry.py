@@ -26,6 +26,7 @@ class TechniqueSpec:
     input_formats: tuple[str, ...] = ("hf",)
     extra: str | None = None  # the pip extra that provides its library
     needs_calibration: bool = False
+    devices: tuple[str, ...] = ("cpu", "cuda")  # where its variants can run
 
     def load(self) -> Callable[..., Any]:
         module, _, attr = self.function.partition(":")
