@@ -27,6 +27,7 @@ class TechniqueSpec:
     extra: str | None = None  # the pip extra that provides its library
     needs_calibration: bool = False
     modules: tuple[str, ...] = ()  # modules the extra provides (default: the extra's name)
+    devices: tuple[str, ...] = ("cpu", "cuda")  # where its variants can run
 
     def load(self) -> Callable[..., Any]:
         return getattr(self.load_module(), self.function.partition(":")[2])
