@@ -54,10 +54,16 @@ def enrich(comparison: Comparison, store: Store, price: Price, workload: Workloa
 
 
 def write_report(comparison: Comparison, out: Path, store: Store, price: Price, workload: Workload | None = None,
-                 title: str | None = None) -> dict[str, Any]:
+                 title: str | None = None, search: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``search``: an automatic search's summary and ledger; its frontier (accuracy against the
+    search objective) is the one highlighted."""
     from slipstream.report.html import render
 
     data = enrich(comparison, store, price, workload)
+    if search is not None:
+        data["search"] = search
+        shown = {r["name"] for r in data["rows"]}
+        data["front"] = [n for n in search["frontier"] if n in shown]
     data["title"] = title or f"slipstream: {comparison.base} and {len(comparison.rows) - 1} variant(s)"
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

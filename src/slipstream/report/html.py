@@ -82,6 +82,7 @@ def render(data: dict[str, Any]) -> str:
                                   f"{html.escape(price.get('source') or 'the command line')} {html.escape(price.get('date') or '')}."),
     ))
     machine = data["machine"]
+    search_html = _search_section(data["search"]) if data.get("search") else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(data['title'])}</title><style>{CSS}</style></head>
 <body>
@@ -95,8 +96,35 @@ generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by slipstr
 Perplexity on {html.escape(str(data['settings'].get('eval', {}).get('task', '')))},
 {data['settings'].get('eval', {}).get('max_tokens') or 'all'} tokens. Roofline share: batch-1 decode speed as a share of
 the lower of the memory-bandwidth and matrix-multiply limits measured on this machine.</p>
-<h2>Plots</h2>
+{search_html}<h2>Plots</h2>
 <div class="plots">{fig_html}</div>
 <script type="application/json" id="slipstream-data">{html.escape(json.dumps({"rows": rows, "front": sorted(front)}, default=str))}</script>
 </body></html>
 """
+
+
+def _search_section(search: dict[str, Any]) -> str:
+    """Every candidate the search measured, passing or not, with its reason."""
+    front, best = set(search.get("frontier") or []), search.get("best")
+    rel = search.get("relative", True)
+    body = []
+    for r in sorted(search["records"], key=lambda r: (r.get("status") != "passed", -(r.get("objective") or -1e30))):
+        name = r.get("name") or r.get("label", "")
+        drop = r.get("drop")
+        drop_s = "" if drop is None else (f"{100 * drop:+.2f}%" if rel else f"{drop:+.4g}")
+        ratio = r.get("confirmed_speedup") or r.get("objective_ratio")
+        cls = ' class="front"' if name in front else ""
+        mark = " (best)" if name == best else ""
+        body.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in (
+            html.escape(name) + mark, html.escape(r.get("label", "")), html.escape(r.get("status", "")), drop_s,
+            _cell(ratio, "{:.2f}×"), _cell((r.get("size_bytes") or 0) / 1e6 or None, "{:.0f}"),
+            _cell(r.get("seconds"), "{:.0f}"), html.escape(r.get("reason", "") or ""))) + "</tr>")
+    for r in search.get("not_run") or []:
+        body.append(f"<tr><td></td><td>{html.escape(r['label'])}</td><td>not run</td><td></td><td></td><td></td>"
+                    f"<td></td><td>{html.escape(r['reason'])}</td></tr>")
+    head = ["variant", "recipe", "status", "gate metric Δ", "objective ×", "MB", "seconds", "reason"]
+    return (f"<h2>Search</h2><p>{html.escape(search['summary'])}</p>"
+            f"<div class=\"scroll\"><table><thead><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table></div>"
+            "<p class=\"note\">★: on the search's Pareto frontier (gate metric against the objective). "
+            "Objective ratios are against the original; 'confirmed' leaders were re-measured side by side.</p>")

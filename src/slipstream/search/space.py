@@ -59,6 +59,13 @@ DEFAULT_RECIPES: list[tuple[list[tuple[str, dict]], Prior]] = [
     ([("ctranslate2", {"quantization": "bfloat16"})], Prior(2.0, 0.5, 0.95, 2.0)),
     ([("ctranslate2", {"quantization": "int16"})], Prior(2.3, 0.5, 0.3, 2.0)),
     ([("ctranslate2", {"quantization": "float32"})], Prior(1.2, 1.0, 0.999, 2.0)),
+    # llm-compressor checkpoints (compressed-tensors; transformers, or vLLM where its kernels run):
+    # small on disk, rarely faster on a CPU through transformers.
+    ([("rtn", {"bits": 8, "group_size": None})], Prior(0.9, 0.3, 0.95, 3.0)),
+    ([("gptq", {"bits": 4, "group_size": 128, "samples": 64})], Prior(0.8, 0.18, 0.3, 8.0)),
+    ([("awq", {"bits": 4, "group_size": 128, "samples": 64})], Prior(0.8, 0.18, 0.3, 8.0)),
+    ([("rtn", {"bits": 4, "group_size": 128})], Prior(0.8, 0.18, 0.15, 3.0)),
+    ([("w8a8", {"samples": 64})], Prior(0.9, 0.3, 0.6, 8.0)),
 ]
 
 

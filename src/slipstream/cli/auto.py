@@ -1,0 +1,130 @@
+"""``slipstream auto MODEL``: search the catalog for the best variant that meets an accuracy gate."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from slipstream.cli.output import err, out, print_json, table
+
+
+def parse_duration(text: str | None) -> float | None:
+    """``30m``, ``1h``, ``90s``, ``45`` (minutes), ``none``."""
+    if text is None or text.strip().lower() in ("", "none", "inf"):
+        return None
+    t = text.strip().lower()
+    units = {"s": 1, "m": 60, "h": 3600}
+    from slipstream.errors import InvalidConfig
+
+    try:
+        if t[-1] in units:
+            return float(t[:-1]) * units[t[-1]]
+        return float(t) * 60
+    except ValueError:
+        raise InvalidConfig(f"budget {text!r}: expected a duration such as 30m, 1h or 900s") from None
+
+
+class _Printer:
+    """Progress lines on stderr: which candidate, what stage, best so far, time left."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.best: str | None = None
+
+    def __call__(self, e: dict) -> None:
+        if not self.enabled:
+            return
+        left = e.get("time_left_s")
+        left_s = "" if left is None else f" · {max(left, 0) / 60:.1f} min left"
+        kind = e["event"]
+        if kind == "reference":
+            if e["stage"] == "done":
+                r = e["reference"]
+                err.print(f"original: {r['metric']} {r['value']:.4g}, {r['size_bytes'] / 1e6:.0f} MB")
+            else:
+                err.print(f"original: {e['stage']}")
+        elif kind == "space":
+            err.print(f"{e['candidates']} candidates ({e['resumed']} already done, {len(e['skipped'])} left out "
+                      f"as not runnable here)")
+            for s in e["skipped"]:
+                err.print(f"  left out {s['recipe']}: {s['reason']}", highlight=False)
+        elif kind == "start":
+            err.print(f"[{e['index']}/{e['of']}] {e['label']}{left_s}", highlight=False)
+        elif kind == "stage":
+            err.print(f"      {e['stage']}{left_s}", highlight=False)
+        elif kind == "finished":
+            r = e["record"]
+            self.best = e.get("best") or self.best
+            detail = r.get("reason") or ""
+            ratio = r.get("objective_ratio")
+            err.print(f"      {r['status']}" + (f", gate metric {r['drop']:+.2%}" if r.get("drop") is not None else "")
+                      + (f", {ratio:.2f}x the original" if ratio else "") + (f" ({detail})" if detail else "")
+                      + f" · best so far: {self.best or 'none'}{left_s}", highlight=False)
+        elif kind == "confirm":
+            err.print(f"confirming {', '.join(e['names'])} side by side with the original ({e['rounds']} rounds)")
+        elif kind == "log":
+            err.print(e["message"])
+
+
+def auto_cmd(
+    model: str = typer.Argument(..., help="A model in the store, or a source to import (e.g. smollm2-135m)"),
+    max_drop: str = typer.Option("1%", "--max-drop", help="At most this much worse on the gate metric: 1%, 0.02abs"),
+    metric: str = typer.Option("perplexity", "--metric",
+                               help="Gate metric: perplexity (WikiText-2), or TASK.METRIC such as arc_easy.acc_norm"),
+    objective: str = typer.Option("latency", "--objective", help="latency | throughput | size | cost"),
+    budget: str = typer.Option("30m", "--budget", help="Wall-clock budget (30m, 1h, none)"),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda"),
+    recipes: Optional[Path] = typer.Option(None, "--recipes", help="YAML/JSON recipe file extending the space"),
+    only_recipes: bool = typer.Option(False, "--only-recipes", help="Search only the recipe file's candidates"),
+    include: List[str] = typer.Option([], "--include", help="Only candidates using this technique (repeatable)"),
+    exclude: List[str] = typer.Option([], "--exclude", help="No candidates using this technique (repeatable)"),
+    eval_tokens: int = typer.Option(16_384, "--eval-tokens", help="Perplexity gate: tokens in the full evaluation"),
+    screen_tokens: int = typer.Option(2_048, "--screen-tokens", help="Perplexity gate: tokens in the screening slice"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Task gate: items in the full evaluation"),
+    executor: str = typer.Option("local", "--executor", help="local (worker processes) or ray"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (with --executor ray)"),
+    workers: Optional[int] = typer.Option(None, "--workers",
+                                          help="Candidates at once (local default 1: timings stay clean)"),
+    threads: int = typer.Option(1, "--threads", help="CPU threads per engine for the benchmarks"),
+    confirm: int = typer.Option(2, "--confirm", help="Leaders re-measured side by side with the original"),
+    instance: Optional[str] = typer.Option(None, "--instance", help="Cost objective: a priced instance"),
+    price_per_hour: Optional[float] = typer.Option(None, "--price-per-hour", help="Cost objective: your price"),
+    report: Optional[Path] = typer.Option(Path("slipstream-auto.html"), "--report", help="HTML report to write"),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON"),
+) -> None:
+    """Find the fastest (or smallest, or cheapest) variant within the accuracy gate; keep every candidate."""
+    from slipstream.evaluation.gate import Gate
+    from slipstream.search.executors import make_executor
+    from slipstream.search.run import SearchSettings, search
+
+    gate = Gate.parse(metric, default_drop=max_drop)
+    settings = SearchSettings(model=model, gate=gate, objective=objective, budget_s=parse_duration(budget),
+                              device=device, eval_tokens=eval_tokens, screen_tokens=screen_tokens, eval_limit=limit,
+                              bench_threads=threads, confirm=confirm, instance=instance,
+                              price_per_hour=price_per_hour, recipe_file=str(recipes) if recipes else None,
+                              replace_defaults=only_recipes, include=tuple(include), exclude=tuple(exclude))
+    start = time.perf_counter()
+    result = search(settings, executor=make_executor(executor, workers, address), listener=_Printer(not as_json),
+                    report=report)
+    if as_json:
+        print_json(result.to_dict())
+        return
+    rows = []
+    for r in sorted(result.records, key=lambda r: (r.get("status") != "passed", -(r.get("objective") or -1e30))):
+        ratio = r.get("confirmed_speedup") or r.get("objective_ratio")
+        rows.append([(r.get("name") or r["label"]) + (" ★" if r in result.frontier else ""), r["status"],
+                     "—" if r.get("drop") is None else f"{r['drop']:+.2%}" if gate.relative else f"{r['drop']:+.4g}",
+                     "—" if ratio is None else f"{ratio:.2f}x",
+                     "—" if not r.get("size_bytes") else f"{r['size_bytes'] / 1e6:.0f}",
+                     f"{r.get('seconds', 0):.0f}", (r.get("reason") or "")[:80]])
+    table(f"search {result.search_id}: {gate.describe()}, objective {objective} (★ Pareto frontier)",
+          ["variant", "status", "gate Δ", f"{objective} ×", "MB", "s", "reason"], rows)
+    for r in result.not_run:
+        err.print(f"not run: {r['label']} ({r['reason']})", highlight=False)
+    out.print(result.summary(), highlight=False)
+    if result.report:
+        out.print(f"report: {result.report}", highlight=False)
+    err.print(f"search finished in {time.perf_counter() - start:.0f} s ({result.resumed} candidate(s) resumed)")

@@ -1,0 +1,80 @@
+"""Choosing among measured candidates, the candidate space and the ledger, without running anything."""
+
+import json
+
+import pytest
+
+from slipstream.errors import InvalidConfig
+from slipstream.search.run import Ledger, SearchSettings, expected_value
+from slipstream.search.select import closest_misses, frontier, select
+from slipstream.search.space import Candidate, Prior, build_space, read_recipe_file
+from slipstream.techniques.registry import make_config
+
+RECORDS = [
+    {"name": "a", "status": "passed", "objective": 40.0, "drop": 0.008, "max_drop": 0.01},
+    {"name": "b", "status": "passed", "objective": 30.0, "drop": 0.001, "max_drop": 0.01},
+    {"name": "c", "status": "failed_gate", "objective": 80.0, "drop": 0.037, "max_drop": 0.01},
+    {"name": "d", "status": "passed", "objective": 25.0, "drop": 0.004, "max_drop": 0.01},  # dominated by b
+    {"name": "e", "status": "screened_out", "objective": None, "drop": 0.9, "max_drop": 0.01},
+    {"name": "f", "status": "error", "objective": None, "drop": None, "max_drop": 0.01},
+]
+
+
+def test_select_takes_best_passing_objective():
+    assert select(RECORDS)["name"] == "a"
+    assert select([r for r in RECORDS if r["status"] != "passed"]) is None
+
+
+def test_frontier_is_objective_against_accuracy():
+    assert sorted(r["name"] for r in frontier(RECORDS)) == ["a", "b", "c"]
+
+
+def test_closest_misses_ordered_by_margin():
+    assert [r["name"] for r in closest_misses(RECORDS)] == ["c", "e"]
+
+
+def test_expected_value_prefers_cheap_likely_fast():
+    fast = Candidate((make_config("ctranslate2", {"quantization": "int8"}),), Prior(4.0, 0.26, 0.7, 2.0))
+    slow = Candidate((make_config("ctranslate2", {"quantization": "float32"}),), Prior(1.2, 1.0, 0.99, 2.0))
+    assert expected_value(fast, "latency") > expected_value(slow, "latency")
+    assert expected_value(fast, "size") > expected_value(slow, "size")
+
+
+def test_recipe_file_extends_and_restricts(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"replace": True, "candidates": [
+        {"steps": [{"technique": "ctranslate2", "quantization": "int8"}], "prior": {"speedup": 3}},
+        {"steps": [{"technique": "no-such-technique"}]},
+    ]}))
+    recipes, replace = read_recipe_file(path)
+    assert replace and len(recipes) == 2
+    candidates, skipped = build_space("cpu", path, replace_defaults=False)
+    assert [c.label for c in candidates] == [make_config("ctranslate2", {"quantization": "int8"}).slug()]
+    assert "no-such-technique" in skipped[0]["recipe"].__repr__() and skipped[0]["reason"]
+    default, _ = build_space("cpu", include=["ctranslate2"], exclude=["smoothquant"])
+    assert default and all(len(c.steps) == 1 and c.steps[0].technique == "ctranslate2" for c in default)
+
+
+def test_recipe_file_errors_name_the_problem(tmp_path):
+    with pytest.raises(InvalidConfig, match="no such recipe file"):
+        read_recipe_file(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"candidates": [{"prior": {}}]}))
+    with pytest.raises(InvalidConfig, match="candidate 1 needs 'steps'"):
+        read_recipe_file(bad)
+
+
+def test_settings_reject_bad_input():
+    with pytest.raises(InvalidConfig, match="objective"):
+        SearchSettings(model="m", objective="beauty")
+    with pytest.raises(InvalidConfig, match="budget"):
+        SearchSettings(model="m", budget_s=0)
+    assert SearchSettings(model="m").gate_task == "wikitext2"
+
+
+def test_ledger_survives_a_line_cut_short(tmp_path):
+    ledger = Ledger(tmp_path / "s", {"v": 1})
+    ledger.append({"id": "x", "status": "passed"})
+    with open(ledger.path, "a") as f:
+        f.write('{"id": "y", "stat')  # killed mid-write
+    assert list(Ledger(tmp_path / "s", {"v": 1}).load()) == ["x"]
