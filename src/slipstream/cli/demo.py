@@ -1,9 +1,9 @@
-"""``slipstream demo``: the README's main job."""
+"""``slipstream demo``: the README's main job, the automatic search on the bundled demo model."""
 
 from __future__ import annotations
 
 import time
-from typing import Optional
+from pathlib import Path
 
 import typer
 
@@ -11,22 +11,33 @@ from slipstream.cli.output import RichProgress, err, out
 
 
 def demo_cmd(
-    eval_tokens: int = typer.Option(8_192, "--eval-tokens", help="WikiText-2 test tokens to score"),
-    repeats: int = typer.Option(5, "--repeats", help="Timed benchmark runs per measurement"),
-    rounds: int = typer.Option(1, "--rounds", help="Benchmark rounds, interleaved across variants"),
-    threads: int = typer.Option(1, "--threads", help="CPU threads per engine for the benchmarks"),
-    as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON"),
-    markdown: bool = typer.Option(False, "--markdown", help="Also print the table as markdown"),
+    budget: str = typer.Option("30m", "--budget", help="Wall-clock budget of the search"),
+    max_drop: str = typer.Option("1%", "--max-drop", help="At most this much worse perplexity"),
+    objective: str = typer.Option("latency", "--objective", help="latency | throughput | size | cost"),
+    report: Path = typer.Option(Path("slipstream-demo.html"), "--report", help="HTML report to write"),
+    compare_only: bool = typer.Option(False, "--compare-only",
+                                      help="Skip the search: build the fixed CTranslate2 recipes and compare them"),
+    eval_tokens: int = typer.Option(8_192, "--eval-tokens", help="--compare-only: WikiText-2 test tokens to score"),
+    rounds: int = typer.Option(1, "--rounds", help="--compare-only: benchmark rounds, interleaved"),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON"),
 ) -> None:
-    """Import SmolLM2-135M-Instruct, make CTranslate2 float32/int8/int16 variants, evaluate, benchmark, compare."""
-    from slipstream.cli.compare import render
-    from slipstream.demo import DemoSettings, run_demo
+    """Import SmolLM2-135M-Instruct and find its fastest variant within 1% perplexity; write the HTML report."""
+    from slipstream.demo import MODEL
 
     start = time.perf_counter()
-    result = run_demo(DemoSettings(eval_tokens=eval_tokens, repeats=repeats, rounds=rounds, bench_threads=threads),
-                      progress=RichProgress(not as_json))
-    render(result, as_json=as_json)
-    if markdown and not as_json:
-        out.print(result.to_markdown(), markup=False, highlight=False, soft_wrap=True)
+    if compare_only:
+        from slipstream.cli.compare import render
+        from slipstream.demo import DemoSettings, run_demo
+
+        result = run_demo(DemoSettings(eval_tokens=eval_tokens, rounds=rounds), progress=RichProgress(not as_json))
+        render(result, as_json=as_json)
+    else:
+        from slipstream.cli.auto import auto_cmd
+
+        auto_cmd(model=MODEL, max_drop=max_drop, metric="perplexity", objective=objective, budget=budget,
+                 device="cpu", recipes=None, only_recipes=False, include=[], exclude=[], eval_tokens=16_384,
+                 screen_tokens=2_048, limit=None, executor="local", address=None, workers=None, threads=1, confirm=2,
+                 instance=None, price_per_hour=None, report=report, as_json=as_json)
     if not as_json:
         err.print(f"demo finished in {time.perf_counter() - start:.0f} s")
+        out.print(f"open {report} in a browser" if not compare_only else "", highlight=False)
