@@ -35,7 +35,7 @@ def test_help_imports_no_heavy_library():
     (["models", "import", "./no/such/dir"], "no such file or directory"),
     (["models", "show", "ghost"], "no model or variant named 'ghost'"),
     (["optimize", "ghost", "-t", "ctranslate2"], "no model or variant named 'ghost'"),
-    (["optimize", "ghost", "-t", "warp-drive"], "unknown technique 'warp-drive'; known: ctranslate2"),
+    (["optimize", "ghost", "-t", "warp-drive"], "unknown technique 'warp-drive'; known: "),
     (["optimize", "ghost", "-t", "ctranslate2", "-o", "bits"], "--option expects key=value"),
     (["bench", "ghost", "--batch-sizes", "1,x"], "comma-separated integers"),
 ])
