@@ -81,7 +81,7 @@ def auto_cmd(
     only_recipes: bool = typer.Option(False, "--only-recipes", help="Search only the recipe file's candidates"),
     include: List[str] = typer.Option([], "--include", help="Only candidates using this technique (repeatable)"),
     exclude: List[str] = typer.Option([], "--exclude", help="No candidates using this technique (repeatable)"),
-    eval_tokens: int = typer.Option(16_384, "--eval-tokens", help="Perplexity gate: tokens in the full evaluation"),
+    eval_tokens: int = typer.Option(8_192, "--eval-tokens", help="Perplexity gate: tokens in the full evaluation"),
     screen_tokens: int = typer.Option(2_048, "--screen-tokens", help="Perplexity gate: tokens in the screening slice"),
     limit: Optional[int] = typer.Option(None, "--limit", help="Task gate: items in the full evaluation"),
     executor: str = typer.Option("local", "--executor", help="local (worker processes) or ray"),

@@ -35,7 +35,7 @@ def demo_cmd(
         from slipstream.cli.auto import auto_cmd
 
         auto_cmd(model=MODEL, max_drop=max_drop, metric="perplexity", objective=objective, budget=budget,
-                 device="cpu", recipes=None, only_recipes=False, include=[], exclude=[], eval_tokens=16_384,
+                 device="cpu", recipes=None, only_recipes=False, include=[], exclude=[], eval_tokens=8_192,
                  screen_tokens=2_048, limit=None, executor="local", address=None, workers=None, threads=1, confirm=2,
                  instance=None, price_per_hour=None, report=report, as_json=as_json)
     if not as_json:

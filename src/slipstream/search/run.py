@@ -40,7 +40,7 @@ class SearchSettings:
     objective: str = "latency"
     budget_s: float | None = 1800.0
     device: str = "cpu"
-    eval_tokens: int = 16_384  # perplexity tasks: full evaluation
+    eval_tokens: int = 8_192  # perplexity tasks: full evaluation (first N WikiText-2 test tokens)
     screen_tokens: int = 2_048  # perplexity tasks: screening slice
     window: int = 1024  # perplexity tasks: tokens per window, and between window starts
     stride: int = 512
