@@ -95,6 +95,11 @@ class Slowed:
 class _SlowStepper:
     def __init__(self, inner: Any, owner: Slowed):
         self.inner, self.owner = inner, owner
+        self.added: dict[int, int] = {}  # seq id -> index of the first step after it was added
+
+    def add(self, seq_id: int, prompt: Any, params: Any) -> None:
+        self.added[seq_id] = len(self.owner.steps)
+        self.inner.add(seq_id, prompt, params)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
