@@ -162,7 +162,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--engine", action="append", required=True, help="ENGINE:VARIANT, e.g. transformers:smollm2-135m")
     ap.add_argument("--levels", default="1,4,16,64", help="concurrent streams")
-    ap.add_argument("--requests", type=int, default=16, help="requests per level (at least the concurrency)")
+    ap.add_argument("--requests", type=int, default=8, help="requests per level (at least the concurrency)")
+    ap.add_argument("--baseline-levels", default="1,4,16",
+                    help="levels run on the one-at-a-time baselines (their tokens/s does not depend on the "
+                         "concurrency; more streams only wait longer in the queue)")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=64, help="max_batch_size of the batched servers")
@@ -182,7 +185,8 @@ def main() -> None:
     store = Store()
     prompts = load_prompts(80)
     servers: list[Server] = []
-    record: dict = {"machine": describe_machine(), "threads": args.threads, "max_tokens": args.max_tokens,
+    record: dict = {"command": " ".join(sys.argv), "machine": describe_machine(), "threads": args.threads,
+                    "max_tokens": args.max_tokens, "batch": args.batch, "baseline_levels": args.baseline_levels,
                     "levels": levels, "requests_per_level": {c: max(c, args.requests) for c in levels},
                     "workload": "mt-bench first turns as chat, greedy, ignore_eos, streamed",
                     "load_before": [round(x, 2) for x in os.getloadavg()], "servers": {}, "notes": []}
@@ -218,8 +222,11 @@ def main() -> None:
             record["servers"][s.label] = {"startup_s": round(s.startup_s, 1), "banner": getattr(s, "banner", None),
                                           "levels": {}}
             asyncio.run(run_level(s.url, s.model, prompts, 1, 1, 4))  # warm-up
+        baseline_levels = {int(x) for x in args.baseline_levels.split(",")}
         for c in levels:
             for s in servers:
+                if s.label.endswith(":baseline") and c not in baseline_levels:
+                    continue
                 n = max(c, args.requests)
                 r = asyncio.run(run_level(s.url, s.model, prompts, c, n, args.max_tokens))
                 record["servers"][s.label]["levels"][str(c)] = r
