@@ -38,6 +38,9 @@ import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+VLLM_NOTE = ("OMP_NUM_THREADS=<threads> VLLM_CPU_KVCACHE_SPACE=1 VLLM_CPU_OMP_THREADS_BIND=nobind python -m "
+             "vllm.entrypoints.openai.api_server --model <HF fp32 dir> --dtype float32 --host 127.0.0.1 "
+             "--max-model-len 2048 --max-num-seqs <batch>")
 
 
 class Server:
@@ -84,6 +87,8 @@ class Server:
             raise RuntimeError(f"{self.label}: server not ready after {timeout:.0f} s; see {self.log_path}")
 
     def stop(self) -> None:
+        if self.proc is None:  # not ours
+            return
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -171,6 +176,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64, help="max_batch_size of the batched servers")
     ap.add_argument("--vllm-python", help="python of a venv with vllm-cpu; adds vLLM's OpenAI server")
     ap.add_argument("--vllm-model", help="store name of the HF fp32 model vLLM serves")
+    ap.add_argument("--vllm-url", help="use a vLLM server already running there (started as --vllm-python "
+                    "would start it; its startup compiles for minutes) instead of starting one")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/serving.json"))
     ap.add_argument("--logs", default="/tmp/slipstream-serving-bench")
     args = ap.parse_args()
@@ -199,7 +206,13 @@ def main() -> None:
                 servers.append(Server(label, slipstream_cmd(variant, engine, args.threads, batch, extra), env,
                                       logs / f"{engine}-{role}.log", variant))
                 print(f"  {servers[-1].url} ready in {servers[-1].startup_s:.1f} s", flush=True)
-        if args.vllm_python:
+        if args.vllm_url:
+            s = Server.__new__(Server)
+            s.label, s.model, s.url, s.startup_s = f"vllm:{args.vllm_model}:batched", args.vllm_model, args.vllm_url, 0.0
+            s.proc, s.log = None, None
+            servers.append(s)
+            record["notes"].append(f"vLLM server already running at {args.vllm_url}, started with: " + VLLM_NOTE)
+        elif args.vllm_python:
             model_dir = store.get(args.vllm_model).path
             venv = Path(args.vllm_python).parent.parent
             venv_env = {**env, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
