@@ -240,8 +240,17 @@ def main() -> None:
             for s in servers:
                 if s.label.endswith(":baseline") and c not in baseline_levels:
                     continue
+                if record["servers"][s.label].get("error"):
+                    continue
                 n = max(c, args.requests)
-                r = asyncio.run(run_level(s.url, s.model, prompts, c, n, args.max_tokens))
+                try:
+                    r = asyncio.run(run_level(s.url, s.model, prompts, c, n, args.max_tokens))
+                except Exception as exc:  # noqa: BLE001 - a server that dies is recorded, the others go on
+                    alive = s.proc is None or s.proc.poll() is None
+                    record["servers"][s.label]["error"] = (f"at {c} streams: {exc.__class__.__name__}: {exc} "
+                                                           f"(process {'alive' if alive else 'gone'})")
+                    print(f"{s.label}: {record['servers'][s.label]['error']}", flush=True)
+                    continue
                 record["servers"][s.label]["levels"][str(c)] = r
                 print(f"{s.label:45s} c={c:3d} {r['output_tokens_per_s']:8.1f} tok/s  TTFT p50 "
                       f"{r['ttft_s']['p50']:.3f} s  TPOT p50 {r['tpot_s'].get('p50', 0) * 1000:.1f} ms "
