@@ -236,8 +236,8 @@ def main() -> None:
                                           "levels": {}}
             asyncio.run(run_level(s.url, s.model, prompts, 1, 1, 4))  # warm-up
         baseline_levels = {int(x) for x in args.baseline_levels.split(",")}
-        for c in levels:
-            for s in servers:
+        for i, c in enumerate(levels):
+            for s in (servers if i % 2 == 0 else servers[::-1]):  # no server always goes first
                 if s.label.endswith(":baseline") and c not in baseline_levels:
                     continue
                 if record["servers"][s.label].get("error"):
