@@ -108,3 +108,25 @@ def test_ctranslate2_rows_equal_generate_and_stop_early(session_store):
     assert seen[3] == expected[3].token_ids[:4] == results[3].token_ids
     with pytest.raises(ValueError, match="batch_key"):
         ct2.generate_rows(prompts[:2], [params[0], SamplingParams(temperature=0.5)], on_token)
+
+
+def test_grouped_decode_attention_equals_sdpa_with_repeated_heads(hf):
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from slipstream.engines.transformers_steps import ROWS_ATTENTION, grouped_decode_attention
+
+    hf.stepper()
+    assert hf.model.config._attn_implementation == ROWS_ATTENTION  # the stepper switched the model over
+    torch.manual_seed(0)
+    rows, heads, kv_heads, width, dim = 5, 6, 2, 11, 8
+    buffer = torch.randn(rows, kv_heads, 16, dim)  # a cache buffer wider than the columns in use
+    key, value = buffer[:, :, :width], torch.randn(rows, kv_heads, 16, dim)[:, :, :width]
+    query = torch.randn(rows, heads, 1, dim)
+    lengths = torch.tensor([11, 3, 7, 1, 9])
+    mask = (torch.arange(width)[None, :] < lengths[:, None])[:, None, None, :]
+    module = type("M", (), {"num_key_value_groups": heads // kv_heads, "is_causal": True, "training": False})()
+    got, _ = grouped_decode_attention(module, query, key, value, mask, scaling=0.3)
+    want, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3)
+    assert got.shape == want.shape == (rows, 1, heads, dim)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

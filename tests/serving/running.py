@@ -68,3 +68,45 @@ def wait_for(predicate: Any, timeout: float = 20.0, every: float = 0.05) -> Any:
         if value or time.monotonic() > deadline:
             return value
         time.sleep(every)
+
+
+class Slowed:
+    """A real engine whose batch steps each take at least ``delay`` seconds, with a log of every step.
+
+    The tiny test model decodes a token in about a millisecond; tests that must catch a request while it
+    runs (joining a batch, disconnecting, a full queue) slow it down. ``steps`` records, per step, the
+    ids of the sequences that got a token, so a test can see who shared which step.
+    """
+
+    def __init__(self, engine: Any, delay: float):
+        self._engine, self.delay = engine, delay
+        self.steps: list[list[int]] = []
+        self.steppers: list[Any] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+    def stepper(self, **options: Any) -> Any:
+        s = _SlowStepper(self._engine.stepper(**options), self)
+        self.steppers.append(s)
+        return s
+
+
+class _SlowStepper:
+    def __init__(self, inner: Any, owner: Slowed):
+        self.inner, self.owner = inner, owner
+        self.added: dict[int, int] = {}  # seq id -> index of the first step after it was added
+
+    def add(self, seq_id: int, prompt: Any, params: Any) -> None:
+        self.added[seq_id] = len(self.owner.steps)
+        self.inner.add(seq_id, prompt, params)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def step(self) -> Any:
+        start = time.perf_counter()
+        out = self.inner.step()
+        self.owner.steps.append([o.seq_id for o in out if o.token is not None])
+        time.sleep(max(0.0, self.owner.delay - (time.perf_counter() - start)))
+        return out

@@ -122,6 +122,25 @@ def test_dynamic_batching_collects_a_window_and_groups_by_sampling():
         assert tokens == continuation(TOK.encode(p), SamplingParams(max_tokens=m))
 
 
+def test_dynamic_batching_keeps_prompts_of_close_length_together():
+    engine = FakeEngine(delay=0.001)
+    sched = DynamicScheduler(engine, window_s=0.2, max_batch_size=8, max_queue=16, prompt_spread=4)
+    prompts = [[0] * 10, [1] * 40, [2] * 12, [3] * 43, [4] * 14, [5] * 15]
+
+    async def main():
+        sched.start()
+        try:
+            ts = [sched.submit(p, SamplingParams(max_tokens=3)) for p in prompts]
+            return await asyncio.gather(*(drain(t) for t in ts))
+        finally:
+            sched.stop()
+
+    results = run(main())
+    # the oldest (10 tokens) leads: 10, 12, 14 share a batch (15 would make the spread 5); then 40, 43; then 15
+    assert engine.calls == [3, 2, 1]
+    assert [r[0] for r in results] == [continuation(p, SamplingParams(max_tokens=3)) for p in prompts]
+
+
 def test_dynamic_batching_stops_a_cancelled_row_and_falls_back_to_generate():
     engine = FakeEngine(delay=0.002)
     sched = DynamicScheduler(engine, window_s=0.05, max_batch_size=4, max_queue=4)

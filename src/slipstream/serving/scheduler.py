@@ -8,6 +8,9 @@ their tokens back. Admission is bounded: past ``max_batch_size`` running plus ``
   waiting request joins the running batch at the next step; a finished or cancelled one leaves at once.
 - :class:`DynamicScheduler` (whole-batch engines): collect requests for ``window_s`` (or until the
   batch is full), run them as one batch; with ``generate_rows`` tokens stream out as they are made.
+  Prompts in one batch differ in length by at most ``prompt_spread`` tokens: CTranslate2 runs only
+  the shortest prompt's length as a prefill and force-decodes the rest one step at a time, so a
+  batch of very different prompt lengths would spend hundreds of steps before its first token.
 - :class:`SequentialScheduler`: one request at a time through ``engine.stream`` (the baseline).
 """
 
@@ -239,9 +242,9 @@ class ContinuousScheduler(Scheduler):
 class DynamicScheduler(Scheduler):
     mode = "dynamic"
 
-    def __init__(self, engine: Any, *, window_s: float = 0.005, **kwargs: Any):
+    def __init__(self, engine: Any, *, window_s: float = 0.005, prompt_spread: int | None = None, **kwargs: Any):
         super().__init__(**kwargs)
-        self.engine, self.window_s = engine, window_s
+        self.engine, self.window_s, self.prompt_spread = engine, window_s, prompt_spread
 
     def _collect(self) -> None:
         """Wait up to the window (from the oldest arrival) for the batch to fill."""
@@ -256,11 +259,9 @@ class DynamicScheduler(Scheduler):
         self._collect()
         if not self.waiting:
             return
-        first = self.waiting[0]
         rows = callable(getattr(self.engine, "generate_rows", None))
-        key = batch_key(first.params) if rows else first.params
-        batch = self._admit(self.max_batch_size,
-                            lambda t: (batch_key(t.params) if rows else t.params) == key and not t.cancelled)
+        chosen = self._choose(rows)
+        batch = self._admit(self.max_batch_size, lambda t: t.seq_id in chosen)
         if not batch:
             return
         self._record_batch(len(batch))
@@ -275,12 +276,34 @@ class DynamicScheduler(Scheduler):
 
             results = self.engine.generate_rows(prompts, params, on_token)
         else:
-            results = self.engine.generate(prompts, first.params)
+            results = self.engine.generate(prompts, batch[0].params)
             for t, c in zip(batch, results):
                 for token in c.token_ids:
                     t.emit("token", token)
         for t, c in zip(batch, results):
             self._finish(t, "cancelled" if t.cancelled else c.finish_reason)
+
+
+    def _choose(self, rows: bool) -> set[int]:
+        """The oldest request and those that can share its batch: same sampling, prompts of close length."""
+        with self._cond:
+            first = self.waiting[0]
+            key = batch_key(first.params) if rows else first.params
+            fits = [t for t in self.waiting
+                    if not t.cancelled and (batch_key(t.params) if rows else t.params) == key]
+        if self.prompt_spread is None:
+            return {t.seq_id for t in fits[: self.max_batch_size]}
+        base = len(first.prompt)
+        lo = hi = base
+        chosen: set[int] = set()
+        for t in sorted(fits, key=lambda t: (abs(len(t.prompt) - base), t.seq_id)):
+            n = len(t.prompt)
+            if len(chosen) >= self.max_batch_size:
+                break
+            if max(hi, n) - min(lo, n) <= self.prompt_spread:
+                lo, hi = min(lo, n), max(hi, n)
+                chosen.add(t.seq_id)
+        return chosen
 
 
 class SequentialScheduler(Scheduler):

@@ -43,7 +43,8 @@ def banner(url: str, model_name: str, engine: Any, settings: DeploymentSettings)
         f"  model      {model_name} (context {engine.max_context} tokens)",
         f"  engine     {info.engine} ({info.compute_type}, {info.device}, {info.threads} threads)",
         f"  batching   {batching_mode(engine, s)}, max_batch_size={s.max_batch_size}, max_queue={s.max_queue}"
-        + (f", window={s.batch_window_ms} ms" if batching_mode(engine, s) == "dynamic" else ""),
+        + (f", window={s.batch_window_ms} ms, max_prompt_spread={s.max_prompt_spread}"
+           if batching_mode(engine, s) == "dynamic" else ""),
         f"  defaults   temperature={d.temperature} top_p={d.top_p} top_k={d.top_k} max_tokens={d.max_tokens} "
         f"n={d.n} seed={d.seed} stop={d.stop}",
         f"  limits     max_tokens={s.limits.max_tokens} max_n={s.limits.max_n} "

@@ -71,6 +71,9 @@ class DeploymentSettings(_Strict):
     max_batch_size: int = Field(16, ge=1)  # sequences decoded together
     max_queue: int = Field(64, ge=0)  # requests waiting for a slot; more get 429 at once
     batch_window_ms: float = Field(5.0, ge=0)  # dynamic batching: how long to collect a batch
+    # dynamic batching: prompts in one batch differ in length by at most this many tokens (CTranslate2
+    # force-decodes the difference one step at a time); None: no limit
+    max_prompt_spread: Optional[int] = Field(32, ge=0)
     prefill_tokens: int = Field(512, ge=1)  # continuous batching: prompt tokens prefilled per step
     exact_cache: ExactCacheSettings = Field(default_factory=ExactCacheSettings)
     semantic_cache: SemanticCacheSettings = Field(default_factory=SemanticCacheSettings)
