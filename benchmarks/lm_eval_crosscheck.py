@@ -42,7 +42,7 @@ def main() -> None:
         task = write_arc_task(Path(tmp), args.subset, args.limit)
         theirs = lm_eval.simple_evaluate(
             model="hf", model_args=f"pretrained={path},dtype=float32", tasks=[task],
-            task_manager=TaskManager(include_path=tmp), limit=args.limit, batch_size=args.batch_size,
+            task_manager=TaskManager(include_path=tmp), limit=args.limit, batch_size=args.batch_size, device="cpu",
         )["results"][task]
     lm_eval_s = time.time() - start
     ours = evaluate(args.model, reference=None, store=store,

@@ -78,3 +78,32 @@ def test_ledger_survives_a_line_cut_short(tmp_path):
     with open(ledger.path, "a") as f:
         f.write('{"id": "y", "stat')  # killed mid-write
     assert list(Ledger(tmp_path / "s", {"v": 1}).load()) == ["x"]
+
+
+def test_budget_stops_a_running_candidate(tmp_path):
+    import os
+    import time
+
+    from slipstream.search.executors import LocalExecutor
+
+    slow = tmp_path / "slow-python"
+    slow.write_text("#!/bin/sh\nsleep 60\n")
+    os.chmod(slow, 0o755)
+    request = {"candidate": {"id": "x", "label": "x", "steps": []}}
+    started = time.time()
+    ((_, record),) = list(LocalExecutor(1, python=str(slow)).run([request], lambda *_: None, time.time() + 1))
+    assert record["status"] == "cancelled" and "budget" in record["reason"]
+    assert time.time() - started < 10
+
+
+def test_a_dead_worker_is_a_record_not_a_crash(tmp_path):
+    import os
+
+    from slipstream.search.executors import LocalExecutor
+
+    crash = tmp_path / "crash-python"
+    crash.write_text("#!/bin/sh\necho 'MemoryError: out of memory' >&2\nexit 9\n")
+    os.chmod(crash, 0o755)
+    request = {"candidate": {"id": "x", "label": "x", "steps": []}}
+    ((_, record),) = list(LocalExecutor(1, python=str(crash)).run([request], lambda *_: None))
+    assert record["status"] == "error" and "code 9" in record["reason"] and "MemoryError" in record["reason"]

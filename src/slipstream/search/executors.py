@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
+import time
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from slipstream.errors import MissingExtra, SlipstreamError
@@ -27,7 +29,8 @@ class Executor(Protocol):
     name: str
     workers: int
 
-    def run(self, requests: Iterable[Request], on_event: OnEvent) -> Iterator[tuple[Request, Record]]: ...
+    def run(self, requests: Iterable[Request], on_event: OnEvent,
+            deadline: float | None = None) -> Iterator[tuple[Request, Record]]: ...
 
     def close(self) -> None: ...
 
@@ -45,14 +48,30 @@ class LocalExecutor:
             raise SlipstreamError(f"workers must be at least 1, got {workers}")
         self.workers = workers
         self.python = python or sys.executable
+        self._live: set[subprocess.Popen] = set()
 
-    def _one(self, request: Request, on_event: OnEvent) -> Record:
+    def _one(self, request: Request, on_event: OnEvent, deadline: float | None = None) -> Record:
         proc = subprocess.Popen([self.python, "-m", "slipstream.search.worker", json.dumps(request)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=os.environ | {"PYTHONUNBUFFERED": "1"})
+                                env=os.environ | {"PYTHONUNBUFFERED": "1"}, start_new_session=True)
+        self._live.add(proc)
         stderr: list[str] = []
         drain = threading.Thread(target=lambda: stderr.extend(proc.stderr), daemon=True)  # type: ignore[arg-type]
         drain.start()
+        cancelled = threading.Event()
+        if deadline is not None:
+            def watchdog() -> None:
+                while proc.poll() is None:
+                    if time.time() > deadline:
+                        cancelled.set()
+                        try:  # the worker and anything it started (a compiler, a server)
+                            os.killpg(proc.pid, signal.SIGKILL)
+                        except ProcessLookupError:
+                            pass
+                        return
+                    time.sleep(1.0)
+
+            threading.Thread(target=watchdog, daemon=True).start()
         record = None
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -65,7 +84,10 @@ class LocalExecutor:
             else:
                 on_event(request, event)
         proc.wait()
+        self._live.discard(proc)
         drain.join(timeout=5)
+        if record is None and cancelled.is_set():
+            return cancelled_record(request)
         if record is None:
             tail = "".join(stderr).strip().splitlines()[-1:] or ["no output"]
             record = {"id": request["candidate"]["id"], "label": request["candidate"]["label"],
@@ -73,7 +95,8 @@ class LocalExecutor:
                       "reason": f"worker exited with code {proc.returncode}: {tail[0][:300]}"}
         return record
 
-    def run(self, requests: Iterable[Request], on_event: OnEvent) -> Iterator[tuple[Request, Record]]:
+    def run(self, requests: Iterable[Request], on_event: OnEvent,
+            deadline: float | None = None) -> Iterator[tuple[Request, Record]]:
         """Up to ``workers`` candidates at a time; requests are pulled lazily, so the caller can stop
         handing them out (budget spent) and still receive the ones in flight."""
         done: queue.Queue[tuple[Request, Record]] = queue.Queue()
@@ -81,7 +104,8 @@ class LocalExecutor:
         running = 0
 
         def start(request: Request) -> None:
-            threading.Thread(target=lambda: done.put((request, self._one(request, on_event))), daemon=True).start()
+            threading.Thread(target=lambda: done.put((request, self._one(request, on_event, deadline))),
+                             daemon=True).start()
 
         for request in pending:
             start(request)
@@ -98,7 +122,12 @@ class LocalExecutor:
                 running += 1
 
     def close(self) -> None:
-        pass
+        """Stop workers still running (the search was interrupted): they run in their own session."""
+        for proc in list(self._live):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 class RayExecutor:
@@ -123,7 +152,8 @@ class RayExecutor:
 
         self._task = ray.remote(num_cpus=num_cpus, max_retries=0)(run_candidate)
 
-    def run(self, requests: Iterable[Request], on_event: OnEvent) -> Iterator[tuple[Request, Record]]:
+    def run(self, requests: Iterable[Request], on_event: OnEvent,
+            deadline: float | None = None) -> Iterator[tuple[Request, Record]]:
         ray = self._ray
         pending = iter(requests)
         running: dict[Any, Request] = {}
@@ -133,7 +163,13 @@ class RayExecutor:
             if len(running) >= self.workers:
                 break
         while running:
-            ready, _ = ray.wait(list(running), num_returns=1)
+            timeout = None if deadline is None else max(deadline - time.time(), 0.0)
+            ready, _ = ray.wait(list(running), num_returns=1, timeout=timeout)
+            if not ready:  # budget spent: cancel what is still running
+                for ref, request in list(running.items()):
+                    ray.cancel(ref, force=True)
+                    yield request, cancelled_record(request)
+                return
             request = running.pop(ready[0])
             try:
                 record = ray.get(ready[0])
@@ -149,6 +185,12 @@ class RayExecutor:
 
     def close(self) -> None:
         pass
+
+
+def cancelled_record(request: Request) -> Record:
+    return {"id": request["candidate"]["id"], "label": request["candidate"]["label"],
+            "steps": request["candidate"]["steps"], "status": "cancelled", "objective": None, "drop": None,
+            "reason": "stopped when the budget ran out"}
 
 
 def make_executor(kind: str, workers: int | None = None, address: str | None = None) -> Executor:

@@ -215,11 +215,13 @@ def search(settings: SearchSettings, *, store: Store | None = None, executor: An
     if metric not in ref_eval.metrics:
         raise InvalidConfig(f"task {settings.gate_task} reports {', '.join(sorted(ref_eval.metrics))}; "
                             f"the gate's metric {metric!r} is not among them")
-    ref_bench = None
+    ref_bench, bench_s = None, 0.0
     if settings.objective != "size":
         emit({"event": "reference", "stage": "benchmark", "name": settings.model})
+        t = time.time()
         ref_bench = bench(settings.model, settings=BenchSettings(**settings.bench_settings()), store=store,
                           use_cache=True).metrics
+        bench_s = max(time.time() - t, 20.0)  # the original is the slowest to benchmark; cached: a guess
     reference = {"name": settings.model, "metric": metric, "value": ref_eval.metrics[metric],
                  "size_bytes": model.size_bytes,
                  "objective": objective_value(settings.objective, ref_bench, model.size_bytes,
@@ -245,7 +247,8 @@ def search(settings: SearchSettings, *, store: Store | None = None, executor: An
                     "screen": settings.eval_settings(True), "evaluate": settings.eval_settings(False),
                     "bench": settings.bench_settings(), "price_per_hour": settings.price().price_per_hour}
     durations = [r["seconds"] for r in records if r.get("seconds")]
-    confirm_reserve = (settings.confirm_rounds * (min(settings.confirm, 3) + 1) * 60.0) if ref_bench else 0.0
+    # Time kept back for the confirmation rounds and the report at the end.
+    confirm_reserve = (settings.confirm_rounds * (settings.confirm + 1) + 1) * bench_s if ref_bench else 0.0
     not_run: list[dict[str, Any]] = []
     state = {"index": 0}
 
@@ -271,18 +274,28 @@ def search(settings: SearchSettings, *, store: Store | None = None, executor: An
               "time_left_s": None if deadline is None else deadline - time.time()})
 
     # 3-4. Run, keeping every record.
-    for request, record in executor.run(requests(), on_event):
-        record["prior"] = request["candidate"]["prior"]
-        if reference["objective"] and record.get("objective") is not None and settings.objective != "size":
-            record["objective_ratio"] = record["objective"] / reference["objective"] \
-                if settings.objective in ("latency", "throughput") else reference["objective"] / record["objective"]
-        if record.get("seconds"):
-            durations.append(record["seconds"])
-        records.append(record)
-        ledger.append(record)
-        best = best_record()
-        emit({"event": "finished", "record": record, "best": best and best.get("name"),
-              "time_left_s": None if deadline is None else deadline - time.time()})
+    # In-flight candidates are stopped shortly before the confirmation rounds' share of the budget.
+    hard_stop = None if deadline is None else deadline - confirm_reserve * 0.5
+    try:
+        for request, record in executor.run(requests(), on_event, hard_stop):
+            if record.get("status") == "cancelled":  # not in the ledger: a resumed search runs it
+                not_run.append({"label": record["label"], "reason": record["reason"]})
+                emit({"event": "finished", "record": record, "best": (best_record() or {}).get("name"),
+                      "time_left_s": deadline - time.time() if deadline else None})
+                continue
+            record["prior"] = request["candidate"]["prior"]
+            if reference["objective"] and record.get("objective") is not None and settings.objective != "size":
+                record["objective_ratio"] = record["objective"] / reference["objective"] \
+                    if settings.objective in ("latency", "throughput") else reference["objective"] / record["objective"]
+            if record.get("seconds"):
+                durations.append(record["seconds"])
+            records.append(record)
+            ledger.append(record)
+            best = best_record()
+            emit({"event": "finished", "record": record, "best": best and best.get("name"),
+                  "time_left_s": None if deadline is None else deadline - time.time()})
+    finally:
+        executor.close()
 
     # 5. Confirm the leaders side by side.
     confirmed = None
@@ -307,6 +320,7 @@ def search(settings: SearchSettings, *, store: Store | None = None, executor: An
     (ledger.directory / "result.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
     emit({"event": "done", "summary": result.summary()})
     return result
+
 
 
 def confirm(settings: SearchSettings, names: list[str], store: Store) -> dict[str, Any]:
