@@ -25,9 +25,9 @@ class CountingExecutor(LocalExecutor):
         super().__init__(workers)
         self.started = []
 
-    def _one(self, request, on_event):
+    def _one(self, request, on_event, deadline=None):
         self.started.append(request["candidate"]["label"])
-        return super()._one(request, on_event)
+        return super()._one(request, on_event, deadline)
 
 
 def settings(tmp_path, gate="perplexity=5%", recipes=RECIPES, **kw):

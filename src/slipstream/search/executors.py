@@ -103,9 +103,17 @@ class LocalExecutor:
         pending = iter(requests)
         running = 0
 
+        def work(request: Request) -> None:
+            try:
+                record = self._one(request, on_event, deadline)
+            except BaseException as exc:  # never leave the search waiting for a thread that died
+                record = {"id": request["candidate"]["id"], "label": request["candidate"]["label"],
+                          "steps": request["candidate"]["steps"], "status": "error", "objective": None,
+                          "drop": None, "reason": f"executor: {type(exc).__name__}: {exc}"}
+            done.put((request, record))
+
         def start(request: Request) -> None:
-            threading.Thread(target=lambda: done.put((request, self._one(request, on_event, deadline))),
-                             daemon=True).start()
+            threading.Thread(target=work, args=(request,), daemon=True).start()
 
         for request in pending:
             start(request)
