@@ -76,3 +76,19 @@ def test_stats():
     assert percentiles([1, 2, 3, 4, 5])["p50"] == 3
     s = summary([1.0, 2.0, 10.0])
     assert s["median"] == 2.0 and s["min"] == 1.0 and s["max"] == 10.0 and s["n"] == 3
+
+
+def test_prompt_set_workload(session_store, tmp_path):
+    from slipstream.benchmark.workloads import load_prompts
+
+    assert len(load_prompts("mt-bench")) == 80 and len(load_prompts("vicuna")) == 80
+    settings = BenchSettings(output_tokens=8, batch_sizes=(1, 3), repeats=2, warmup=0, threads=1, workload="vicuna")
+    m = bench("tiny", settings=settings, store=session_store).metrics
+    assert m["workload"] == {"name": "vicuna", "prompts": 80}
+    assert 1 <= m["latency"]["output_tokens"] <= 8 and m["latency"]["prompt_tokens"] > 5
+    own = tmp_path / "prompts.jsonl"
+    own.write_text('{"instruction": "Say hi."}\n{"prompt": "Count to three."}\n')
+    assert load_prompts(f"file:{own}") == ["Say hi.", "Count to three."]
+    own.write_text('{"question": "no known field"}\n')
+    with pytest.raises(InvalidConfig, match="prompts.jsonl:1: no prompt field"):
+        load_prompts(f"file:{own}")

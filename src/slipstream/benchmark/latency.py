@@ -33,20 +33,23 @@ def time_stream(engine: Engine, prompt: Sequence[int], params: SamplingParams) -
     return StreamTiming(stamps[0] - start, gaps, len(stamps))
 
 
-def latency(engine: Engine, prompt: Sequence[int], params: SamplingParams, repeats: int, warmup: int,
+def latency(engine: Engine, prompts: Sequence[Sequence[int]], params: SamplingParams, repeats: int, warmup: int,
             tick: Callable[[], None] = lambda: None) -> dict:
-    """Time to first token and time per output token (p50/p95/p99) over ``repeats`` streamed runs."""
-    for _ in range(warmup):
-        time_stream(engine, prompt, params)
+    """Time to first token and time per output token (p50/p95/p99) over ``repeats`` streamed runs,
+    cycling through ``prompts``."""
+    for i in range(warmup):
+        time_stream(engine, prompts[i % len(prompts)], params)
         tick()
-    runs = []
-    for _ in range(repeats):
+    runs, used = [], []
+    for i in range(repeats):
+        prompt = prompts[i % len(prompts)]
         runs.append(time_stream(engine, prompt, params))
+        used.append(len(prompt))
         tick()
     gaps = [g for r in runs for g in r.gaps_s]
     return {
-        "prompt_tokens": len(prompt),
-        "output_tokens": runs[0].tokens,
+        "prompt_tokens": round(sum(used) / len(used)),
+        "output_tokens": round(sum(r.tokens for r in runs) / len(runs)),
         "ttft_s": percentiles([r.ttft_s for r in runs]) | {"runs": summary([r.ttft_s for r in runs])},
         "tpot_s": percentiles(gaps),
         "decode_tokens_per_s": summary([r.decode_tokens_per_s for r in runs]),
@@ -63,15 +66,16 @@ def thin(values: Sequence[float], n: int) -> list[float]:
     return [ordered[round(i * step)] for i in range(n)]
 
 
-def throughput(engine: Engine, prompt: Sequence[int], params: SamplingParams, batch_size: int, repeats: int,
-               tick: Callable[[], None] = lambda: None) -> dict:
-    """Output tokens per second generating ``batch_size`` copies of the prompt at once (prefill included)."""
-    prompts = [list(prompt)] * batch_size
-    engine.generate(prompts[:1], params.with_(max_tokens=4, min_tokens=0, ignore_eos=True))  # warm-up
+def throughput(engine: Engine, prompts: Sequence[Sequence[int]], params: SamplingParams, batch_size: int,
+               repeats: int, tick: Callable[[], None] = lambda: None) -> dict:
+    """Output tokens per second generating ``batch_size`` prompts at once (prefill included), cycling
+    through ``prompts`` (a single prompt is repeated ``batch_size`` times)."""
+    engine.generate([list(prompts[0])], params.with_(max_tokens=4, min_tokens=0, ignore_eos=True))  # warm-up
     rates, seconds = [], []
-    for _ in range(repeats):
+    for r in range(repeats):
+        batch = [list(prompts[(r * batch_size + i) % len(prompts)]) for i in range(batch_size)]
         start = time.perf_counter()
-        done = engine.generate(prompts, params)
+        done = engine.generate(batch, params)
         elapsed = time.perf_counter() - start
         produced = sum(len(c.token_ids) for c in done)
         rates.append(produced / elapsed)

@@ -34,6 +34,7 @@ class BenchSettings:
     threads: int | None = None  # None: the engine's default (all cores)
     device: str | None = None
     engine: str | None = None
+    workload: str = "fixed"  # fixed lengths, or a prompt set: mt-bench, vicuna, file:PATH
 
     def __post_init__(self) -> None:
         if self.prompt_tokens < 1 or self.output_tokens < 2:

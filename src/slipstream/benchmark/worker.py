@@ -18,6 +18,8 @@ def emit(**payload) -> None:
 
 def run(request: dict) -> dict:
     from slipstream.benchmark.latency import latency, throughput
+    from slipstream.benchmark.workloads import load_prompts
+    from slipstream.evaluation.generation import prompt_ids
     from slipstream.benchmark.memory import peak_gpu_bytes, peak_rss_bytes, reset_peak_rss, rss_bytes
     from slipstream.engines.loading import open_engine
     from slipstream.engines.protocol import SamplingParams
@@ -36,13 +38,19 @@ def run(request: dict) -> dict:
     separate = reset_peak_rss()  # from here on, the peak is that of generation alone
     emit(event="tick", stage="loaded")
 
-    prompt = engine.tokenizer.encode(text_set("wikitext2")[:40_000])[: s["prompt_tokens"]]
-    params = SamplingParams(max_tokens=s["output_tokens"], ignore_eos=True)
+    workload = s.get("workload", "fixed")
+    if workload == "fixed":  # one prompt of exactly prompt_tokens tokens, exactly output_tokens generated
+        prompts = [engine.tokenizer.encode(text_set("wikitext2")[:40_000])[: s["prompt_tokens"]]]
+        params = SamplingParams(max_tokens=s["output_tokens"], ignore_eos=True)
+    else:  # real requests: each prompt through the chat template, generation stops where the model stops
+        prompts = [prompt_ids(engine, text, chat=None) for text in load_prompts(workload)]
+        params = SamplingParams(max_tokens=s["output_tokens"])
     tick = lambda: emit(event="tick")  # noqa: E731
-    lat = latency(engine, prompt, params, s["repeats"], s["warmup"], tick)
-    tput = [throughput(engine, prompt, params, b, s["repeats"], tick) for b in s["batch_sizes"]]
+    lat = latency(engine, prompts, params, s["repeats"], s["warmup"], tick)
+    tput = [throughput(engine, prompts, params, b, s["repeats"], tick) for b in s["batch_sizes"]]
     return {
         "engine": engine.info().__dict__,
+        "workload": {"name": workload, "prompts": len(prompts)},
         "load_s": load_s,
         "latency": lat,
         "throughput": tput,

@@ -27,6 +27,8 @@ def bench_cmd(
     warmup: int = typer.Option(1, "--warmup", help="Untimed warm-up runs"),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: all)"),
     engine: Optional[str] = typer.Option(None, "--engine", help="Engine to run the variant on"),
+    workload: str = typer.Option("fixed", "--workload", help="fixed (--prompt-tokens/--output-tokens), mt-bench, "
+                                 "vicuna, or file:PATH (JSONL with prompt/instruction/turns; .json array)"),
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda"),
     instance: Optional[str] = typer.Option(None, "--instance", help="Priced instance type for the cost line"),
     price_per_hour: Optional[float] = typer.Option(None, "--price-per-hour", help="US$ per hour, overrides --instance"),
@@ -37,7 +39,7 @@ def bench_cmd(
 
     settings = BenchSettings(prompt_tokens=prompt_tokens, output_tokens=output_tokens,
                              batch_sizes=parse_sizes(batch_sizes), repeats=repeats, warmup=warmup,
-                             threads=threads, engine=engine, device=device)
+                             threads=threads, engine=engine, device=device, workload=workload)
     report = bench(variant, settings=settings, progress=RichProgress(not as_json))
     extra = _analysis(variant, report, instance, price_per_hour)
     if as_json:
@@ -69,7 +71,10 @@ def bench_cmd(
     c = extra["cost"]
     rows.append([f"cost at {c['price']['name']} (${c['price']['price_per_hour']}/h)",
                  f"${c['dollars_per_million_tokens']:.3f} per million output tokens (batch {c['batch_size']})"])
-    table(f"{variant}: prompt {prompt_tokens}, output {output_tokens} tokens", ["measure", "value"], rows)
+    title = (f"{variant}: prompt {prompt_tokens}, output {output_tokens} tokens" if workload == "fixed" else
+             f"{variant}: {workload} prompts ({m['workload']['prompts']}), up to {output_tokens} tokens, mean prompt "
+             f"{lat['prompt_tokens']} / output {lat['output_tokens']} tokens")
+    table(title, ["measure", "value"], rows)
 
 
 def _analysis(variant: str, report, instance: str | None, price_per_hour: float | None) -> dict:

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from slipstream.cli import bench, compare, demo, evaluate, lm_eval, models, optimize, report, techniques
+from slipstream.cli import bench, compare, demo, evaluate, lm_eval, models, optimize, report, serve, techniques
 
 app = typer.Typer(
     name="slipstream",
@@ -27,6 +27,7 @@ app.command("compare")(compare.compare_cmd)
 app.command("demo")(demo.demo_cmd)
 app.command("lm-eval")(lm_eval.lm_eval_cmd)
 app.command("report")(report.report_cmd)
+app.command("serve")(serve.serve_cmd)
 
 
 @app.callback()

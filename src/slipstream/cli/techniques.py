@@ -9,14 +9,13 @@ from slipstream.cli.output import print_json, table
 
 def techniques_cmd(as_json: bool = typer.Option(False, "--json")) -> None:
     """List the registered techniques and their options."""
-    from slipstream.extras import is_available
     from slipstream.techniques.config import describe
     from slipstream.techniques.registry import all_techniques
 
     rows = []
     for spec in all_techniques():
         options = {k: {"type": describe(h), "default": d} for k, (h, d) in spec.options().items()}
-        installed = spec.extra is None or is_available(spec.extra.replace("-", "_"))
+        installed = spec.extra_installed()
         rows.append({"name": spec.name, "kind": spec.kind, "output_format": spec.output_format,
                      "extra": spec.extra, "installed": installed, "summary": spec.summary, "options": options})
     if as_json:

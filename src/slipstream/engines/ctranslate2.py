@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from slipstream.engines.finishing import finish
 from slipstream.engines.protocol import Completion, EngineInfo, SamplingParams
+from slipstream.engines.stepping import TokenCallback, batch_key
 from slipstream.engines.tokenizer import Tokenizer
 from slipstream.extras import require
 
@@ -105,6 +106,37 @@ class CTranslate2Engine:
             for i, r in zip(indices, results):
                 out[i] = finish(self._tokenizer, len(prompts[i]), r.sequences_ids[0], params)
         return out  # type: ignore[return-value]
+
+    def generate_rows(self, prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams],
+                      on_token: TokenCallback) -> list[Completion]:
+        """One ``generate_batch`` call for the whole batch, reporting tokens through its step callback.
+
+        CTranslate2 has no iteration-level API, so a server batches whole requests (dynamic batching).
+        Prompts of different lengths are fine here: tokens past the shortest prompt are forced
+        through the decoder and not reported by the callback. Sampling options are per call, so the
+        rows must share :func:`~slipstream.engines.stepping.batch_key`; each row stops at its own
+        ``max_tokens`` (or when ``on_token`` returns True).
+        """
+        first = params[0]
+        if any(batch_key(p) != batch_key(first) for p in params):
+            raise ValueError("generate_rows needs rows whose sampling params share batch_key()")
+        limits = [p.max_tokens for p in params]
+        counts = [0] * len(prompts)
+        eos = self._tokenizer.eos_token_ids
+
+        def callback(step: Any) -> bool:
+            row, token = step.batch_id, int(step.token_id)
+            if token in eos and not first.ignore_eos and counts[row] >= first.min_tokens:
+                return True
+            counts[row] += 1
+            stop = bool(on_token(row, token))
+            return stop or counts[row] >= limits[row]
+
+        options = self._options(first.with_(max_tokens=max(limits)))
+        results = self.generator.generate_batch([self._tokens(p) for p in prompts], max_batch_size=0,
+                                                return_end_token=True, callback=callback, **options)
+        return [finish(self._tokenizer, len(p), r.sequences_ids[0][: counts[i] + 1], params[i])
+                for i, (p, r) in enumerate(zip(prompts, results))]
 
     def stream(self, prompt: Sequence[int], params: SamplingParams) -> Iterator[int]:
         options = self._options(params)

@@ -59,6 +59,12 @@ class TransformersEngine:
     def close(self) -> None:
         self.model = None
 
+    def stepper(self, *, prefix_cache_tokens: int = 0, prefill_tokens: int = 512) -> Any:
+        """A continuous batch over this engine's model (see :mod:`slipstream.engines.transformers_steps`)."""
+        from slipstream.engines.transformers_steps import TransformersStepper
+
+        return TransformersStepper(self, prefix_cache_tokens=prefix_cache_tokens, prefill_tokens=prefill_tokens)
+
     # scoring --------------------------------------------------------------------------------
     def _log_softmax(self, batch: Sequence[Sequence[int]]) -> Any:
         torch = self._torch

@@ -15,7 +15,8 @@ from typing import Any
 
 from slipstream.errors import InvalidConfig, SlipstreamError
 from slipstream.evaluation.gate import Gate, GateResult
-from slipstream.evaluation.perplexity import DivergenceAccumulator, NLLAccumulator, plan_windows, scored_rows
+from slipstream.evaluation.perplexity import (DivergenceAccumulator, NLLAccumulator, paired_change, plan_windows,
+                                              scored_rows)
 from slipstream.evaluation.tasks import Task, get_task
 from slipstream.extras import library_versions
 from slipstream.machine import describe_machine
@@ -23,7 +24,7 @@ from slipstream.progress import Progress, or_null
 from slipstream.store import Store, Variant
 
 KIND = "evaluation"
-METHOD_VERSION = 1  # bump when a change to scoring makes old cached results incomparable
+METHOD_VERSION = 2  # bump when a change to scoring makes old cached results incomparable
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,8 @@ def _perplexity_pass(task: Task, targets: list[Variant], ref: Variant | None, se
         _store(store, ref, None, settings, task, ref_metrics)
     reports = []
     for target, engine, acc, d in zip(targets, engines, nll, div):
-        metrics = acc.result() | (d.result() if ref_engine else {}) | {"engine": asdict(engine.info())}
+        metrics = acc.result() | (d.result() | paired_change(acc, ref_nll) if ref_engine else {}) | \
+            {"engine": asdict(engine.info())}
         stored = _store(store, target, ref, settings, task, metrics)
         reports.append(EvalReport(target.name, ref.name if ref else None, task.name, stored, metrics, ref_metrics,
                                   False, task.metrics[0]))

@@ -6,9 +6,14 @@ from __future__ import annotations
 from slipstream.exporters.ctranslate2 import CTranslate2
 from slipstream.exporters.gguf import GGUF
 from slipstream.exporters.onnx import ONNX
+from slipstream.techniques.quantize.awq import AWQ
 from slipstream.techniques.quantize.bnb import BitsAndBytes
 from slipstream.techniques.quantize.cast import Cast
+from slipstream.techniques.quantize.fp8 import FP8
+from slipstream.techniques.quantize.gptq import GPTQ
+from slipstream.techniques.quantize.rtn import RTN
 from slipstream.techniques.quantize.smoothquant import SmoothQuant
+from slipstream.techniques.quantize.w8a8 import W8A8
 from slipstream.techniques.registry import TechniqueSpec, register
 
 register(
@@ -33,6 +38,79 @@ register(
         summary="SmoothQuant smoothing: move activation outliers into weights (exact in full precision) "
         "so W8A8 engines such as CTranslate2 int8 lose less accuracy",
         needs_calibration=True,
+    )
+)
+
+# llm-compressor techniques: each writes a compressed-tensors checkpoint (format "hf"), which the
+# transformers engine loads (compressed-tensors decompresses it) and vLLM serves (--engine vllm).
+_LLMC = "slipstream.techniques.quantize"
+
+register(
+    TechniqueSpec(
+        name="rtn",
+        kind="transform",
+        config=RTN,
+        function=f"{_LLMC}.rtn:apply",
+        output_format="hf",
+        summary="Round-to-nearest weight-only int8/int4 (per channel or group-wise); the baseline calibrated "
+        "methods must beat; compressed-tensors, via llm-compressor",
+        extra="llmcompressor",
+    )
+)
+
+register(
+    TechniqueSpec(
+        name="awq",
+        kind="transform",
+        config=AWQ,
+        function=f"{_LLMC}.awq:apply",
+        output_format="hf",
+        summary="AWQ W4A16: activation-aware channel scaling, then group-wise int4 weights; compressed-tensors "
+        "(vLLM loads it), via llm-compressor",
+        extra="llmcompressor",
+        needs_calibration=True,
+    )
+)
+
+register(
+    TechniqueSpec(
+        name="gptq",
+        kind="transform",
+        config=GPTQ,
+        function=f"{_LLMC}.gptq:apply",
+        output_format="hf",
+        summary="GPTQ W4A16: Hessian-corrected group-wise int4 weights; compressed-tensors (vLLM loads it), "
+        "via llm-compressor",
+        extra="llmcompressor",
+        needs_calibration=True,
+    )
+)
+
+register(
+    TechniqueSpec(
+        name="w8a8",
+        kind="transform",
+        config=W8A8,
+        function=f"{_LLMC}.w8a8:apply",
+        output_format="hf",
+        summary="SmoothQuant + W8A8 int8: smoothed, int8 weights (GPTQ or RTN) and per-token int8 activations; "
+        "compressed-tensors for vLLM's int8 kernels, via llm-compressor",
+        extra="llmcompressor",
+        needs_calibration=True,
+    )
+)
+
+register(
+    TechniqueSpec(
+        name="fp8",
+        kind="transform",
+        config=FP8,
+        function=f"{_LLMC}.fp8:apply",
+        output_format="hf",
+        summary="FP8 E4M3 weights and dynamic activations for GPUs with FP8 (compute capability 8.9+); "
+        "compressed-tensors for vLLM, via llm-compressor",
+        extra="llmcompressor",
+        devices=("cuda",),
     )
 )
 

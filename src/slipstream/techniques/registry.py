@@ -26,10 +26,21 @@ class TechniqueSpec:
     input_formats: tuple[str, ...] = ("hf",)
     extra: str | None = None  # the pip extra that provides its library
     needs_calibration: bool = False
+    modules: tuple[str, ...] = ()  # modules the extra provides (default: the extra's name)
+    devices: tuple[str, ...] = ("cpu", "cuda")  # where its variants can run
 
     def load(self) -> Callable[..., Any]:
-        module, _, attr = self.function.partition(":")
-        return getattr(importlib.import_module(module), attr)
+        return getattr(self.load_module(), self.function.partition(":")[2])
+
+    def load_module(self) -> Any:
+        return importlib.import_module(self.function.partition(":")[0])
+
+    def extra_installed(self) -> bool:
+        from slipstream.extras import is_available
+
+        if self.extra is None:
+            return True
+        return all(is_available(m) for m in (self.modules or (self.extra.replace("-", "_"),)))
 
     def options(self) -> dict[str, Any]:
         """Field name -> (type hint, default) for the technique's config."""

@@ -1,0 +1,56 @@
+"""``slipstream serve VARIANT``: an OpenAI-compatible endpoint for a model or variant in the store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+
+def serve_cmd(
+    variant: str = typer.Argument(..., help="Model or variant in the store"),
+    host: Optional[str] = typer.Option(None, "--host", help="Address to listen on (default 127.0.0.1)"),
+    port: Optional[int] = typer.Option(None, "--port", help="Port (default 8000; 0 picks a free one)"),
+    config: Optional[Path] = typer.Option(None, "--config", help="Deployment settings file (YAML or JSON)"),
+    api_key: Optional[List[str]] = typer.Option(None, "--api-key", help="Accept this key (repeatable); "
+                                                "with keys set, every route but /health needs one"),
+    max_batch_size: Optional[int] = typer.Option(None, "--max-batch-size", help="Sequences decoded together"),
+    max_queue: Optional[int] = typer.Option(None, "--max-queue", help="Waiting requests before 429"),
+    batching: Optional[str] = typer.Option(None, "--batching", help="auto, continuous, dynamic or sequential"),
+    batch_window_ms: Optional[float] = typer.Option(None, "--batch-window-ms", help="Dynamic batching window"),
+    grace_period: Optional[float] = typer.Option(None, "--grace-period", help="Seconds to finish requests "
+                                                 "in flight on SIGTERM"),
+    served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="Model name in the API"),
+    exact_cache: Optional[bool] = typer.Option(None, "--exact-cache/--no-exact-cache", help="Exact-match cache"),
+    prefix_cache: Optional[bool] = typer.Option(None, "--prefix-cache/--no-prefix-cache",
+                                                help="Reuse shared prompt prefixes (continuous batching)"),
+    semantic_cache: Optional[bool] = typer.Option(None, "--semantic-cache/--no-semantic-cache",
+                                                  help="Answer near-identical questions from the cache"),
+    semantic_threshold: Optional[float] = typer.Option(None, "--semantic-threshold", help="Cosine similarity"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Engine CPU threads (default: all)"),
+    engine: Optional[str] = typer.Option(None, "--engine", help="Engine to run the variant on"),
+    device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda"),
+    assignments: Optional[List[str]] = typer.Option(None, "--set", help="Any setting as key=value, e.g. "
+                                                    "defaults.temperature=0.7 or limits.max_tokens=256"),
+) -> None:
+    """Serve VARIANT over HTTP with OpenAI's API: completions, chat, streaming, batching, caches, metrics."""
+    from slipstream.engines.loading import open_engine
+    from slipstream.serving.settings import DeploymentSettings, parse_assignment
+    from slipstream.store import Store
+
+    overrides = {
+        "host": host, "port": port, "api_keys": list(api_key) if api_key else None,
+        "max_batch_size": max_batch_size, "max_queue": max_queue, "batching": batching,
+        "batch_window_ms": batch_window_ms, "grace_period_s": grace_period, "served_model_name": served_model_name,
+        "exact_cache.enabled": exact_cache, "prefix_cache.enabled": prefix_cache,
+        "semantic_cache.enabled": semantic_cache, "semantic_cache.threshold": semantic_threshold, "threads": threads,
+    }
+    overrides.update(dict(parse_assignment(a) for a in assignments or ()))
+    settings = DeploymentSettings.load(config, overrides)
+    store = Store()
+    record = store.get(variant)
+    from slipstream.serving.server import serve
+
+    loaded = open_engine(record, engine=engine, device=device, threads=settings.threads, store=store)
+    serve(loaded, settings, model_name=settings.served_model_name or record.name)

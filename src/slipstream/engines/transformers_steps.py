@@ -1,0 +1,265 @@
+"""Continuous batching for the transformers engine: a batched key/value cache that rows join and leave.
+
+Every active sequence owns one row of a preallocated key/value buffer per layer, holding its tokens
+left-aligned in columns ``0 .. length-1``. A decode step feeds one token per row at that row's own
+position and writes its keys/values at that row's own column, so rows of different lengths share one
+forward pass without ever shifting memory; a 2-D attention mask hides each row's unused columns. A
+new sequence is prefilled on its own (or with the other newcomers, left-padded) into an ordinary
+cache, then copied into a free row: it joins at the next step. A finished sequence leaves at once (the
+last row moves into its place). Prompts that share a prefix with an earlier prompt reuse its
+keys/values (:class:`~slipstream.engines.prefix_cache.PrefixStore`).
+
+Imported only by :meth:`TransformersEngine.stepper`, so torch is imported at module level here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+
+from slipstream.engines.prefix_cache import PrefixStore
+from slipstream.engines.protocol import SamplingParams
+from slipstream.engines.stepping import StepOutput
+from slipstream.engines.transformers import pick
+
+
+class _RowLayer(DynamicLayer):
+    """One layer's view of the shared buffers: writes each row's new key/value at that row's column."""
+
+    def __init__(self, owner: "RowCache", index: int):
+        super().__init__()
+        self.owner, self.index = owner, index
+        self.is_initialized = True
+
+    def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+        o = self.owner
+        k, v = o.keys[self.index], o.values[self.index]
+        k[o.step_rows, :, o.step_cols, :] = key_states[:, :, 0, :]
+        v[o.step_rows, :, o.step_cols, :] = value_states[:, :, 0, :]
+        rows, width = len(o.step_rows), o.width + 1
+        self.keys, self.values = k[:rows, :, :width], v[:rows, :, :width]
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.owner.width
+
+
+class RowCache(Cache):
+    """Per-layer buffers ``[rows, kv_heads, columns, head_dim]``, grown by doubling."""
+
+    def __init__(self, layers: int):
+        super().__init__(layers=[_RowLayer(self, i) for i in range(layers)])
+        self.keys: list[Any] = []
+        self.values: list[Any] = []
+        self.width = 0  # columns in use before this step (the longest row)
+        self.step_rows: Any = None
+        self.step_cols: Any = None
+
+    def ensure(self, rows: int, cols: int, like: list[tuple[Any, Any]]) -> None:
+        """Make room for ``rows`` x ``cols``; ``like`` gives each layer's (keys, values) shape and dtype."""
+        have_rows = self.keys[0].shape[0] if self.keys else 0
+        have_cols = self.keys[0].shape[2] if self.keys else 0
+        if rows <= have_rows and cols <= have_cols:
+            return
+        new_rows, new_cols = max(rows, 2 * have_rows, 1), max(cols, 2 * have_cols, 64)
+        if rows <= have_rows:
+            new_rows = have_rows
+        if cols <= have_cols:
+            new_cols = have_cols
+        fresh = not self.keys
+        for i, (k, v) in enumerate(like):
+            nk = k.new_zeros((new_rows, k.shape[-3], new_cols, k.shape[-1]))
+            nv = v.new_zeros((new_rows, v.shape[-3], new_cols, v.shape[-1]))
+            if not fresh:
+                nk[:have_rows, :, :have_cols] = self.keys[i]
+                nv[:have_rows, :, :have_cols] = self.values[i]
+                self.keys[i], self.values[i] = nk, nv
+            else:
+                self.keys.append(nk)
+                self.values.append(nv)
+
+    def put(self, row: int, kv: list[tuple[Any, Any]]) -> None:
+        """Copy one sequence's keys/values (``[kv_heads, length, head_dim]`` per layer) into ``row``."""
+        for i, (k, v) in enumerate(kv):
+            self.keys[i][row, :, : k.shape[1]] = k
+            self.values[i][row, :, : v.shape[1]] = v
+
+    def move(self, src: int, dst: int, length: int) -> None:
+        for k, v in zip(self.keys, self.values):
+            k[dst, :, :length] = k[src, :, :length]
+            v[dst, :, :length] = v[src, :, :length]
+
+
+@dataclass
+class _Seq:
+    seq_id: int
+    prompt: list[int]
+    params: SamplingParams
+    generator: Any
+    generated: int = 0
+    length: int = 0  # tokens held in the cache row
+    next_token: int = -1
+
+
+class TransformersStepper:
+    """The :class:`~slipstream.engines.stepping.Stepper` of a :class:`TransformersEngine`."""
+
+    def __init__(self, engine: Any, *, prefix_cache_tokens: int = 0, prefill_tokens: int = 512):
+        self.model, self.device = engine.model, engine.device
+        self.max_context = engine.max_context
+        self.eos = list(engine.tokenizer.eos_token_ids)
+        self.prefill_tokens = prefill_tokens  # prompt tokens prefilled per step (at least one prompt)
+        self.prefixes: PrefixStore[list[tuple[Any, Any]]] | None = (
+            PrefixStore(prefix_cache_tokens) if prefix_cache_tokens > 0 else None)
+        self.cache = RowCache(self.model.config.get_text_config(decoder=True).num_hidden_layers)
+        self.rows: list[_Seq] = []
+        self.pending: list[_Seq] = []
+        self.counters = {"prefills": 0, "decode_steps": 0, "peak_batch": 0}
+
+    @property
+    def active(self) -> int:
+        return len(self.rows) + len(self.pending)
+
+    def stats(self) -> dict[str, int]:
+        p = self.prefixes
+        if p is None:
+            return dict(self.counters)
+        return {**self.counters, "prefix_hits": p.hits, "prefix_misses": p.misses,
+                "prefix_tokens_reused": p.tokens_reused}
+
+    def add(self, seq_id: int, prompt: Sequence[int], params: SamplingParams) -> None:
+        if not prompt:
+            raise ValueError("empty prompt")
+        gen = torch.Generator().manual_seed(params.seed if params.seed is not None else
+                                            int(torch.randint(0, 2**62, (1,))))
+        self.pending.append(_Seq(seq_id, list(prompt), params, gen))
+
+    def remove(self, seq_id: int) -> None:
+        self.pending = [s for s in self.pending if s.seq_id != seq_id]
+        for r, s in enumerate(self.rows):
+            if s.seq_id == seq_id:
+                self._drop_row(r)
+                return
+
+    def _drop_row(self, r: int) -> None:
+        last = len(self.rows) - 1
+        if r != last:
+            with torch.inference_mode():
+                self.cache.move(last, r, self.rows[last].length)
+            self.rows[r] = self.rows[last]
+        self.rows.pop()
+
+    # one step -------------------------------------------------------------------------------
+    def step(self) -> list[StepOutput]:
+        with torch.inference_mode():
+            out = self._decode() if self.rows else []
+            if self.pending:
+                out += self._prefill()
+        self.counters["peak_batch"] = max(self.counters["peak_batch"], len(self.rows))
+        return out
+
+    def _choose(self, s: _Seq, logits: Any) -> StepOutput | None:
+        """Pick the next token of ``s``; None if it goes on, else what ended it."""
+        p = s.params
+        min_tokens = p.max_tokens if p.ignore_eos else p.min_tokens
+        if s.generated < min_tokens and self.eos:
+            logits[self.eos] = float("-inf")
+        token = pick(logits, p, s.generator)
+        if token in self.eos and s.generated >= min_tokens:
+            return StepOutput(s.seq_id, None, "stop")
+        s.generated += 1
+        s.next_token = token
+        if s.generated >= p.max_tokens or s.length + 1 >= self.max_context:
+            return StepOutput(s.seq_id, token, "length")
+        return StepOutput(s.seq_id, token)
+
+    def _decode(self) -> list[StepOutput]:
+        rows, cache = self.rows, self.cache
+        lengths = torch.tensor([s.length for s in rows])
+        cache.width = int(lengths.max())
+        cache.ensure(len(rows), cache.width + 1, list(zip(cache.keys, cache.values)))
+        cache.step_rows, cache.step_cols = torch.arange(len(rows)), lengths
+        mask = (torch.arange(cache.width + 1)[None, :] <= lengths[:, None]).long()
+        logits = self.model(
+            input_ids=torch.tensor([[s.next_token] for s in rows], device=self.device),
+            position_ids=lengths[:, None].to(self.device), attention_mask=mask.to(self.device),
+            past_key_values=cache, use_cache=True,
+        ).logits[:, -1].float().cpu()
+        self.counters["decode_steps"] += 1
+        outs, done = [], []
+        for r, s in enumerate(rows):
+            s.length += 1
+            o = self._choose(s, logits[r])
+            outs.append(o)
+            if o.finish_reason:
+                done.append(r)
+        for r in reversed(done):
+            self._drop_row(r)
+        return outs
+
+    def _take_pending(self) -> list[_Seq]:
+        taken, budget = [], self.prefill_tokens
+        while self.pending and (not taken or len(self.pending[0].prompt) <= budget):
+            s = self.pending.pop(0)
+            budget -= len(s.prompt)
+            taken.append(s)
+        return taken
+
+    def _prefill(self) -> list[StepOutput]:
+        fresh, outs = [], []
+        for s in self._take_pending():
+            k, payload = self.prefixes.lookup(s.prompt) if self.prefixes is not None else (0, None)
+            if payload is None:
+                fresh.append(s)
+            else:
+                kv, logits = self._prefill_from(s.prompt, k, payload)
+                outs.append(self._join(s, kv, logits))
+        if fresh:
+            for s, (kv, logits) in zip(fresh, self._prefill_batch([s.prompt for s in fresh])):
+                outs.append(self._join(s, kv, logits))
+        self.counters["prefills"] += 1
+        return outs
+
+    def _join(self, s: _Seq, kv: list[tuple[Any, Any]], logits: Any) -> StepOutput:
+        if self.prefixes is not None:
+            self.prefixes.insert(s.prompt, [(k.clone(), v.clone()) for k, v in kv])
+        s.length = len(s.prompt)
+        out = self._choose(s, logits)
+        if out.finish_reason is None:
+            row = len(self.rows)
+            self.cache.ensure(row + 1, s.length + 1, [(k[None], v[None]) for k, v in kv])
+            self.cache.put(row, kv)
+            self.rows.append(s)
+        return out
+
+    def _prefill_batch(self, prompts: list[list[int]]) -> list[tuple[list[tuple[Any, Any]], Any]]:
+        width = max(len(p) for p in prompts)
+        ids = torch.zeros((len(prompts), width), dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):  # left padding: every row's last token is in the last column
+            ids[i, width - len(p):] = torch.tensor(p)
+            mask[i, width - len(p):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                            position_ids=positions.to(self.device), past_key_values=cache, use_cache=True,
+                            logits_to_keep=1).logits[:, -1].float().cpu()
+        out = []
+        for i, p in enumerate(prompts):
+            kv = [(layer.keys[i, :, width - len(p):], layer.values[i, :, width - len(p):]) for layer in cache.layers]
+            out.append((kv, logits[i]))
+        return out
+
+    def _prefill_from(self, prompt: list[int], k: int, payload: list[tuple[Any, Any]]) -> tuple[list, Any]:
+        cache = DynamicCache(ddp_cache_data=[(pk[None, :, :k], pv[None, :, :k]) for pk, pv in payload])
+        rest = prompt[k:]
+        logits = self.model(
+            input_ids=torch.tensor([rest], device=self.device),
+            position_ids=torch.arange(k, len(prompt), device=self.device)[None],
+            attention_mask=torch.ones((1, len(prompt)), dtype=torch.long, device=self.device),
+            past_key_values=cache, use_cache=True, logits_to_keep=1,
+        ).logits[0, -1].float().cpu()
+        return [(layer.keys[0], layer.values[0]) for layer in cache.layers], logits

@@ -1,0 +1,132 @@
+"""The candidate space: every recipe the installed extras and the device can run.
+
+A candidate is a recipe (one or more technique steps) with a prior: the speed-up and size ratio we
+expect from it and how likely it is to pass an accuracy gate. Priors only order the search (cheap,
+likely-good first); every decision after that rests on measurements.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from slipstream.errors import InvalidConfig, SlipstreamError
+from slipstream.techniques.config import TechniqueConfig
+from slipstream.techniques.registry import TechniqueSpec, get, make_config
+
+
+@dataclass(frozen=True)
+class Prior:
+    speedup: float  # expected batch-1 decode speed-up over the original
+    size_ratio: float  # expected size relative to the original
+    pass_probability: float  # how likely a 1% perplexity gate holds
+    minutes: float  # expected time to build, evaluate and benchmark on a small model, 2 CPU cores
+
+
+@dataclass(frozen=True)
+class Candidate:
+    steps: tuple[TechniqueConfig, ...]
+    prior: Prior = field(compare=False)
+
+    @property
+    def id(self) -> str:
+        text = json.dumps([s.to_dict() for s in self.steps], sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @property
+    def label(self) -> str:
+        return " + ".join(s.slug() for s in self.steps)
+
+    def variant_name(self, model: str) -> str:
+        return "-".join([model, *(s.slug() for s in self.steps)])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "label": self.label, "steps": [s.to_dict() for s in self.steps],
+                "prior": self.prior.__dict__}
+
+
+# (steps as (technique, options)), prior. Extended as techniques land; a recipe file adds more.
+DEFAULT_RECIPES: list[tuple[list[tuple[str, dict]], Prior]] = [
+    ([("smoothquant", {"alpha": 0.7}), ("ctranslate2", {"quantization": "int8"})], Prior(4.0, 0.26, 0.7, 3.0)),
+    ([("ctranslate2", {"quantization": "int8"})], Prior(4.0, 0.26, 0.4, 2.0)),
+    ([("smoothquant", {"alpha": 0.5}), ("ctranslate2", {"quantization": "int8"})], Prior(4.0, 0.26, 0.6, 3.0)),
+    ([("ctranslate2", {"quantization": "int8_float16"})], Prior(4.0, 0.26, 0.4, 2.0)),
+    ([("ctranslate2", {"quantization": "int8_bfloat16"})], Prior(4.0, 0.26, 0.4, 2.0)),
+    ([("ctranslate2", {"quantization": "float16"})], Prior(2.0, 0.5, 0.99, 2.0)),
+    ([("ctranslate2", {"quantization": "bfloat16"})], Prior(2.0, 0.5, 0.95, 2.0)),
+    ([("ctranslate2", {"quantization": "int16"})], Prior(2.3, 0.5, 0.3, 2.0)),
+    ([("ctranslate2", {"quantization": "float32"})], Prior(1.2, 1.0, 0.999, 2.0)),
+]
+
+
+def runnable(spec: TechniqueSpec, config: TechniqueConfig, device: str) -> str | None:
+    """Why ``config`` cannot run here (missing extra, device), or None if it can."""
+    if not spec.extra_installed():
+        return f"needs the '{spec.extra}' extra"
+    check = getattr(spec.load_module(), "check_device", None)
+    if check:
+        try:
+            check(config, device)
+        except SlipstreamError as exc:
+            return str(exc)
+    return None
+
+
+def build_space(device: str, recipe_file: Path | None = None, include: list[str] | None = None,
+                exclude: list[str] | None = None, replace_defaults: bool = False) -> tuple[list[Candidate], list[dict]]:
+    """Candidates that can run here, and the ones left out with the reason."""
+    recipes = [] if replace_defaults else list(DEFAULT_RECIPES)
+    if recipe_file:
+        extra, replace = read_recipe_file(recipe_file)
+        recipes = extra if replace else recipes + extra
+    candidates, skipped, seen = [], [], set()
+    for steps, prior in recipes:
+        try:
+            configs = tuple(make_config(t, o) for t, o in steps)
+        except SlipstreamError as exc:
+            skipped.append({"recipe": steps, "reason": str(exc)})
+            continue
+        names = {c.technique for c in configs}
+        if include and not names & set(include) or exclude and names & set(exclude):
+            continue
+        candidate = Candidate(configs, prior)
+        if candidate.id in seen:
+            continue
+        seen.add(candidate.id)
+        reason = next((r for c in configs if (r := runnable(get(c.technique), c, device))), None)
+        if reason:
+            skipped.append({"recipe": candidate.label, "reason": reason})
+        else:
+            candidates.append(candidate)
+    return candidates, skipped
+
+
+def read_recipe_file(path: Path) -> tuple[list[tuple[list[tuple[str, dict]], Prior]], bool]:
+    """A YAML or JSON file: ``{"replace": false, "candidates": [{"steps": [{"technique": ..., ...}],
+    "prior": {"speedup": 3, "size_ratio": 0.3, "pass_probability": 0.5, "minutes": 3}}]}``."""
+    if not path.exists():
+        raise InvalidConfig(f"{path}: no such recipe file")
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:
+        raise InvalidConfig(f"{path}: not valid {path.suffix.lstrip('.').upper()} ({exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("candidates"), list):
+        raise InvalidConfig(f"{path}: expected a mapping with a 'candidates' list")
+    out = []
+    for i, c in enumerate(data["candidates"]):
+        steps = c.get("steps") if isinstance(c, dict) else None
+        if not steps or not all(isinstance(s, dict) and "technique" in s for s in steps):
+            raise InvalidConfig(f"{path}: candidate {i + 1} needs 'steps', each with a 'technique'")
+        prior = Prior(**({"speedup": 1.0, "size_ratio": 1.0, "pass_probability": 0.5, "minutes": 3.0}
+                         | c.get("prior", {})))
+        out.append(([(s["technique"], {k: v for k, v in s.items() if k != "technique"}) for s in steps], prior))
+    return out, bool(data.get("replace", False))

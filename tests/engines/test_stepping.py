@@ -1,0 +1,110 @@
+"""Continuous batching on the transformers engine and row callbacks on CTranslate2 give the same tokens
+as each engine's own ``generate`` for the same prompt."""
+
+from __future__ import annotations
+
+import pytest
+
+from slipstream.engines.loading import open_engine
+from slipstream.engines.protocol import SamplingParams
+from slipstream.engines.stepping import Stepper, can_step
+
+TEXTS = ["The game was", "In 1990 the band played a long show", "A cat",
+         "Robert Boulter is an English actor who", "The game was played in the"]
+
+
+@pytest.fixture(scope="module")
+def hf(session_store):
+    return open_engine("tiny", store=session_store, threads=1)
+
+
+def run_staggered(stepper, prompts, params, joins):
+    """Add prompt i at step joins[i]; collect tokens and finish reasons."""
+    got = {i: [] for i in range(len(prompts))}
+    reasons, step = {}, 0
+    while step <= max(joins) or stepper.active:
+        for i, j in enumerate(joins):
+            if j == step:
+                stepper.add(i, prompts[i], params[i])
+        for out in stepper.step():
+            if out.token is not None:
+                got[out.seq_id].append(out.token)
+            if out.finish_reason:
+                reasons[out.seq_id] = out.finish_reason
+        step += 1
+    return got, reasons
+
+
+def test_greedy_tokens_equal_generate_when_sequences_join_and_leave(hf):
+    prompts = [hf.tokenizer.encode(t) for t in TEXTS]
+    params = [SamplingParams(max_tokens=m) for m in (20, 6, 30, 12, 16)]
+    expected = [hf.generate([p], q)[0].token_ids for p, q in zip(prompts, params)]
+    stepper = hf.stepper()
+    assert isinstance(stepper, Stepper) and can_step(hf)
+    got, reasons = run_staggered(stepper, prompts, params, joins=[0, 0, 3, 7, 7])
+    assert [got[i] for i in range(5)] == expected
+    assert all(reasons[i] == ("length" if len(expected[i]) == params[i].max_tokens else "stop") for i in range(5))
+    assert stepper.stats()["peak_batch"] >= 3 and stepper.active == 0
+
+
+def test_a_removed_sequence_frees_its_row_and_the_others_are_unaffected(hf):
+    prompts = [hf.tokenizer.encode(t) for t in TEXTS[:3]]
+    params = SamplingParams(max_tokens=15)
+    expected = [hf.generate([p], params)[0].token_ids for p in prompts]
+    stepper = hf.stepper()
+    for i, p in enumerate(prompts):
+        stepper.add(i, p, params)
+    got = {i: [] for i in range(3)}
+    for step in range(40):
+        if step == 4:
+            stepper.remove(0)  # the first row leaves; the last row moves into its place
+        for out in stepper.step():
+            if out.token is not None:
+                got[out.seq_id].append(out.token)
+        if not stepper.active:
+            break
+    assert len(got[0]) == 4 and got[0] == expected[0][:4]
+    assert got[1] == expected[1] and got[2] == expected[2]
+
+
+def test_prefix_reuse_gives_the_same_tokens_and_counts_hits(hf):
+    shared = "Robert Boulter is an English actor who played in the game that the band"
+    prompts = [hf.tokenizer.encode(shared + tail) for tail in (" was", " played a", " is")]
+    params = SamplingParams(max_tokens=12)
+    expected = [hf.generate([p], params)[0].token_ids for p in prompts]
+    stepper = hf.stepper(prefix_cache_tokens=4096)
+    got, _ = run_staggered(stepper, prompts, [params] * 3, joins=[0, 2, 4])
+    assert [got[i] for i in range(3)] == expected
+    stats = stepper.stats()
+    assert stats["prefix_hits"] == 2 and stats["prefix_misses"] == 1
+    assert stats["prefix_tokens_reused"] >= 2 * (len(hf.tokenizer.encode(shared)) - 2)
+
+
+def test_seeded_sampling_equals_stream_and_eos_rules_hold(hf):
+    prompt = hf.tokenizer.encode(TEXTS[3])
+    sampled = SamplingParams(max_tokens=15, temperature=1.2, top_k=40, seed=3)
+    stepper = hf.stepper()
+    got, _ = run_staggered(stepper, [prompt, prompt], [sampled, SamplingParams(max_tokens=9, ignore_eos=True)],
+                           joins=[0, 1])
+    assert got[0] == list(hf.stream(prompt, sampled))
+    assert len(got[1]) == 9
+
+
+def test_ctranslate2_rows_equal_generate_and_stop_early(session_store):
+    ct2 = open_engine("tiny-ct2-float32", store=session_store, threads=1)
+    prompts = [ct2.tokenizer.encode(t) for t in TEXTS[:4]]
+    params = [SamplingParams(max_tokens=m) for m in (20, 7, 30, 12)]
+    expected = [ct2.generate([p], q)[0] for p, q in zip(prompts, params)]
+    seen = {i: [] for i in range(4)}
+
+    def on_token(row, token):
+        seen[row].append(token)
+        return row == 3 and len(seen[row]) >= 4  # stop row 3 early, as a cancelled request would
+
+    results = ct2.generate_rows(prompts, params, on_token)
+    for i in range(3):
+        assert seen[i] == expected[i].token_ids == results[i].token_ids
+        assert results[i].finish_reason == expected[i].finish_reason
+    assert seen[3] == expected[3].token_ids[:4] == results[3].token_ids
+    with pytest.raises(ValueError, match="batch_key"):
+        ct2.generate_rows(prompts[:2], [params[0], SamplingParams(temperature=0.5)], on_token)
