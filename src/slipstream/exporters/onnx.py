@@ -143,6 +143,8 @@ def export_float(src: Path, path: Path) -> dict[str, Any]:
         program = torch.onnx.export(_wrapper(model, layers), example, dynamo=True, input_names=inputs,
                                     output_names=outputs, dynamic_shapes=shapes, opset_version=OPSET,
                                     verbose=False, optimize=True)
+    for node in program.model.graph.all_nodes():  # source locations: megabytes of text, no use at run time
+        node.metadata_props.clear()
     program.save(str(path), external_data=external)
     return {"layers": layers, "kv_heads": kv_heads, "head_dim": head_dim, "external_data": external,
             "opset": OPSET}
