@@ -41,6 +41,7 @@ VARIANTS = [  # (label, technique, options)
     ("ONNX fp32", "onnx", {"quantization": "float32"}),
     ("ONNX int8 dynamic", "onnx", {"quantization": "int8_dynamic"}),
     ("ONNX int8 static", "onnx", {"quantization": "int8_static", "samples": 32, "sequence_length": 256}),
+    ("ONNX int8 blockwise", "onnx", {"quantization": "int8_blockwise"}),
     ("GGUF Q8_0", "gguf", {"quantization": "Q8_0"}),
     ("GGUF Q5_K_M", "gguf", {"quantization": "Q5_K_M"}),
     ("GGUF Q4_K_M", "gguf", {"quantization": "Q4_K_M"}),
@@ -60,7 +61,7 @@ def greedy_agreement(store: Store, names: list[str], max_tokens: int, threads: i
     reference = open_engine(MODEL, store=store, threads=threads)
     ids = prompts(reference.tokenizer)
     params = SamplingParams(max_tokens=max_tokens)
-    ref = [c.token_ids for c in reference.generate(ids, params)]
+    ref = [c.token_ids for c in reference.generate(ids, params)] if names else []
     reference.close()
     out = {}
     for name in names:
@@ -72,7 +73,7 @@ def greedy_agreement(store: Store, names: list[str], max_tokens: int, threads: i
             n = next((i for i, (s, t) in enumerate(zip(a, b)) if s != t), None)
             first.append(n if n is not None or len(a) == len(b) else min(len(a), len(b)))
         matched = sum(min(len(a), len(b)) if n is None else n for a, b, n in zip(ref, got, first))
-        out[name] = {"prompts": len(ids), "identical": sum(n is None for n in first),
+        out[name] = {"prompts": len(ids), "max_tokens": max_tokens, "identical": sum(n is None for n in first),
                      "matched_prefix_tokens": matched, "reference_tokens": sum(len(a) for a in ref),
                      "first_divergence": first}
         print(f"  greedy {name}: {out[name]['identical']}/{len(ids)} identical", flush=True)
@@ -100,7 +101,7 @@ def weight_error(store: Store, name: str) -> dict:
                     w = _permute(w, cfg["num_attention_heads"])
                 elif key.endswith("k_proj.weight"):
                     w = _permute(w, cfg["num_key_value_heads"])
-                original[new + ".weight"] = w
+                original[new] = w
     by_type: dict[str, list[float]] = {}
     for t in gguf.GGUFReader(str(Path(store.get(name).path) / "model.gguf")).tensors:
         if t.name not in original or t.tensor_type.name in ("F32", "F16"):
@@ -124,6 +125,7 @@ def main() -> None:
     args = ap.parse_args()
 
     store = Store()
+    previous = json.loads(args.out.read_text()).get("variants", {}) if args.out.exists() else {}
     if not store.exists(MODEL):
         import_model(MODEL, store=store)
     chosen = [v for v in VARIANTS if not args.only or v[0] in args.only]
@@ -146,7 +148,7 @@ def main() -> None:
         variant = store.get(name)
         facts = store.manifest(name).extra.get("facts", {})
         record["variants"][label] = {
-            "name": name, "technique": config.to_dict(), "size_bytes": variant.size_bytes,
+            "name": name, "created": variant.created, "technique": config.to_dict(), "size_bytes": variant.size_bytes,
             "quantize_seconds": facts.get("seconds"), "quantize_peak_rss_bytes": facts.get("peak_rss_bytes"),
             "facts": {k: v for k, v in facts.items() if k not in ("seconds", "peak_rss_bytes")}}
         if technique == "gguf" and options["quantization"].startswith("Q"):
@@ -155,7 +157,15 @@ def main() -> None:
     save()
 
     print("greedy agreement ...", flush=True)
-    for name, result in greedy_agreement(store, list(names.values()), args.greedy_tokens, args.threads).items():
+    todo = []
+    for label, name in names.items():  # reuse a previous run's result for the very same variant
+        old = previous.get(label, {})
+        if old.get("greedy") and old.get("name") == name and old.get("created") == store.get(name).created \
+                and old["greedy"].get("max_tokens") == args.greedy_tokens:
+            record["variants"][label]["greedy"] = old["greedy"]
+        else:
+            todo.append(name)
+    for name, result in greedy_agreement(store, todo, args.greedy_tokens, args.threads).items():
         label = next(k for k, v in names.items() if v == name)
         record["variants"][label]["greedy"] = result
     save()

@@ -59,7 +59,8 @@ def test_dynamic_int8_is_smaller_and_close(onnx_store, reference):
     kl, top1 = distance(reference, engine)
     assert 1e-5 < kl < 0.02 and top1 >= 0.85
     ops = op_counts(variant.path)
-    assert ops["MatMulInteger"] > 0 and ops["DynamicQuantizeLinear"] > 0
+    assert ops["MatMulInteger"] == 15 and ops["DynamicQuantizeLinear"] > 0  # 7 per layer and the head
+    assert ops["MatMul"] == 5  # between activations: left in float
 
 
 def test_static_int8_calibrates_and_stays_close(onnx_store, reference):
@@ -75,12 +76,24 @@ def test_static_int8_calibrates_and_stays_close(onnx_store, reference):
     assert ops["QuantizeLinear"] > 0 and "DynamicQuantizeLinear" not in ops  # activations use fixed ranges
 
 
+def test_blockwise_int8_is_close(onnx_store, reference):
+    variant = optimize("tiny", ONNX("int8_blockwise"), store=onnx_store)
+    assert variant.name == "tiny-onnx-int8-blockwise"
+    ops = op_counts(variant.path)
+    assert ops["MatMulNBits"] == 15 and ops["MatMul"] == 2 * 2 + 1  # per layer Q K^T, scores V; rotary
+    engine = open_engine(variant, store=onnx_store, threads=1)
+    kl, top1 = distance(reference, engine)
+    assert 1e-6 < kl < 0.005 and top1 >= 0.9
+
+
 def test_config_is_typed_and_calibration_checked():
     assert get("onnx").needs_calibration and get("onnx").extra == "onnx"
     with pytest.raises(InvalidConfig, match="quantization='int4' is not valid"):
         make_config("onnx", {"quantization": "int4"})
     with pytest.raises(InvalidConfig, match="is evaluation text"):
         make_config("onnx", {"quantization": "int8_static", "calibration": "wikitext2"})
+    with pytest.raises(InvalidConfig, match="block_size must be a power of two"):
+        ONNX("int8_blockwise", block_size=48)
     with pytest.raises(InvalidConfig, match="samples >= 1"):
         ONNX("int8_static", samples=0)
     config = make_config("onnx", {"quantization": "int8_static", "samples": "8"})

@@ -1,4 +1,5 @@
-"""ONNX export for ONNX Runtime: float32, dynamic int8, or static int8 calibrated on calibration text.
+"""ONNX export for ONNX Runtime: float32, dynamic int8, static int8 calibrated on calibration text, or
+blockwise int8 weights.
 
 The graph comes from ``torch.onnx.export(dynamo=True)`` of a small wrapper whose inputs are flat
 tensors (``input_ids``, ``attention_mask``, ``position_ids`` and one ``past.{i}.key`` /
@@ -7,10 +8,14 @@ outputs are the logits and the ``present.{i}.key/value`` tensors, which the engi
 next step's past. Prefill is the same graph with an empty past (length 0). optimum-onnx is not used:
 it pins transformers below 4.58 (see DEPENDENCIES.md).
 
-Quantization is ONNX Runtime's own: ``quantize_dynamic`` (int8 weights, activations quantized per
-call at run time) or ``quantize_static`` (int8 weights and activations, with activation ranges
-measured on calibration samples streamed from :class:`~slipstream.calibration.Calibration`, which
-never overlaps evaluation text).
+Quantization is ONNX Runtime's own, applied to the MatMuls that multiply by a weight (never to the
+rotary or attention MatMuls between activations): ``quantize_dynamic`` (int8 weights, activations
+quantized per call at run time with one scale per tensor), ``quantize_static`` (int8 weights and
+activations, with activation ranges measured on calibration samples streamed from
+:class:`~slipstream.calibration.Calibration`, which never overlaps evaluation text), or
+``MatMulNBits`` 8-bit (``int8_blockwise``: weights in blocks of 32 with a scale each, the kernel
+quantizing activations per block too). One scale per tensor is coarse for a prompt: a single
+outlier token sets it for every token of the prefill (measured on SmolLM2: BENCHMARKS.md).
 
 The variant directory holds ``model.onnx`` (plus ``model.onnx.data`` for models over 2 GB) and a
 ``tokenizer/`` folder with the parent's tokenizer and config.json.
@@ -30,7 +35,7 @@ from slipstream.extras import require
 from slipstream.progress import Progress, or_null
 from slipstream.techniques.config import TechniqueConfig
 
-Quantization = Literal["float32", "int8_dynamic", "int8_static"]
+Quantization = Literal["float32", "int8_dynamic", "int8_static", "int8_blockwise"]
 QUANTIZATIONS: tuple[str, ...] = Quantization.__args__  # type: ignore[attr-defined]
 MODEL_FILE = "model.onnx"
 TOKENIZER_DIR = "tokenizer"
@@ -49,17 +54,25 @@ class ONNX(TechniqueConfig):
     calibration: str = "wikitext2-valid"  # static int8 only
     samples: int = 32
     sequence_length: int = 256
-    per_channel: bool = True  # int8 weights: one scale per output channel (else one per tensor)
+    per_channel: bool = True  # dynamic/static: one weight scale per output channel (else one per tensor)
+    block_size: int = 32  # blockwise: weights sharing one scale along the input dimension
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.calibration_settings()  # a bad source or count fails here, before any work
+        if self.block_size < 16 or self.block_size & (self.block_size - 1):
+            from slipstream.errors import InvalidConfig
+
+            raise InvalidConfig(f"onnx: block_size must be a power of two >= 16, got {self.block_size}")
 
     def calibration_settings(self) -> Calibration:
         return Calibration(self.calibration, self.samples, self.sequence_length)
 
     def slug(self) -> str:
-        short = {"float32": "fp32", "int8_dynamic": "int8-dynamic", "int8_static": "int8-static"}
+        short = {"float32": "fp32", "int8_dynamic": "int8-dynamic", "int8_static": "int8-static",
+                 "int8_blockwise": "int8-blockwise"}
+        if self.quantization == "int8_blockwise":
+            return "onnx-int8-blockwise" + ("" if self.block_size == 32 else f"-b{self.block_size}")
         return f"onnx-{short[self.quantization]}" + ("" if self.per_channel else "-pertensor")
 
 
@@ -182,16 +195,68 @@ def _reader(feeds: Iterator[dict[str, Any]]) -> Any:
     return Reader()
 
 
+def weight_matmuls(path: Path, external: bool = False) -> list[str]:
+    """Names of the MatMul nodes that multiply by a stored weight, after folding a transposed tied
+    output head into a weight of its own (rewrites ``path``). Only these are quantized: the others
+    multiply two activations (rotary angles, attention's Q K^T and scores V), and quantizing those
+    per tensor costs far more accuracy (rotary angles above all) for no saving on disk."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    weights = {i.name: i for i in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    names, folded = [], False
+    for node in graph.node:
+        if node.op_type != "MatMul":
+            continue
+        b = producers.get(node.input[1])
+        if (b is not None and b.op_type == "Transpose" and b.input[0] in weights
+                and len(weights[b.input[0]].dims) == 2):
+            array = numpy_helper.to_array(weights[b.input[0]]).T.copy()
+            graph.initializer.append(numpy_helper.from_array(array, f"{b.input[0]}.transposed"))
+            weights[f"{b.input[0]}.transposed"] = graph.initializer[-1]
+            node.input[1] = f"{b.input[0]}.transposed"
+            folded = True
+        if node.input[1] in weights:
+            names.append(node.name)
+    if folded:
+        used = {i for n in graph.node for i in n.input}
+        keep = [n for n in graph.node if n.op_type != "Transpose" or any(o in used for o in n.output)]
+        del graph.node[:]
+        graph.node.extend(keep)
+        onnx.save(model, str(path), save_as_external_data=external)
+    return names
+
+
 def quantize(inp: Path, out: Path, config: ONNX, src: Path, shape: dict[str, Any],
              progress: Progress | None = None) -> dict[str, Any]:
     require("onnxruntime", "onnx", "ONNX Runtime quantization")
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     external = bool(shape["external_data"])
+    nodes = weight_matmuls(inp, external)
     if config.quantization == "int8_dynamic":
-        quantize_dynamic(str(inp), str(out), op_types_to_quantize=["MatMul"], per_channel=config.per_channel,
-                         weight_type=QuantType.QInt8, use_external_data_format=external)
-        return {}
+        quantize_dynamic(str(inp), str(out), op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes,
+                         per_channel=config.per_channel, weight_type=QuantType.QInt8,
+                         use_external_data_format=external)
+        return {"quantized_matmuls": len(nodes)}
+    if config.quantization == "int8_blockwise":
+        import onnx
+        from onnxruntime.quantization.matmul_nbits_quantizer import (
+            DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer)
+
+        # accuracy_level 4: the kernel quantizes activations to int8 per block of the same size, so
+        # no single outlier token sets the scale for the whole batch (as per-tensor dynamic int8 does)
+        algo = DefaultWeightOnlyQuantConfig(block_size=config.block_size, is_symmetric=True, accuracy_level=4,
+                                            bits=8)
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(inp)), bits=8, block_size=config.block_size,
+                                         is_symmetric=True, accuracy_level=4, nodes_to_include=nodes,
+                                         algo_config=algo)
+        quantizer.process()
+        quantizer.model.save_model_to_file(str(out), external)
+        return {"quantized_matmuls": len(nodes)}
     calibration = config.calibration_settings()
     with or_null(progress).task(f"calibrating on {calibration.source}", total=calibration.samples) as bar:
         feeds = calibration_feeds(src, calibration, shape["layers"], shape["kv_heads"], shape["head_dim"],
@@ -200,10 +265,10 @@ def quantize(inp: Path, out: Path, config: ONNX, src: Path, shape: dict[str, Any
         # each sample adds two scalars per tensor; samples are tokenized only when asked for. (Its
         # CalibMaxIntermediateOutputs option discards collected ranges in 1.31: not used.)
         quantize_static(str(inp), str(out), _reader(feeds), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=["MatMul"], per_channel=config.per_channel,
+                        op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes, per_channel=config.per_channel,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax, use_external_data_format=external)
-    return {"calibration": {"source": calibration.source, "samples": calibration.samples,
+    return {"quantized_matmuls": len(nodes), "calibration": {"source": calibration.source, "samples": calibration.samples,
                             "sequence_length": calibration.sequence_length}}
 
 
