@@ -112,17 +112,49 @@ def weight_error(store: Store, name: str) -> dict:
     return {k: {"tensors": len(v), "relative_rms_error": float(np.mean(v))} for k, v in sorted(by_type.items())}
 
 
+def report(paths: list[Path], out: Path) -> None:
+    """Merge result files of runs over disjoint variant sets into ``out``; print one markdown table.
+    Speed ratios stay those measured within each run (each run benchmarks the original alongside)."""
+    runs = [json.loads(p.read_text()) for p in paths]
+    merged = {"runs": runs, "model": MODEL}
+    out.write_text(json.dumps(merged, indent=2))
+    print("| variant | engine / compute | size MB | quantize s | quantize peak RSS MB | ppl | ppl Δ | KL | top-1 "
+          "| greedy identical | greedy tokens matched | tok/s b1 | speed × (range) | run |")
+    print("|" + "---|" * 14)
+    for i, run in enumerate(runs):
+        rows = {r["name"]: r for r in run["comparison"]["rows"]}
+        base = rows[MODEL]
+        # each run's own original: its speed is the base of that run's ratios
+        print(f"| original (transformers fp32) | {base['engine']} / {base['compute_type']} | "
+              f"{base['size_bytes'] / 1e6:.0f} | — | — | {base['perplexity']:.3f} | — | — | — | — | — | "
+              f"{base['decode_tokens_per_s']:.1f} | 1.00 | {chr(65 + i)} |")
+        for label, v in run["variants"].items():
+            r = rows[v["name"]]
+            g = v.get("greedy") or {}
+            lo, hi = r["speedup_range"]
+            print(f"| {label} | {r['engine']} / {r['compute_type']} | {v['size_bytes'] / 1e6:.0f} | "
+                  f"{v['quantize_seconds']:.0f} | {(v['quantize_peak_rss_bytes'] or 0) / 1e6:.0f} | "
+                  f"{r['perplexity']:.3f} | {r['perplexity_change'] * 100:+.2f}% | {r['kl_mean']:.4f} | "
+                  f"{r['top1_agreement'] * 100:.1f}% | {g.get('identical')}/{g.get('prompts')} | "
+                  f"{g.get('matched_prefix_tokens')}/{g.get('reference_tokens')} | {r['decode_tokens_per_s']:.1f} | "
+                  f"{r['speedup']:.2f} ({lo:.2f}–{hi:.2f}) | {chr(65 + i)} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--eval-tokens", type=int, default=8192)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--greedy-tokens", type=int, default=32)
-    ap.add_argument("--group", type=int, default=3, help="variants opened at once for evaluation (memory)")
+    ap.add_argument("--group", type=int, default=8, help="variants opened at once for evaluation (memory)")
     ap.add_argument("--only", nargs="*", help="labels to run (default: all)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "quantize_rt.json")
+    ap.add_argument("--report", type=Path, nargs="+", help="merge these result files into --out and print")
     args = ap.parse_args()
+    if args.report:
+        return report(args.report, args.out)
 
     store = Store()
     previous = json.loads(args.out.read_text()).get("variants", {}) if args.out.exists() else {}
@@ -179,7 +211,7 @@ def main() -> None:
 
     print("benchmarking (interleaved rounds) ...", flush=True)
     result = compare(MODEL, order, eval_settings=settings,
-                     bench_settings=BenchSettings(output_tokens=64, batch_sizes=(1, 8), repeats=args.repeats,
+                     bench_settings=BenchSettings(output_tokens=64, batch_sizes=tuple(args.batch_sizes), repeats=args.repeats,
                                                   threads=args.threads),
                      rounds=args.rounds, store=store)
     record["comparison"] = result.to_dict()
