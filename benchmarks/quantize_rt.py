@@ -140,6 +140,38 @@ def report(paths: list[Path], out: Path) -> None:
                   f"{r['speedup']:.2f} ({lo:.2f}–{hi:.2f}) | {chr(65 + i)} |")
 
 
+def speed(store: Store, record: dict, names: list[str], args, save) -> None:
+    """Decode speed only: the original and each variant in turn, every round, ratios within a round."""
+    from statistics import median
+
+    from slipstream.benchmark.run import bench
+
+    settings = BenchSettings(output_tokens=64, batch_sizes=tuple(args.batch_sizes), repeats=args.repeats,
+                             threads=args.threads)
+    order = [MODEL, *names]
+    runs: dict[str, list[dict]] = {n: [] for n in order}
+    for r in range(args.rounds):
+        for name in order:
+            metrics = bench(name, settings=settings, store=store, use_cache=False).metrics
+            runs[name].append(metrics)
+            print(f"  round {r + 1} {name}: {metrics['latency']['decode_tokens_per_s']['median']:.1f} tok/s",
+                  flush=True)
+        record["speed"] = {"settings": settings.__dict__, "rounds": r + 1, "runs": {
+            n: [{"decode_tokens_per_s": m["latency"]["decode_tokens_per_s"]["median"], "engine": m["engine"],
+                 "throughput": m["throughput"], "peak_rss_bytes": m["memory"]["peak_rss_bytes"]} for m in ms]
+            for n, ms in runs.items() if ms}}
+        save()
+    decode = {n: [m["latency"]["decode_tokens_per_s"]["median"] for m in ms] for n, ms in runs.items()}
+    record["speed"]["ratios"] = {n: {"median": median(a / b for a, b in zip(decode[n], decode[MODEL])),
+                                     "min": min(a / b for a, b in zip(decode[n], decode[MODEL])),
+                                     "max": max(a / b for a, b in zip(decode[n], decode[MODEL]))}
+                                 for n in order}
+    record["load_at_end"] = os.getloadavg()
+    save()
+    for n in order:
+        print(n, decode[n], record["speed"]["ratios"][n])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--eval-tokens", type=int, default=8192)
@@ -151,6 +183,8 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=8, help="variants opened at once for evaluation (memory)")
     ap.add_argument("--only", nargs="*", help="labels to run (default: all)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "quantize_rt.json")
+    ap.add_argument("--stage", choices=["all", "speed", "eval"], default="all",
+                    help="speed: only the interleaved decode benchmark; eval: greedy agreement and evaluation only")
     ap.add_argument("--report", type=Path, nargs="+", help="merge these result files into --out and print")
     args = ap.parse_args()
     if args.report:
@@ -188,6 +222,9 @@ def main() -> None:
     record["original_size_bytes"] = store.get(MODEL).size_bytes
     save()
 
+    if args.stage == "speed":
+        return speed(store, record, list(names.values()), args, save)
+
     print("greedy agreement ...", flush=True)
     todo = []
     for label, name in names.items():  # reuse a previous run's result for the very same variant
@@ -207,7 +244,13 @@ def main() -> None:
     order = list(names.values())
     for i in range(0, len(order), args.group):  # a few engines open at a time; results are cached
         print(f"evaluating {order[i : i + args.group]} ...", flush=True)
-        evaluate_many(order[i : i + args.group], reference=MODEL, settings=settings, store=store)
+        for r in evaluate_many(order[i : i + args.group], reference=MODEL, settings=settings, store=store):
+            label = next(k for k, v in names.items() if v == r.variant)
+            record["variants"][label]["evaluation"] = r.metrics | {"reference_metrics": r.reference_metrics}
+        record["eval_settings"] = settings.__dict__
+        save()
+    if args.stage == "eval":
+        return
 
     print("benchmarking (interleaved rounds) ...", flush=True)
     result = compare(MODEL, order, eval_settings=settings,
