@@ -7,9 +7,12 @@ tokens, window 1024 / stride 512), greedy agreement with the original on a few p
 speed at batch 1 and 8 on its own engine, interleaved with the original over ``--rounds`` rounds
 (``comparison.compare``), each ratio taken within a round.
 
-Usage (writes benchmarks/results/quantize_rt.json and prints markdown):
+Usage (the full run; writes benchmarks/results/quantize_rt.json and prints markdown):
     SLIPSTREAM_HOME=/tmp/home-quant-rt OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/quantize_rt.py \
         --eval-tokens 8192 --rounds 2 --repeats 2 --threads 1
+On a loaded machine run it in stages (``--stage eval``, ``--stage speed``, ``--only LABEL ...``, separate
+``--out`` files) and merge them with ``--report FILE ... --out benchmarks/results/quantize_rt.json``:
+the commands behind BENCHMARKS.md are listed there.
 """
 
 from __future__ import annotations
@@ -113,31 +116,61 @@ def weight_error(store: Store, name: str) -> dict:
 
 
 def report(paths: list[Path], out: Path) -> None:
-    """Merge result files of runs over disjoint variant sets into ``out``; print one markdown table.
-    Speed ratios stay those measured within each run (each run benchmarks the original alongside)."""
+    """Merge result files (eval stages over disjoint variant sets, speed stages) into ``out`` and print
+    one markdown table. Speed ratios are those measured within a speed run, against its own original."""
     runs = [json.loads(p.read_text()) for p in paths]
-    merged = {"runs": runs, "model": MODEL}
-    out.write_text(json.dumps(merged, indent=2))
-    print("| variant | engine / compute | size MB | quantize s | quantize peak RSS MB | ppl | ppl Δ | KL | top-1 "
-          "| greedy identical | greedy tokens matched | tok/s b1 | speed × (range) | run |")
-    print("|" + "---|" * 14)
-    for i, run in enumerate(runs):
-        rows = {r["name"]: r for r in run["comparison"]["rows"]}
-        base = rows[MODEL]
-        # each run's own original: its speed is the base of that run's ratios
-        print(f"| original (transformers fp32) | {base['engine']} / {base['compute_type']} | "
-              f"{base['size_bytes'] / 1e6:.0f} | — | — | {base['perplexity']:.3f} | — | — | — | — | — | "
-              f"{base['decode_tokens_per_s']:.1f} | 1.00 | {chr(65 + i)} |")
-        for label, v in run["variants"].items():
-            r = rows[v["name"]]
-            g = v.get("greedy") or {}
-            lo, hi = r["speedup_range"]
-            print(f"| {label} | {r['engine']} / {r['compute_type']} | {v['size_bytes'] / 1e6:.0f} | "
-                  f"{v['quantize_seconds']:.0f} | {(v['quantize_peak_rss_bytes'] or 0) / 1e6:.0f} | "
-                  f"{r['perplexity']:.3f} | {r['perplexity_change'] * 100:+.2f}% | {r['kl_mean']:.4f} | "
-                  f"{r['top1_agreement'] * 100:.1f}% | {g.get('identical')}/{g.get('prompts')} | "
-                  f"{g.get('matched_prefix_tokens')}/{g.get('reference_tokens')} | {r['decode_tokens_per_s']:.1f} | "
-                  f"{r['speedup']:.2f} ({lo:.2f}–{hi:.2f}) | {chr(65 + i)} |")
+    variants: dict[str, dict] = {}
+    ratios: dict[str, dict] = {}
+    decode: dict[str, list[float]] = {}
+    engines: dict[str, str] = {}
+    speed_run: dict[str, str] = {}
+    bases: list[str] = []
+    for run in runs:
+        for label, v in run.get("variants", {}).items():
+            variants.setdefault(label, {}).update({k: x for k, x in v.items() if x is not None})
+        sp = run.get("speed") or {}
+        for name, ms in sp.get("runs", {}).items():
+            decode[name] = [m["decode_tokens_per_s"] for m in ms]
+            engines[name] = f"{ms[0]['engine']['engine']} / {ms[0]['engine']['compute_type']}"
+        base = decode.get(MODEL)
+        if sp.get("runs"):
+            bases.append(f"{_join(base)} (run {chr(65 + len(bases))})")
+        for name in sp.get("runs", {}):
+            speed_run[name] = chr(64 + len(bases))
+            pairs = [a / b for a, b in zip(decode[name], base or [])]
+            if pairs:
+                ratios[name] = {"median": sorted(pairs)[len(pairs) // 2] if len(pairs) % 2 else
+                                sum(sorted(pairs)[len(pairs) // 2 - 1 : len(pairs) // 2 + 1]) / 2,
+                                "min": min(pairs), "max": max(pairs), "rounds": len(pairs)}
+    out.write_text(json.dumps({"model": MODEL, "variants": variants, "decode_tokens_per_s": decode,
+                               "speed_ratios": ratios, "sources": [str(p) for p in paths]}, indent=2))
+    print("| variant | engine / compute | size MB | quantize s | quantize peak RSS MB | ppl | ppl Δ | KL "
+          "| top-1 | greedy identical | greedy tokens matched | tok/s b1 | speed × |")
+    print("|" + "---|" * 13)
+    ref = next((v["evaluation"]["reference_metrics"] for v in variants.values() if v.get("evaluation")), None)
+    if ref:
+        print(f"| original | transformers / float32 | {runs[0].get('original_size_bytes', 0) / 1e6:.0f} | — | — | "
+              f"{ref['perplexity']:.3f} | — | — | — | — | — | "
+              f"{'; '.join(bases)} | 1.00 |")
+    for label, v in variants.items():
+        e = v.get("evaluation") or {}
+        g = v.get("greedy") or {}
+        r = ratios.get(v["name"])
+        cells = [label, engines.get(v["name"]) or (e.get("engine") or {}).get("engine", "—"),
+                 f"{v['size_bytes'] / 1e6:.0f}", f"{v['quantize_seconds']:.0f}",
+                 f"{(v.get('quantize_peak_rss_bytes') or 0) / 1e6:.0f}",
+                 f"{e['perplexity']:.3f}" if e else "—",
+                 f"{(e['perplexity'] / ref['perplexity'] - 1) * 100:+.2f}%" if e else "—",
+                 f"{e['kl_mean']:.4f}" if e else "—", f"{e['top1_agreement'] * 100:.1f}%" if e else "—",
+                 f"{g['identical']}/{g['prompts']}" if g else "—",
+                 f"{g['matched_prefix_tokens']}/{g['reference_tokens']}" if g else "—",
+                 _join(decode.get(v["name"])) + (f" (run {speed_run[v['name']]})" if v["name"] in speed_run else ""),
+                 (f"{r['median']:.2f}" + (f" ({r['min']:.2f}–{r['max']:.2f})" if r["rounds"] > 1 else "")) if r else "—"]
+        print("| " + " | ".join(cells) + " |")
+
+
+def _join(values: list[float] | None) -> str:
+    return ", ".join(f"{x:.1f}" for x in values) if values else "—"
 
 
 def speed(store: Store, record: dict, names: list[str], args, save) -> None:
