@@ -145,7 +145,7 @@ register(
         function="slipstream.exporters.onnx:export",
         output_format="onnx",
         summary="Export to ONNX (torch.onnx dynamo, with a KV cache) for ONNX Runtime: float32, dynamic int8, "
-        "or static int8 calibrated on calibration text",
+        "static int8 calibrated on calibration text, or blockwise int8 weights (MatMulNBits)",
         extra="onnx",
         needs_calibration=True,  # static int8 only
     )
