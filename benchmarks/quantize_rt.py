@@ -141,11 +141,11 @@ def report(paths: list[Path], out: Path) -> None:
             if pairs:
                 ratios[name] = {"median": sorted(pairs)[len(pairs) // 2] if len(pairs) % 2 else
                                 sum(sorted(pairs)[len(pairs) // 2 - 1 : len(pairs) // 2 + 1]) / 2,
-                                "min": min(pairs), "max": max(pairs), "rounds": len(pairs)}
+                                "min": min(pairs), "max": max(pairs), "rounds": len(pairs), "per_round": pairs}
     out.write_text(json.dumps({"model": MODEL, "variants": variants, "decode_tokens_per_s": decode,
                                "speed_ratios": ratios, "sources": [str(p) for p in paths]}, indent=2))
     print("| variant | engine / compute | size MB | quantize s | quantize peak RSS MB | ppl | ppl Δ | KL "
-          "| top-1 | greedy identical | greedy tokens matched | tok/s b1 | speed × |")
+          "| top-1 | greedy identical | greedy tokens matched | tok/s b1 per round | speed × per round |")
     print("|" + "---|" * 13)
     ref = next((v["evaluation"]["reference_metrics"] for v in variants.values() if v.get("evaluation")), None)
     if ref:
@@ -165,7 +165,7 @@ def report(paths: list[Path], out: Path) -> None:
                  f"{g['identical']}/{g['prompts']}" if g else "—",
                  f"{g['matched_prefix_tokens']}/{g['reference_tokens']}" if g else "—",
                  _join(decode.get(v["name"])) + (f" (run {speed_run[v['name']]})" if v["name"] in speed_run else ""),
-                 (f"{r['median']:.2f}" + (f" ({r['min']:.2f}–{r['max']:.2f})" if r["rounds"] > 1 else "")) if r else "—"]
+                 ", ".join(f"{x:.2f}" for x in r["per_round"]) if r else "—"]
         print("| " + " | ".join(cells) + " |")
 
 
