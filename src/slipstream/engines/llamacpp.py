@@ -1,0 +1,226 @@
+"""The llama.cpp engine (llama-cpp-python's low-level bindings): runs GGUF variants.
+
+It works on token ids from the model's own tokenizer (``tokenizer/`` beside the GGUF), like every
+engine. A batch of prompts runs as parallel sequences in one context (one ``llama_batch`` per step,
+each prompt its own sequence id), which is how llama.cpp serves several requests at once; scoring
+asks for the logits of every position. No PyTorch is imported.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from slipstream.engines.finishing import finish
+from slipstream.engines.protocol import Completion, EngineInfo, SamplingParams
+from slipstream.engines.sampling import log_softmax, pick
+from slipstream.engines.tokenizer import Tokenizer
+from slipstream.errors import SlipstreamError
+from slipstream.extras import require
+
+_SILENCED: list = []  # keeps the no-op log callback alive
+
+
+def _silence(llama_cpp) -> None:
+    if not _SILENCED and not os.environ.get("SLIPSTREAM_LLAMACPP_VERBOSE"):
+        callback = llama_cpp.llama_log_callback(lambda level, text, data: None)
+        llama_cpp.llama_log_set(callback, ctypes.c_void_p())
+        _SILENCED.append(callback)
+
+
+class LlamaCppEngine:
+    name = "llamacpp"
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        device: str = "cpu",
+        threads: int | None = None,
+        batch_size: int = 8,
+        context: int = 4096,
+        kv_type: str | None = None,  # "f32" or "f16"; default: f32 for an F32 file, else f16
+        flash_attention: bool | None = None,  # None: llama.cpp decides
+    ):
+        from slipstream.errors import Unsupported
+        from slipstream.exporters.gguf import MODEL_FILE, TOKENIZER_DIR
+
+        if device != "cpu":
+            raise Unsupported(f"the llama.cpp engine here is a CPU build; device {device!r} is not available")
+        lc = require("llama_cpp", "llamacpp", "the llama.cpp engine")
+        _silence(lc)
+        lc.llama_backend_init()
+        self._lc = lc
+        path = Path(path)
+        self.path = path
+        self.quantization = _stored_quantization(path)
+        self._tokenizer = Tokenizer.from_dir(path / TOKENIZER_DIR)
+        self.device = device
+        self.batch_size = batch_size
+        self._threads = threads or (os.cpu_count() or 1)
+
+        mparams = lc.llama_model_default_params()
+        self._model = lc.llama_model_load_from_file(str(path / MODEL_FILE).encode(), mparams)
+        if not self._model:
+            raise SlipstreamError(f"llama.cpp could not load {path / MODEL_FILE}")
+        self._vocab = lc.llama_model_get_vocab(self._model)
+        self.n_vocab = int(lc.llama_vocab_n_tokens(self._vocab))
+        trained = int(lc.llama_model_n_ctx_train(self._model))
+        self.n_ctx = min(context, trained) if trained > 0 else context
+        self.n_batch = 512
+        cparams = lc.llama_context_default_params()
+        cparams.n_ctx = self.n_ctx
+        cparams.n_batch = cparams.n_ubatch = self.n_batch
+        cparams.n_seq_max = batch_size
+        cparams.n_threads = cparams.n_threads_batch = self._threads
+        cparams.kv_unified = True  # sequences share the n_ctx cells, so one long or many short fit
+        cparams.swa_full = True  # sliding-window layers keep every cell: sequences can be cleared freely
+        cparams.no_perf = True
+        kv = kv_type or ("f32" if self.quantization == "F32" else "f16")
+        cparams.type_k = cparams.type_v = lc.GGML_TYPE_F32 if kv == "f32" else lc.GGML_TYPE_F16
+        if flash_attention is not None:
+            cparams.flash_attn_type = (lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attention
+                                       else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        self._kv = kv
+        self._ctx = lc.llama_init_from_model(self._model, cparams)
+        if not self._ctx:
+            raise SlipstreamError(f"llama.cpp could not create a context for {path.name}")
+        self._batch = lc.llama_batch_init(self.n_batch, 0, batch_size)
+        self.max_context = self.n_ctx
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self._tokenizer
+
+    def info(self) -> EngineInfo:
+        buf = ctypes.create_string_buffer(256)
+        self._lc.llama_model_desc(self._model, buf, len(buf))
+        return EngineInfo("llamacpp", self.device, self.quantization or buf.value.decode(), self._threads,
+                          {"llama_cpp_python": self._lc.__version__, "model": buf.value.decode(),
+                           "kv_cache": self._kv, "n_ctx": self.n_ctx})
+
+    def close(self) -> None:
+        lc = getattr(self, "_lc", None)
+        if lc is None:
+            return
+        if getattr(self, "_batch", None) is not None:
+            lc.llama_batch_free(self._batch)
+            self._batch = None
+        if getattr(self, "_ctx", None):
+            lc.llama_free(self._ctx)
+            self._ctx = None
+        if getattr(self, "_model", None):
+            lc.llama_model_free(self._model)
+            self._model = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # low level ------------------------------------------------------------------------------
+    def _clear(self) -> None:
+        self._lc.llama_memory_clear(self._lc.llama_get_memory(self._ctx), True)
+
+    def _decode(self, items: list[tuple[int, int, int, bool]]) -> np.ndarray:
+        """Decode (token, position, sequence, wants_logits) items, at most n_batch of them; return the
+        logits of the flagged ones, in order, as an ``[n_flagged, vocab]`` array (a copy)."""
+        b = self._batch
+        for i, (tok, pos, seq, out) in enumerate(items):
+            b.token[i] = tok
+            b.pos[i] = pos
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = seq
+            b.logits[i] = out
+        b.n_tokens = len(items)
+        code = self._lc.llama_decode(self._ctx, b)
+        if code != 0:
+            raise SlipstreamError(
+                f"llama.cpp decode failed (code {code})" + ("; the sequences do not fit the context of "
+                                                            f"{self.n_ctx} tokens" if code == 1 else ""))
+        n_out = sum(1 for it in items if it[3])
+        if not n_out:
+            return np.zeros((0, self.n_vocab), dtype=np.float32)
+        ptr = self._lc.llama_get_logits(self._ctx)
+        return np.ctypeslib.as_array(ptr, shape=(n_out, self.n_vocab)).copy()
+
+    def _run(self, items: list[tuple[int, int, int, bool]]) -> np.ndarray:
+        """Decode any number of items in chunks of n_batch; logits of the flagged items, in order."""
+        parts = [self._decode(items[i : i + self.n_batch]) for i in range(0, len(items), self.n_batch)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.n_vocab), dtype=np.float32)
+
+    # scoring --------------------------------------------------------------------------------
+    def logprobs(self, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        out = []
+        for seq in sequences:
+            self._clear()
+            logits = self._run([(int(t), p, 0, True) for p, t in enumerate(seq)])
+            out.append(log_softmax(logits))
+        self._clear()
+        return out
+
+    def score(self, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
+        out = []
+        for seq, lp in zip(sequences, self.logprobs(sequences)):
+            target = np.asarray(seq[1:], dtype=np.int64)
+            out.append(lp[np.arange(len(target)), target].astype(np.float32))
+        return out
+
+    # generation -----------------------------------------------------------------------------
+    def _steps(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> Iterator[list[int | None]]:
+        """Yield, per step, the token each sequence produced (None once it has finished)."""
+        rng = np.random.default_rng(params.seed)
+        eos = set(self._tokenizer.eos_token_ids)
+        min_tokens = params.max_tokens if params.ignore_eos else params.min_tokens
+        self._clear()
+        try:
+            items = [(int(t), p, s, p == len(prompt) - 1) for s, prompt in enumerate(prompts)
+                     for p, t in enumerate(prompt)]
+            logits = self._run(items)
+            positions = [len(p) for p in prompts]
+            active = list(range(len(prompts)))
+            for step in range(params.max_tokens):
+                banned = list(eos) if step < min_tokens else []
+                chosen = {s: pick(row, params, rng, banned) for s, row in zip(active, logits)}
+                yield [chosen.get(s) for s in range(len(prompts))]
+                if not params.ignore_eos:
+                    active = [s for s in active if chosen[s] not in eos]
+                if not active or step == params.max_tokens - 1:
+                    return
+                logits = self._run([(chosen[s], positions[s], s, True) for s in active])
+                for s in active:
+                    positions[s] += 1
+        finally:
+            self._clear()
+
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Completion]:
+        out: list[Completion] = []
+        for start in range(0, len(prompts), self.batch_size):
+            group = prompts[start : start + self.batch_size]
+            produced: list[list[int]] = [[] for _ in group]
+            for step in self._steps(group, params):
+                for s, tok in enumerate(step):
+                    if tok is not None:
+                        produced[s].append(tok)
+            out.extend(finish(self._tokenizer, len(p), ids, params) for p, ids in zip(group, produced))
+        return out
+
+    def stream(self, prompt: Sequence[int], params: SamplingParams) -> Iterator[int]:
+        eos = self._tokenizer.eos_token_ids
+        for (tok,) in self._steps([prompt], params):
+            if tok is None or (tok in eos and not params.ignore_eos):
+                return
+            yield tok
+
+
+def _stored_quantization(path: Path) -> str | None:
+    manifest = path / "slipstream.json"
+    if manifest.exists():
+        return (json.loads(manifest.read_text()).get("technique") or {}).get("quantization")
+    return None

@@ -1,0 +1,312 @@
+"""ONNX export for ONNX Runtime: float32, dynamic int8, static int8 calibrated on calibration text, or
+blockwise int8 weights.
+
+The graph comes from ``torch.onnx.export(dynamo=True)`` of a small wrapper whose inputs are flat
+tensors (``input_ids``, ``attention_mask``, ``position_ids`` and one ``past.{i}.key`` /
+``past.{i}.value`` pair per layer) and which builds a transformers ``DynamicCache`` from them; its
+outputs are the logits and the ``present.{i}.key/value`` tensors, which the engine feeds back as the
+next step's past. Prefill is the same graph with an empty past (length 0). optimum-onnx is not used:
+it pins transformers below 4.58 (see DEPENDENCIES.md).
+
+Quantization is ONNX Runtime's own, applied to the MatMuls that multiply by a weight (never to the
+rotary or attention MatMuls between activations): ``quantize_dynamic`` (int8 weights, activations
+quantized per call at run time with one scale per tensor), ``quantize_static`` (int8 weights and
+activations, with activation ranges measured on calibration samples streamed from
+:class:`~slipstream.calibration.Calibration`, which never overlaps evaluation text), or
+``MatMulNBits`` 8-bit (``int8_blockwise``: weights in blocks of 32 with a scale each, the kernel
+quantizing activations per block too). One scale per tensor is coarse for a prompt: a single
+outlier token sets it for every token of the prefill (measured on SmolLM2: BENCHMARKS.md).
+
+The variant directory holds ``model.onnx`` (plus ``model.onnx.data`` for models over 2 GB) and a
+``tokenizer/`` folder with the parent's tokenizer and config.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+from slipstream.calibration import Calibration
+from slipstream.errors import InvalidModel, Unsupported
+from slipstream.extras import require
+from slipstream.progress import Progress, or_null
+from slipstream.techniques.config import TechniqueConfig
+
+Quantization = Literal["float32", "int8_dynamic", "int8_static", "int8_blockwise"]
+QUANTIZATIONS: tuple[str, ...] = Quantization.__args__  # type: ignore[attr-defined]
+MODEL_FILE = "model.onnx"
+TOKENIZER_DIR = "tokenizer"
+OPSET = 18
+# Decoders whose attention reads a plain DynamicCache and whose logits need nothing else.
+ARCHITECTURES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3"})
+_EXTERNAL_BYTES = 1_800_000_000  # protobuf caps a file at 2 GB; bigger models keep weights beside it
+
+
+@dataclasses.dataclass(frozen=True)
+class ONNX(TechniqueConfig):
+    """Export to ONNX for ONNX Runtime with ``quantization``; static int8 calibrates on ``calibration``."""
+
+    technique = "onnx"
+    quantization: Quantization = "int8_dynamic"
+    calibration: str = "wikitext2-valid"  # static int8 only
+    samples: int = 32
+    sequence_length: int = 256
+    per_channel: bool = True  # dynamic/static: one weight scale per output channel (else one per tensor)
+    block_size: int = 32  # blockwise: weights sharing one scale along the input dimension
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.calibration_settings()  # a bad source or count fails here, before any work
+        if self.block_size < 16 or self.block_size & (self.block_size - 1):
+            from slipstream.errors import InvalidConfig
+
+            raise InvalidConfig(f"onnx: block_size must be a power of two >= 16, got {self.block_size}")
+
+    def calibration_settings(self) -> Calibration:
+        return Calibration(self.calibration, self.samples, self.sequence_length)
+
+    def slug(self) -> str:
+        short = {"float32": "fp32", "int8_dynamic": "int8-dynamic", "int8_static": "int8-static",
+                 "int8_blockwise": "int8-blockwise"}
+        if self.quantization == "int8_blockwise":
+            return "onnx-int8-blockwise" + ("" if self.block_size == 32 else f"-b{self.block_size}")
+        return f"onnx-{short[self.quantization]}" + ("" if self.per_channel else "-pertensor")
+
+
+# --- checks ----------------------------------------------------------------------------------------
+
+def read_config(src: Path) -> dict[str, Any]:
+    path = src / "config.json"
+    if not path.exists():
+        raise InvalidModel(f"{src}: no config.json")
+    return json.loads(path.read_text())
+
+
+def check_model(src: Path) -> dict[str, Any]:
+    cfg = read_config(src)
+    model_type = cfg.get("model_type")
+    if model_type not in ARCHITECTURES:
+        raise Unsupported(f"ONNX export supports {', '.join(sorted(ARCHITECTURES))} decoders; "
+                          f"{src.name} is {model_type!r}")
+    return cfg
+
+
+# --- the graph ---------------------------------------------------------------------------------------
+
+def _wrapper(model: Any, layers: int) -> Any:
+    import torch
+    from transformers import DynamicCache
+
+    class WithFlatCache(torch.nn.Module):
+        """(input_ids, attention_mask, position_ids, *past) -> (logits, *present)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, position_ids, past):  # type: ignore[no-untyped-def]
+            cache = DynamicCache([(past[2 * i], past[2 * i + 1]) for i in range(layers)])
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             past_key_values=cache, use_cache=True)
+            present = []
+            for layer in out.past_key_values.layers:
+                present += [layer.keys, layer.values]
+            return (out.logits, *present)
+
+    return WithFlatCache()
+
+
+def io_names(layers: int) -> tuple[list[str], list[str]]:
+    past = [f"past.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+    present = [f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+    return ["input_ids", "attention_mask", "position_ids", *past], ["logits", *present]
+
+
+def export_float(src: Path, path: Path) -> dict[str, Any]:
+    """Export the transformers model in ``src`` as a float32 ONNX graph with a flat KV cache."""
+    torch = require("torch", "core")
+    require("onnxscript", "onnx", "ONNX export")
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, attn_implementation="eager").eval()
+    cfg = model.config.get_text_config(decoder=True)
+    layers = cfg.num_hidden_layers
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    batch, seq, past_len, total = (torch.export.Dim(n) for n in ("batch", "seq", "past", "total"))
+    b, s, p = 2, 3, 4  # example sizes: none may be 0 or 1, or torch.export specializes on them
+    example = (
+        torch.randint(0, cfg.vocab_size, (b, s)),
+        torch.ones(b, p + s, dtype=torch.long),
+        torch.arange(p, p + s)[None].expand(b, s).contiguous(),
+        tuple(torch.zeros(b, kv_heads, p, head_dim) for _ in range(2 * layers)),
+    )
+    shapes = ({0: batch, 1: seq}, {0: batch, 1: total}, {0: batch, 1: seq},
+              tuple({0: batch, 2: past_len} for _ in range(2 * layers)))
+    inputs, outputs = io_names(layers)
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    external = weights > _EXTERNAL_BYTES
+    import warnings
+
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(_wrapper(model, layers), example, dynamo=True, input_names=inputs,
+                                    output_names=outputs, dynamic_shapes=shapes, opset_version=OPSET,
+                                    verbose=False, optimize=True)
+    for node in program.model.graph.all_nodes():  # source locations: megabytes of text, no use at run time
+        node.metadata_props.clear()
+    program.save(str(path), external_data=external)
+    return {"layers": layers, "kv_heads": kv_heads, "head_dim": head_dim, "external_data": external,
+            "opset": OPSET}
+
+
+# --- quantization ------------------------------------------------------------------------------------
+
+def calibration_feeds(src: Path, calibration: Calibration, layers: int, kv_heads: int,
+                      head_dim: int, on_sample=lambda: None) -> Iterator[dict[str, Any]]:
+    """One prefill feed (empty past) per calibration sample, produced as it is asked for."""
+    import numpy as np
+
+    from slipstream.engines.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.from_dir(src)
+    names = io_names(layers)[0][3:]
+    for ids in calibration.batches(tokenizer):
+        n = len(ids)
+        feed: dict[str, Any] = {"input_ids": np.asarray([ids], dtype=np.int64),
+                                "attention_mask": np.ones((1, n), dtype=np.int64),
+                                "position_ids": np.arange(n, dtype=np.int64)[None]}
+        empty = np.zeros((1, kv_heads, 0, head_dim), dtype=np.float32)
+        feed |= {name: empty for name in names}
+        on_sample()
+        yield feed
+
+
+def _reader(feeds: Iterator[dict[str, Any]]) -> Any:
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def get_next(self) -> dict[str, Any] | None:
+            return next(feeds, None)
+
+    return Reader()
+
+
+def weight_matmuls(path: Path, external: bool = False) -> list[str]:
+    """Names of the MatMul nodes that multiply by a stored weight, after folding a transposed tied
+    output head into a weight of its own (rewrites ``path``). Only these are quantized: the others
+    multiply two activations (rotary angles, attention's Q K^T and scores V), and quantizing those
+    per tensor costs far more accuracy (rotary angles above all) for no saving on disk."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    weights = {i.name: i for i in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    names, folded = [], False
+    for node in graph.node:
+        if node.op_type != "MatMul":
+            continue
+        b = producers.get(node.input[1])
+        if (b is not None and b.op_type == "Transpose" and b.input[0] in weights
+                and len(weights[b.input[0]].dims) == 2):
+            array = numpy_helper.to_array(weights[b.input[0]]).T.copy()
+            graph.initializer.append(numpy_helper.from_array(array, f"{b.input[0]}.transposed"))
+            weights[f"{b.input[0]}.transposed"] = graph.initializer[-1]
+            node.input[1] = f"{b.input[0]}.transposed"
+            folded = True
+        if node.input[1] in weights:
+            names.append(node.name)
+    if folded:
+        used = {i for n in graph.node for i in n.input}
+        keep = [n for n in graph.node if n.op_type != "Transpose" or any(o in used for o in n.output)]
+        del graph.node[:]
+        graph.node.extend(keep)
+        onnx.save(model, str(path), save_as_external_data=external)
+    return names
+
+
+def quantize(inp: Path, out: Path, config: ONNX, src: Path, shape: dict[str, Any],
+             progress: Progress | None = None) -> dict[str, Any]:
+    require("onnxruntime", "onnx", "ONNX Runtime quantization")
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    external = bool(shape["external_data"])
+    nodes = weight_matmuls(inp, external)
+    if config.quantization == "int8_dynamic":
+        quantize_dynamic(str(inp), str(out), op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes,
+                         per_channel=config.per_channel, weight_type=QuantType.QInt8,
+                         use_external_data_format=external)
+        return {"quantized_matmuls": len(nodes)}
+    if config.quantization == "int8_blockwise":
+        import onnx
+        from onnxruntime.quantization.matmul_nbits_quantizer import (
+            DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer)
+
+        # accuracy_level 4: the kernel quantizes activations to int8 per block of the same size, so
+        # no single outlier token sets the scale for the whole batch (as per-tensor dynamic int8 does)
+        algo = DefaultWeightOnlyQuantConfig(block_size=config.block_size, is_symmetric=True, accuracy_level=4,
+                                            bits=8)
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(inp)), bits=8, block_size=config.block_size,
+                                         is_symmetric=True, accuracy_level=4, nodes_to_include=nodes,
+                                         algo_config=algo)
+        quantizer.process()
+        quantizer.model.save_model_to_file(str(out), external)
+        return {"quantized_matmuls": len(nodes)}
+    calibration = config.calibration_settings()
+    with or_null(progress).task(f"calibrating on {calibration.source}", total=calibration.samples) as bar:
+        feeds = calibration_feeds(src, calibration, shape["layers"], shape["kv_heads"], shape["head_dim"],
+                                  bar.advance)
+        # ONNX Runtime's MinMax calibrator reduces every tensor to its min and max inside the graph, so
+        # each sample adds two scalars per tensor; samples are tokenized only when asked for. (Its
+        # CalibMaxIntermediateOutputs option discards collected ranges in 1.31: not used.)
+        quantize_static(str(inp), str(out), _reader(feeds), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes, per_channel=config.per_channel,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax, use_external_data_format=external)
+    return {"quantized_matmuls": len(nodes), "calibration": {"source": calibration.source, "samples": calibration.samples,
+                            "sequence_length": calibration.sequence_length}}
+
+
+def export(src: Path, out: Path, config: ONNX, device: str = "cpu", progress: Progress | None = None) -> dict:
+    """Export the transformers model in ``src`` into ``out``; return facts for the manifest."""
+    if device != "cpu":
+        raise Unsupported(f"ONNX export here targets ONNX Runtime's CPU provider, not {device}")
+    check_model(src)
+    ort = require("onnxruntime", "onnx", "ONNX export")
+    require("onnxscript", "onnx", "ONNX export")
+    progress = or_null(progress)
+    target = out / MODEL_FILE
+    if config.quantization == "float32":
+        with progress.task("exporting to ONNX (torch.onnx, dynamo)"):
+            facts = export_float(src, target)
+    else:
+        staging = out / "float.tmp"
+        staging.mkdir()
+        try:
+            with progress.task("exporting to ONNX (torch.onnx, dynamo)"):
+                facts = export_float(src, staging / MODEL_FILE)
+            with progress.task(f"quantizing with ONNX Runtime ({config.quantization})"):
+                facts |= quantize(staging / MODEL_FILE, target, config, src, facts, progress)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    tok = out / TOKENIZER_DIR
+    tok.mkdir(exist_ok=True)
+    from slipstream.models.checks import CONFIG_FILES, TOKENIZER_FILES
+
+    for name in (*CONFIG_FILES, *TOKENIZER_FILES, "generation_config.json"):
+        if (src / name).exists():
+            shutil.copy2(src / name, tok / name)
+    return facts | {"onnxruntime": ort.__version__}
+
+
+def stored_quantization(path: Path) -> str | None:
+    manifest = path / "slipstream.json"
+    if manifest.exists():
+        return (json.loads(manifest.read_text()).get("technique") or {}).get("quantization")
+    return None
+

@@ -1,0 +1,80 @@
+"""Half-precision casts: store the weights in float16 or bfloat16 and compute in that type.
+
+The variant's facts carry ``engine_options = {"dtype": ...}``, so the transformers engine computes
+in the stored type (not float32) wherever it is opened: evaluation and benchmarks measure what a
+deployment of this variant would run. On a CPU without native half-precision instructions PyTorch
+emulates them, several times slower than float32: the cast warns before any work is done, and
+refuses where PyTorch cannot compute in the type at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from pathlib import Path
+from typing import Literal
+
+from slipstream.errors import Unsupported
+from slipstream.progress import Progress, or_null
+from slipstream.techniques.config import TechniqueConfig
+
+Dtype = Literal["float16", "bfloat16"]
+SHORT = {"float16": "fp16", "bfloat16": "bf16"}
+# CPU flags (Linux /proc/cpuinfo) that give PyTorch's oneDNN kernels a native path for each type.
+NATIVE_FLAGS = {"bfloat16": ("avx512_bf16", "amx_bf16"), "float16": ("avx512_fp16", "amx_fp16")}
+
+
+@dataclasses.dataclass(frozen=True)
+class Cast(TechniqueConfig):
+    """Cast every floating-point weight to ``dtype``; engines compute in ``dtype``."""
+
+    technique = "cast"
+    dtype: Dtype = "bfloat16"
+
+    def slug(self) -> str:
+        return SHORT[self.dtype]
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def check_device(dtype: str, device: str) -> bool:
+    """Refuse a type the device cannot compute in; return whether it has a native (fast) path."""
+    from slipstream.extras import require
+
+    torch = require("torch", "core")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise Unsupported("device 'cuda' asked for, but torch sees no CUDA device here")
+        if dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+            raise Unsupported("this GPU cannot compute in bfloat16; use float16")
+        return True
+    try:
+        a = torch.ones(4, 8, dtype=getattr(torch, dtype))
+        torch.nn.functional.linear(a, torch.ones(3, 8, dtype=a.dtype))
+    except RuntimeError as exc:
+        raise Unsupported(f"PyTorch {torch.__version__} cannot compute in {dtype} on {device}: {exc}") from exc
+    native = bool(cpu_flags() & set(NATIVE_FLAGS[dtype]))
+    if not native:
+        warnings.warn(
+            f"this CPU has none of {', '.join(NATIVE_FLAGS[dtype])}: {dtype} compute is emulated and will be "
+            "several times slower than float32 (the variant is still half the size on disk)", stacklevel=2)
+    return native
+
+
+def apply(src: Path, out: Path, config: Cast, device: str = "cpu", progress: Progress | None = None) -> dict:
+    native = check_device(config.dtype, device)
+    from slipstream.techniques.hf_io import load_model, save_model
+
+    with or_null(progress).task(f"casting to {config.dtype}"):
+        model = load_model(src, dtype=config.dtype)
+        save_model(model, src, out)
+    return {"engine_options": {"dtype": config.dtype}, "native_cpu_support": native if device == "cpu" else None}
