@@ -8,6 +8,7 @@ likely-good first); every decision after that rests on measurements.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,17 @@ DEFAULT_RECIPES: list[tuple[list[tuple[str, dict]], Prior]] = [
     ([("awq", {"bits": 4, "group_size": 128, "samples": 64})], Prior(0.8, 0.18, 0.3, 8.0)),
     ([("rtn", {"bits": 4, "group_size": 128})], Prior(0.8, 0.18, 0.15, 3.0)),
     ([("w8a8", {"samples": 64})], Prior(0.9, 0.3, 0.6, 8.0)),
+    # llama.cpp (GGUF) and ONNX Runtime exports.
+    ([("gguf", {"quantization": "Q8_0"})], Prior(3.5, 0.27, 0.8, 3.0)),
+    ([("gguf", {"quantization": "Q5_K_M"})], Prior(4.0, 0.2, 0.3, 3.0)),
+    ([("gguf", {"quantization": "Q4_K_M"})], Prior(4.5, 0.17, 0.2, 3.0)),
+    ([("onnx", {"quantization": "int8_blockwise"})], Prior(2.8, 0.3, 0.7, 4.0)),
+    ([("onnx", {"quantization": "int8_dynamic"})], Prior(3.0, 0.27, 0.2, 4.0)),
+    ([("onnx", {"quantization": "float32"})], Prior(1.5, 1.0, 0.99, 4.0)),
+    # PyTorch casts and bitsandbytes (transformers engine).
+    ([("cast", {"dtype": "float16"})], Prior(1.0, 0.5, 0.95, 2.0)),
+    ([("bitsandbytes", {"quant_type": "nf4"})], Prior(1.0, 0.2, 0.1, 2.0)),
+    ([("bitsandbytes", {"quant_type": "int8"})], Prior(0.6, 0.3, 0.4, 2.0)),
 ]
 
 
@@ -75,8 +87,11 @@ def runnable(spec: TechniqueSpec, config: TechniqueConfig, device: str) -> str |
         return f"needs the '{spec.extra}' extra"
     check = getattr(spec.load_module(), "check_device", None)
     if check:
+        # Modules check what they need: the whole config, the device alone, or a field and the device.
+        params = list(inspect.signature(check).parameters)
+        args = [device if p == "device" else config if p == "config" else getattr(config, p) for p in params]
         try:
-            check(config, device)
+            check(*args)
         except SlipstreamError as exc:
             return str(exc)
     return None

@@ -147,6 +147,7 @@ register(
         summary="Export to ONNX (torch.onnx dynamo, with a KV cache) for ONNX Runtime: float32, dynamic int8, "
         "static int8 calibrated on calibration text, or blockwise int8 weights (MatMulNBits)",
         extra="onnx",
+        modules=("onnx", "onnxruntime", "onnxscript"),
         needs_calibration=True,  # static int8 only
     )
 )
@@ -160,5 +161,6 @@ register(
         output_format="gguf",
         summary="Export to GGUF for llama.cpp: F32/F16/BF16, Q8_0, or K-quant mixes (Q5_K_M, Q4_K_M, ...)",
         extra="llamacpp",
+        modules=("llama_cpp", "gguf"),
     )
 )
