@@ -1,0 +1,31 @@
+"""Prune-then-distill recipes, composable with quantization, as candidates for the automatic search.
+
+A recipe is a list of ``(technique, options)`` steps that :func:`slipstream.pipeline.build` applies in
+order (each step's variant is kept, so an interrupted recipe resumes where it stopped; a killed
+distillation resumes from its last checkpoint).
+
+``PRUNING_RECIPES`` rows are ``(steps, expected decode speed-up, size ratio, pass probability,
+minutes)``: priors for the search, from the SmolLM2-135M-Instruct measurements in BENCHMARKS.md
+(speed-up and size against the unpruned model at the same engine and precision; pass probability
+is a guess at passing a 1-5% perplexity gate; minutes on 2 shared CPU cores).
+"""
+
+from __future__ import annotations
+
+Step = tuple[str, dict]
+
+# 20% of decoder layers and 25% of MLP channels out, then 30 minutes of distillation on WikiText-2 valid.
+STRUCTURED = ("prune-structured", {"layers": 0.2, "mlp": 0.25})
+DISTILL_30M = ("distill", {"steps": 120, "minutes": 30.0, "batch_size": 4, "accumulation": 2,
+                           "sequence_length": 256, "learning_rate": 2e-4, "warmup": 5, "temperature": 1.0,
+                           "checkpoint_every": 10})
+MLP_ONLY = ("prune-structured", {"layers": 0.0, "mlp": 0.25})
+
+PRUNE_THEN_DISTILL: tuple[Step, ...] = (STRUCTURED, DISTILL_30M)
+PRUNE_DISTILL_INT8: tuple[Step, ...] = (STRUCTURED, DISTILL_30M, ("ctranslate2", {"quantization": "int8"}))
+
+PRUNING_RECIPES: tuple[tuple[tuple[Step, ...], float, float, float, float], ...] = (
+    (PRUNE_DISTILL_INT8, 1.35, 0.72, 0.05, 35.0),
+    ((STRUCTURED, DISTILL_30M, ("ctranslate2", {"quantization": "float32"})), 1.35, 0.72, 0.05, 35.0),
+    ((MLP_ONLY, DISTILL_30M, ("ctranslate2", {"quantization": "int8"})), 1.12, 0.85, 0.2, 35.0),
+)
