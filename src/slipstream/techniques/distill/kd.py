@@ -229,6 +229,7 @@ def train(student: Any, teacher: Any, sequences: Any, config: Distill, checkpoin
     stop_reason = "steps"
     start_step = step
     window_tokens, window_start = 0, time.perf_counter()
+    cpu_start = time.process_time()
     with progress.task("distilling", total=config.steps) as bar:
         bar.advance(step)
         while step < config.steps:
@@ -272,6 +273,8 @@ def train(student: Any, teacher: Any, sequences: Any, config: Distill, checkpoin
         checkpoint()  # a budget ended it: keep the last state
     student.eval()
     return {"steps": step, "tokens": tokens, "train_seconds": round(elapsed, 1), "stopped_by": stop_reason,
+            "cpu_seconds_this_run": round(time.process_time() - cpu_start, 1),
+            "load_average": list(os.getloadavg()),
             "resumed_from_step": resumed, "loss_first": curve[0][1] if curve else None,
             "loss_last": curve[-1][1] if curve else None, "loss_curve": curve[:: max(1, len(curve) // 50)]}
 
