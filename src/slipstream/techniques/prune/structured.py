@@ -85,8 +85,8 @@ def head_plan(n_heads: int, n_kv: int, fraction: float) -> tuple[int, int]:
         if keep_per_group < 1 or keep_per_group == per_group:
             raise InvalidConfig(
                 f"prune-structured: heads={fraction} does not fit the attention layout ({n_heads} query heads in "
-                f"{n_kv} key/value groups of {per_group}); each group must keep between 1 and {per_group - 1} "
-                f"heads, i.e. heads between {1 / per_group:.2f} and {(per_group - 1) / per_group:.2f}")
+                f"{n_kv} key/value groups of {per_group}); the same number must go from every group, at least 1 "
+                f"and at most {per_group - 1}: heads from {1 / per_group:.2f} to {(per_group - 1) / per_group:.2f}")
         return keep_per_group * n_kv, n_kv
     keep = n_kv - round(n_kv * fraction)  # multi-head: whole groups (query + key + value) go
     if keep < 1 or keep == n_kv:
@@ -265,19 +265,26 @@ def parameter_count(model: Any) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def prune_model(model: Any, config: StructuredPrune, batches: list[Any], progress: Progress | None = None) -> dict:
-    """Prune ``model`` in place; returns what was removed (for the manifest)."""
-    progress = or_null(progress)
+def check_plan(model: Any, config: StructuredPrune) -> tuple[int, tuple[int, int], tuple[int, int, int]]:
+    """Check the plan against the model's shape before anything is measured: (layers kept,
+    (heads kept, key/value heads kept), (heads, key/value heads, head_dim))."""
     cfg = model.config
     if not hasattr(model, "model") or not hasattr(model.model, "layers"):
         raise Unsupported(f"prune-structured: {type(model).__name__} has no model.layers decoder stack")
     n_heads = cfg.num_attention_heads
     n_kv = getattr(cfg, "num_key_value_heads", None) or n_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads
+    keep_layers = layers_to_keep(cfg.num_hidden_layers, config.layers) if config.layers else cfg.num_hidden_layers
+    heads = head_plan(n_heads, n_kv, config.heads) if config.heads else (n_heads, n_kv)
+    return keep_layers, heads, (n_heads, n_kv, head_dim)
+
+
+def prune_model(model: Any, config: StructuredPrune, batches: list[Any], progress: Progress | None = None) -> dict:
+    """Prune ``model`` in place; returns what was removed (for the manifest)."""
+    progress = or_null(progress)
+    cfg = model.config
+    keep_layers, (keep_heads, keep_kv), (n_heads, n_kv, head_dim) = check_plan(model, config)
     n_layers = cfg.num_hidden_layers
-    # check every plan before measuring anything
-    keep_layers = layers_to_keep(n_layers, config.layers) if config.layers else n_layers
-    keep_heads, keep_kv = head_plan(n_heads, n_kv, config.heads) if config.heads else (n_heads, n_kv)
     before = parameter_count(model)
     facts: dict[str, Any] = {"parameters_before": before}
     if config.layers:
@@ -316,6 +323,7 @@ def apply(src: Path, out: Path, config: StructuredPrune, device: str = "cpu", pr
 
     progress = or_null(progress)
     model = load_model(src, device=device)
+    check_plan(model, config)
     calibration = Calibration(config.calibration, config.samples, config.sequence_length)
     with progress.task(f"reading calibration text ({calibration.source})"):
         batches = [b.to(device) for b in calibration_batches(src, calibration)]
