@@ -73,18 +73,42 @@ def facts(store: Store, name: str) -> dict:
     return Manifest.read(store.get(name).path).extra.get("facts", {})
 
 
+def eval_settings(args: argparse.Namespace) -> tuple[EvalSettings, EvalSettings]:
+    return (EvalSettings(window=1024, stride=512, max_tokens=args.eval_tokens),
+            EvalSettings(task="arc_easy", limit=args.arc_limit))
+
+
+def evaluate_ready(store: Store, args: argparse.Namespace) -> None:
+    """Score every CTranslate2 variant already built (results are cached in the store, so `measure`
+    reuses them); lets evaluation start while other variants are still being made."""
+    ppl, arc = eval_settings(args)
+    base = f"{MODEL}-ct2-{args.precision}"
+    ready = [n for m in ORDER for n in [_ct2_name(m, args.precision)] if n and store.exists(n)]
+    for name in ready:
+        evaluate_many([name], reference=base, settings=ppl, store=store)
+        print(f"evaluated {name}", flush=True)
+    evaluate_many([base, *ready], reference=None, settings=arc, store=store)
+
+
+def _ct2_name(method: str, precision: str) -> str:
+    name = MODEL
+    for step in steps(METHODS[method]):
+        name = f"{name}-{step.slug()}"
+    return f"{name}-ct2-{precision}"
+
+
 def measure(store: Store, args: argparse.Namespace) -> dict:
     made = make(store, args.precision, None)
     base_ct2 = made["unpruned"][1]
     started = time.time()
     comparison = compare(
         base_ct2, [made[m][1] for m in ORDER],
-        eval_settings=EvalSettings(window=1024, stride=512, max_tokens=args.eval_tokens),
+        eval_settings=eval_settings(args)[0],
         bench_settings=BenchSettings(output_tokens=64, batch_sizes=(1,), repeats=args.repeats, threads=args.threads),
         rounds=args.rounds, store=store)
     arc = {r.variant: r.metrics for r in evaluate_many(
         [made[m][1] for m in ["unpruned", *ORDER]], reference=None,
-        settings=EvalSettings(task="arc_easy", limit=args.arc_limit), store=store)}
+        settings=eval_settings(args)[1], store=store)}
     rows = {r.name: r for r in comparison.rows}
     table = []
     for method in ["unpruned", *ORDER]:
@@ -141,11 +165,11 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("stage", choices=["make", "measure"])
+    ap.add_argument("stage", choices=["make", "eval", "measure"])
     ap.add_argument("--only", nargs="*", help="make: only these methods")
     ap.add_argument("--precision", default="float32")
     ap.add_argument("--eval-tokens", type=int, default=8192)
-    ap.add_argument("--arc-limit", type=int, default=200)
+    ap.add_argument("--arc-limit", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
@@ -154,6 +178,9 @@ def main() -> None:
     store = Store()
     if args.stage == "make":
         make(store, args.precision, args.only)
+        return
+    if args.stage == "eval":
+        evaluate_ready(store, args)
         return
     result = measure(store, args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
