@@ -126,7 +126,8 @@ def test_a_killed_run_resumes_from_its_checkpoint(pair, tmp_path):
 
 
 def test_prune_then_distill_recipe_with_teacher_generations(tmp_path, tiny_llama_dir):
-    """The recipe through pipeline.build: teacher = the original (root), data = its own answers."""
+    """Prune, distill, CTranslate2 int8 through pipeline.build: teacher = the original (root), data =
+    its own answers to a bundled prompt set."""
     from slipstream.models.intake import import_model
     from slipstream.pipeline import build
     from slipstream.store import Store
@@ -134,11 +135,18 @@ def test_prune_then_distill_recipe_with_teacher_generations(tmp_path, tiny_llama
 
     store = Store(tmp_path / "home")
     import_model(str(tiny_llama_dir), "tiny", store=store)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("What is the capital of France?\nName a prime number.\nWhy is the sky blue?\n"
+                       "Tell me about rivers.\nWrite a line about the sea.\n")
+    source = f"teacher:file:{prompts}"
     steps = [make_config("prune-structured", {"layers": 0.5, "samples": 2, "sequence_length": 32}),
-             make_config("distill", SMALL | {"steps": 4, "data": "teacher:vicuna", "generate_tokens": 8})]
-    variant = build("tiny", steps, store=store)
+             make_config("distill", SMALL | {"steps": 4, "data": source, "generate_tokens": 24, "batch_size": 1})]
+    pytest.importorskip("ctranslate2")
+    quantized = build("tiny", [*steps, make_config("ctranslate2", {"quantization": "int8"})], store=store)
+    assert quantized.format == "ctranslate2" and (quantized.path / "model.bin").exists()
+    variant = store.get(quantized.parent)
     facts = Manifest.read(variant.path).extra["facts"]
-    assert facts["teacher"] == "tiny" and facts["steps"] == 4 and facts["data"] == "teacher:vicuna"
+    assert facts["teacher"] == "tiny" and facts["steps"] == 4 and facts["data"] == source
     assert facts["kl_sample_after"] < facts["kl_sample_before"]
     assert variant.parameters == store.get(variant.parent).parameters  # distillation keeps the shape
     assert not (store.home / "checkpoints" / f"{variant.parent}-{steps[1].slug()}").exists()
