@@ -164,7 +164,9 @@ def markdown(result: dict) -> str:
         lines.append(f"| {t['method']} | {t['parameters'] / 1e6:.1f}M | {t['size_bytes'] / 1e6:.0f} | {t['size_ratio']:.2f} "
                      f"| {sparsity} | {t['decode_tokens_per_s']:.1f} | {t['speedup']:.2f} "
                      f"({t['speedup_range'][0]:.2f}–{t['speedup_range'][1]:.2f}) | {t['perplexity']:.2f} "
-                     f"| {t['arc_easy_acc']:.3f} |")
+                     f"| {'—' if t['arc_easy_acc'] is None else format(t['arc_easy_acc'], '.3f')} |")
+    if result["missing"]:
+        lines += ["", f"Not measured (not built in time): {', '.join(result['missing'])}"]
     lines += ["", "| target | value | met |", "|---|---|---|"]
     for name, t in result["targets"].items():
         lines.append(f"| {name} | {t['value']} | {'yes' if t['met'] else 'NO'} |")
