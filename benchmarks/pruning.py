@@ -85,10 +85,10 @@ def evaluate_ready(store: Store, args: argparse.Namespace) -> None:
     ppl, arc = eval_settings(args)
     base = f"{MODEL}-ct2-{args.precision}"
     ready = [n for m in ORDER for n in [_ct2_name(m, args.precision)] if n and store.exists(n)]
-    for name in ready:
-        evaluate_many([name], reference=base, settings=ppl, store=store)
-        print(f"evaluated {name}", flush=True)
+    evaluate_many(ready, reference=base, settings=ppl, store=store)  # one pass: the base runs once per window
+    print(f"perplexity: {', '.join(ready)}", flush=True)
     evaluate_many([base, *ready], reference=None, settings=arc, store=store)
+    print("ARC-Easy done", flush=True)
 
 
 def _ct2_name(method: str, precision: str) -> str:
