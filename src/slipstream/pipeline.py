@@ -58,7 +58,7 @@ def optimize(
             kind="variant",
             format=spec.output_format,
             architecture=parent.architecture,
-            parameters=parent.parameters,
+            parameters=facts.get("parameters", parent.parameters),  # pruning changes it
             source=f"{spec.name} of {parent.name}",
             parent=parent.name,
             technique=config.to_dict(),

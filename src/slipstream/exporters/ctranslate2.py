@@ -6,11 +6,12 @@ a ``tokenizer/`` folder with the parent's tokenizer and transformers config, so 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
 from pathlib import Path
-from typing import Literal
+from typing import Iterator, Literal
 
 from slipstream.errors import Unsupported
 from slipstream.extras import require
@@ -65,7 +66,8 @@ def export(src: Path, out: Path, config: CTranslate2, device: str = "cpu", progr
 
     with or_null(progress).task(f"converting to CTranslate2 {config.quantization}"):
         converter = TransformersConverter(str(src), low_cpu_mem_usage=True)
-        converter.convert(str(out), quantization=config.quantization, force=True)
+        with explicit_head_dim(src):
+            converter.convert(str(out), quantization=config.quantization, force=True)
     tok = out / TOKENIZER_DIR
     tok.mkdir(exist_ok=True)
     from slipstream.models.checks import CONFIG_FILES, TOKENIZER_FILES
@@ -74,6 +76,32 @@ def export(src: Path, out: Path, config: CTranslate2, device: str = "cpu", progr
         if (src / name).exists():
             shutil.copy2(src / name, tok / name)
     return {"ctranslate2": ct2.__version__, "device": device}
+
+
+@contextlib.contextmanager
+def explicit_head_dim(src: Path) -> Iterator[None]:
+    """CTranslate2's Llama/Qwen2 loaders infer ``head_dim = hidden_size / num_attention_heads``. A model
+    whose attention heads were pruned keeps its ``head_dim`` (config.json says so) with fewer heads;
+    for the duration of one conversion, the decoder spec is built with that head_dim passed on."""
+    cfg = json.loads((src / "config.json").read_text()) if (src / "config.json").exists() else {}
+    heads, hidden, head_dim = cfg.get("num_attention_heads"), cfg.get("hidden_size"), cfg.get("head_dim")
+    if not (heads and hidden and head_dim) or heads * head_dim == hidden:
+        yield
+        return
+    from ctranslate2.specs.transformer_spec import TransformerDecoderModelSpec
+
+    original = TransformerDecoderModelSpec.__dict__["from_config"]
+
+    def from_config(*args, **kwargs):
+        if kwargs.get("head_dim") is None:
+            kwargs["head_dim"] = head_dim
+        return original.__func__(TransformerDecoderModelSpec, *args, **kwargs)
+
+    TransformerDecoderModelSpec.from_config = from_config  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        TransformerDecoderModelSpec.from_config = original  # type: ignore[method-assign]
 
 
 def check_runnable(path: Path, device: str, compute_type: str = "default") -> None:

@@ -164,3 +164,48 @@ register(
         modules=("llama_cpp", "gguf"),
     )
 )
+
+
+# --- pruning and distillation (issue 8) -----------------------------------------------------------
+from slipstream.techniques.prune.structured import StructuredPrune  # noqa: E402
+
+register(
+    TechniqueSpec(
+        name="prune-structured",
+        kind="transform",
+        config=StructuredPrune,
+        function="slipstream.techniques.prune.structured:apply",
+        output_format="hf",
+        summary="Structured pruning: drop the most redundant decoder layers, MLP channels and attention heads "
+        "(ranked on calibration text); a smaller dense model every engine runs faster",
+        needs_calibration=True,
+    )
+)
+
+from slipstream.techniques.distill.kd import Distill  # noqa: E402
+from slipstream.techniques.prune.unstructured import UnstructuredPrune  # noqa: E402
+
+register(
+    TechniqueSpec(
+        name="prune-unstructured",
+        kind="transform",
+        config=UnstructuredPrune,
+        function="slipstream.techniques.prune.unstructured:apply",
+        output_format="hf",
+        summary="Unstructured or 2:4 pruning by magnitude, Wanda or SparseGPT (llm-compressor); saved dense: "
+        "no engine here turns the zeros into speed or size, it measures the accuracy cost alone",
+        needs_calibration=True,
+    )
+)
+
+register(
+    TechniqueSpec(
+        name="distill",
+        kind="transform",
+        config=Distill,
+        function="slipstream.techniques.distill.kd:apply",
+        output_format="hf",
+        summary="Knowledge distillation: train this variant (e.g. a pruned model) on its teacher's logits "
+        "(KL with temperature, optional hidden-state MSE); resumable checkpoints, step/time budget",
+    )
+)

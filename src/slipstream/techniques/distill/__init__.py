@@ -1,0 +1,1 @@
+"""Knowledge distillation: a student trained on the output distribution of its teacher."""

@@ -1,0 +1,1 @@
+"""Pruning: unstructured (magnitude, Wanda, SparseGPT, 2:4) and structured (layers, channels, heads)."""
