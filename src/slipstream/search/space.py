@@ -81,6 +81,16 @@ DEFAULT_RECIPES: list[tuple[list[tuple[str, dict]], Prior]] = [
 ]
 
 
+def default_recipes() -> list[tuple[list[tuple[str, dict]], Prior]]:
+    """The built-in space: quantization and export recipes, then prune-then-distill recipes (long to
+    build, unlikely to pass a tight gate: last in expected value, first to fall to the budget)."""
+    from slipstream.techniques.prune.recipes import PRUNING_RECIPES
+
+    pruning = [([tuple(step) for step in steps], Prior(speedup, size, p, minutes))
+               for steps, speedup, size, p, minutes in PRUNING_RECIPES]
+    return list(DEFAULT_RECIPES) + pruning  # type: ignore[arg-type]
+
+
 def runnable(spec: TechniqueSpec, config: TechniqueConfig, device: str) -> str | None:
     """Why ``config`` cannot run here (missing extra, device), or None if it can."""
     if not spec.extra_installed():
@@ -100,7 +110,7 @@ def runnable(spec: TechniqueSpec, config: TechniqueConfig, device: str) -> str |
 def build_space(device: str, recipe_file: Path | None = None, include: list[str] | None = None,
                 exclude: list[str] | None = None, replace_defaults: bool = False) -> tuple[list[Candidate], list[dict]]:
     """Candidates that can run here, and the ones left out with the reason."""
-    recipes = [] if replace_defaults else list(DEFAULT_RECIPES)
+    recipes = [] if replace_defaults else default_recipes()
     if recipe_file:
         extra, replace = read_recipe_file(recipe_file)
         recipes = extra if replace else recipes + extra
