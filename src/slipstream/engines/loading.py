@@ -13,7 +13,8 @@ from slipstream.store import Store, Variant
 
 # format -> (default engine, {engine name: "module:Class"})
 ENGINES: dict[str, dict[str, str]] = {
-    "hf": {"transformers": "slipstream.engines.transformers:TransformersEngine"},
+    "hf": {"transformers": "slipstream.engines.transformers:TransformersEngine",
+           "vllm": "slipstream.engines.vllm:VLLMEngine"},  # its own interpreter: see engines/vllm_server.py
     "ctranslate2": {"ctranslate2": "slipstream.engines.ctranslate2:CTranslate2Engine"},
 }
 
