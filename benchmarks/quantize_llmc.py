@@ -24,6 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from statistics import median
@@ -85,10 +87,10 @@ def step_make(store: Store, data: dict) -> None:
     for technique, options in CONFIGS:
         config = make_config(technique, options)
         name = f"{MODEL}-{config.slug()}"
-        if not store.exists(name):
+        if not store.exists(name):  # each in a fresh process: its time and peak memory are its own
             load = load_now()
             print(f"making {name} ...", flush=True)
-            optimize(MODEL, config, name=name, store=store)
+            subprocess.run([sys.executable, __file__, "make-one", json.dumps([technique, options])], check=True)
             made[name] = {"load_before": load}
         facts = Manifest.read(Path(store.get(name).path)).extra["facts"]
         made.setdefault(name, {}).update({
@@ -228,9 +230,58 @@ def step_vllm(store: Store, data: dict, threads: int, rounds: int) -> None:
     save_results(data)
 
 
+def markdown(data: dict) -> str:
+    """The tables for BENCHMARKS.md, from the results file."""
+    mb = lambda b: f"{b / 1e6:.0f} MB" if b else "-"  # noqa: E731
+    ref = data.get("eval", {}).get("reference", {})
+    lines = ["| variant | size | quantize time | peak RSS | perplexity (change) | KL mean | top-1 | greedy identical "
+             "| decode tok/s b1 (vs original) | b8 (vs original) |", "|" + "---|" * 10]
+    lines.append(f"| original fp32 | {mb(data.get('original_size_bytes'))} | - | - | {ref.get('perplexity', 0):.3f} | - "
+                 "| - | - | - | - |")
+    for name, made in data.get("make", {}).items():
+        ev = data.get("eval", {}).get("variants", {}).get(name, {})
+        sp = data.get("speed", {}).get("variants", {}).get(name, {})
+        ppl = (f"{ev['perplexity']:.3f} ({ev['perplexity_ratio'] - 1:+.2%})" if ev else "-")
+        greedy = sp.get("greedy")
+        same = f"{greedy['identical']}/{greedy['prompts']}" if greedy else "-"
+        lines.append(
+            f"| {name.removeprefix(MODEL + '-')} | {mb(made['size_bytes'])} | {made['seconds']:.0f} s "
+            f"| {mb(made['peak_rss_bytes'])} | {ppl} | {ev.get('kl_mean', float('nan')):.4f} "
+            f"| {ev.get('top1_agreement', float('nan')):.1%} "
+            f"| {same} "
+            f"| {sp.get('decode_tok_s_b1', '-')} ({sp.get('speedup_b1', '-')}x) "
+            f"| {sp.get('decode_tok_s_b8', '-')} ({sp.get('speedup_b8', '-')}x) |")
+    v = data.get("vllm", {}).get("variants", {})
+    if v:
+        lines += ["", "| on vLLM | dtype | greedy identical to transformers' original | decode tok/s b1 "
+                  "(vs transformers original) | b8 (vs transformers original) | start-up |", "|" + "---|" * 6]
+        for name, r in v.items():
+            short = name.removeprefix(MODEL + "-") if name != MODEL else "original"
+            if not r.get("runs"):
+                lines.append(f"| {short} | refused: {r['why']} | | | | |")
+                continue
+            g = r["greedy"]
+            lines.append(f"| {short} | {r['info']['compute_type']} | {g['identical']}/{g['prompts']} "
+                         f"| {r['decode_tok_s_b1']} ({r['ratio_b1']}x) | {r['decode_tok_s_b8']} ({r['ratio_b8']}x) "
+                         f"| {r['startup_s']:.0f} s |")
+    return "\n".join(lines)
+
+
+def make_one(spec: str) -> None:
+    from slipstream.pipeline import optimize
+    from slipstream.techniques.registry import make_config
+
+    technique, options = json.loads(spec)
+    config = make_config(technique, options)
+    optimize(MODEL, config, name=f"{MODEL}-{config.slug()}", store=Store())
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["make-one"]:
+        make_one(sys.argv[2])
+        return
     ap = argparse.ArgumentParser()
-    ap.add_argument("steps", nargs="+", choices=["make", "eval", "speed", "vllm"])
+    ap.add_argument("steps", nargs="+", choices=["make", "eval", "speed", "vllm", "table"])
     ap.add_argument("--eval-tokens", type=int, default=8192)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
@@ -250,8 +301,11 @@ def main() -> None:
             step_eval(store, data, args.eval_tokens)
         elif step == "speed":
             step_speed(store, data, args.rounds, args.threads)
-        else:
+        elif step == "vllm":
             step_vllm(store, data, args.threads, args.rounds)
+        else:
+            print(markdown(data))
+            continue
         data.setdefault("step_seconds", {})[step] = round(time.time() - started)
         save_results(data)
 
