@@ -64,9 +64,17 @@ def load_results() -> dict:
     return json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
 
 
+def merge(into: dict, new: dict) -> dict:
+    for key, value in new.items():
+        into[key] = merge(into.get(key, {}), value) if isinstance(value, dict) and isinstance(into.get(key), dict) \
+            else value
+    return into
+
+
 def save_results(data: dict) -> None:
+    """Merge into the file (steps may run in parallel processes, each adding its own keys)."""
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(data, indent=2, default=str))
+    RESULTS.write_text(json.dumps(merge(load_results(), data), indent=2, default=str))
 
 
 def load_now() -> list[float]:
@@ -110,7 +118,8 @@ def step_eval(store: Store, data: dict, max_tokens: int) -> None:
 
     settings = EvalSettings(task="wikitext2", window=1024, stride=512, max_tokens=max_tokens, threads=1)
     started = time.time()
-    reports = evaluate_many(variant_names(store), reference=MODEL, settings=settings, store=store)
+    names = [n for n in variant_names(store) if store.exists(n)]  # results are cached per variant
+    reports = evaluate_many(names, reference=MODEL, settings=settings, store=store)
     keep = ("perplexity", "perplexity_ci95", "perplexity_ratio", "perplexity_ratio_ci95", "kl_mean", "kl_stderr",
             "kl_p99", "top1_agreement", "tokens")
     data["eval"] = {"settings": {"window": 1024, "stride": 512, "max_tokens": max_tokens},
@@ -154,7 +163,7 @@ def prompt128(tokenizer) -> list[int]:
     return tokenizer.encode(text_set("wikitext2")[:40_000])[:128]
 
 
-def step_speed(store: Store, data: dict, rounds: int, threads: int) -> None:
+def step_speed(store: Store, data: dict, rounds: int, threads: int, only: list[str] | None = None) -> None:
     """Transformers engine: greedy agreement and interleaved decode rates (original, variant)."""
     ref = open_engine(MODEL, store=store, threads=threads)
     prompts = prompts_for(ref.tokenizer)
@@ -164,7 +173,7 @@ def step_speed(store: Store, data: dict, rounds: int, threads: int) -> None:
     out = data.setdefault("speed", {"engine": "transformers", "threads": threads, "rounds": rounds,
                                     "prompt_tokens": 128, "output_tokens": 64, "variants": {}})
     out.update({"threads": threads, "rounds": rounds, "load_before": load_now()})
-    for name in variant_names(store):
+    for name in [n for n in variant_names(store) if store.exists(n) and (not only or n in only)]:
         eng = open_engine(name, store=store, threads=threads)
         agree = agreement(ref_out, eng.generate(prompts, params))
         decode_rate(eng, p, 1, 8), decode_rate(ref, p, 1, 8)  # warm-up
@@ -187,7 +196,7 @@ def step_speed(store: Store, data: dict, rounds: int, threads: int) -> None:
     save_results(data)
 
 
-def step_vllm(store: Store, data: dict, threads: int, rounds: int) -> None:
+def step_vllm(store: Store, data: dict, threads: int, rounds: int, only: list[str] | None = None) -> None:
     """vLLM engine (its own interpreter and server): greedy agreement with transformers' original and
     decode rates, each vLLM run beside the transformers original in the same window."""
     from slipstream.errors import SlipstreamError
@@ -199,7 +208,8 @@ def step_vllm(store: Store, data: dict, threads: int, rounds: int) -> None:
     p = prompt128(ref.tokenizer)
     out = data.setdefault("vllm", {"variants": {}})
     out.update({"threads": threads, "rounds": rounds, "load_before": load_now()})
-    for name in [MODEL] + [n for n in variant_names(store) if "awq" in n or "gptq" in n or "w8a8" in n or "w8" in n]:
+    names = [MODEL] + [n for n in variant_names(store) if store.exists(n) and ("awq" in n or "gptq" in n or "w8" in n)]
+    for name in [n for n in names if not only or n in only]:
         started = time.time()
         try:
             eng = open_engine(name, engine="vllm", store=store, threads=threads)
@@ -285,6 +295,7 @@ def main() -> None:
     ap.add_argument("--eval-tokens", type=int, default=8192)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--only", nargs="*", help="speed/vllm: only these store names")
     args = ap.parse_args()
     store = Store()
     if not store.exists(MODEL):
@@ -300,9 +311,9 @@ def main() -> None:
         elif step == "eval":
             step_eval(store, data, args.eval_tokens)
         elif step == "speed":
-            step_speed(store, data, args.rounds, args.threads)
+            step_speed(store, data, args.rounds, args.threads, args.only)
         elif step == "vllm":
-            step_vllm(store, data, args.threads, args.rounds)
+            step_vllm(store, data, args.threads, args.rounds, args.only)
         else:
             print(markdown(data))
             continue
