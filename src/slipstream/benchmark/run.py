@@ -77,6 +77,9 @@ def bench(
     key = _key(target.sha256, stored)
     if use_cache and (hit := store.result(target.name, KIND, key)):
         return BenchReport(target.name, hit.settings, hit.metrics, target.size_bytes, hit.machine, cached=True)
+    from slipstream.engines.loading import preflight
+
+    preflight(target, engine=settings.engine, device=settings.device, store=store)  # say why up front
     request = {"home": str(store.home), "variant": target.name, "engine": settings.engine, "settings": asdict(settings)}
     result = None
     with or_null(progress).task(f"benchmarking {target.name}", total=settings.ticks()) as bar, \

@@ -13,7 +13,8 @@ from slipstream.store import Store, Variant
 
 # format -> (default engine, {engine name: "module:Class"})
 ENGINES: dict[str, dict[str, str]] = {
-    "hf": {"transformers": "slipstream.engines.transformers:TransformersEngine"},
+    "hf": {"transformers": "slipstream.engines.transformers:TransformersEngine",
+           "vllm": "slipstream.engines.vllm:VLLMEngine"},  # its own interpreter: see engines/vllm_server.py
     "ctranslate2": {"ctranslate2": "slipstream.engines.ctranslate2:CTranslate2Engine"},
     "onnx": {"onnxruntime": "slipstream.engines.onnxruntime:OnnxRuntimeEngine"},
     "gguf": {"llamacpp": "slipstream.engines.llamacpp:LlamaCppEngine"},
@@ -36,15 +37,7 @@ def open_engine(
     """Load ``variant`` (a store entry or its name) on a fitting engine."""
     if isinstance(variant, str):
         variant = (store or Store()).get(variant)
-    choices = ENGINES.get(variant.format)
-    if not choices:
-        raise Unsupported(f"no engine runs variants of format {variant.format!r}")
-    engine = engine or next(iter(choices))
-    if engine not in choices:
-        raise Unsupported(
-            f"engine {engine!r} cannot run {variant.name!r} ({variant.format}); use one of: {', '.join(choices)}"
-        )
-    module, _, cls = choices[engine].partition(":")
+    module, cls = _engine_path(variant, engine)
     factory = getattr(importlib.import_module(module), cls)
     kwargs: dict[str, Any] = {"device": resolve_device(device), "threads": threads, **options}
     from slipstream.store.manifest import Manifest
@@ -56,3 +49,28 @@ def open_engine(
     if variant.format == "hf":
         kwargs.setdefault("trust_remote_code", bool(extra.get("trust_remote_code")))
     return factory(Path(variant.path), **kwargs)
+
+
+def _engine_path(variant: Variant, engine: str | None) -> tuple[str, str]:
+    choices = ENGINES.get(variant.format)
+    if not choices:
+        raise Unsupported(f"no engine runs variants of format {variant.format!r}")
+    engine = engine or next(iter(choices))
+    if engine not in choices:
+        raise Unsupported(
+            f"engine {engine!r} cannot run {variant.name!r} ({variant.format}); use one of: {', '.join(choices)}"
+        )
+    module, _, cls = choices[engine].partition(":")
+    return module, cls
+
+
+def preflight(variant: Variant | str, *, engine: str | None = None, device: str | None = None,
+              store: Store | None = None) -> None:
+    """Refuse, in one line and before anything is loaded or started, a variant, engine and device that
+    cannot run together (an engine module says so with its own ``preflight(path, device)``)."""
+    if isinstance(variant, str):
+        variant = (store or Store()).get(variant)
+    module, _ = _engine_path(variant, engine)
+    check = getattr(importlib.import_module(module), "preflight", None)
+    if check is not None:
+        check(Path(variant.path), resolve_device(device))

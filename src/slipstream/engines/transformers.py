@@ -14,6 +14,13 @@ from slipstream.errors import Unsupported
 from slipstream.extras import require
 
 
+def preflight(path: Path, device: str) -> None:
+    """Checks made before loading (see :func:`slipstream.engines.loading.preflight`)."""
+    from slipstream.engines.checkpoint import check_fp8
+
+    check_fp8(path, device, "transformers")
+
+
 class TransformersEngine:
     name = "transformers"
 
@@ -32,6 +39,7 @@ class TransformersEngine:
 
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise Unsupported("device 'cuda' asked for, but torch sees no CUDA device here")
+        preflight(Path(path), device)
         if threads:
             torch.set_num_threads(threads)
         self._torch = torch
