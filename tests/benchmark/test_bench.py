@@ -68,7 +68,8 @@ def test_bad_settings_and_failures(session_store):
         BenchSettings(batch_sizes=())
     from slipstream.errors import SlipstreamError
 
-    with pytest.raises(SlipstreamError, match="benchmark of tiny failed: .*engine 'nope'"):
+    # Refused up front, before a worker process is started.
+    with pytest.raises(SlipstreamError, match="engine 'nope' cannot run 'tiny'"):
         bench("tiny", settings=BenchSettings(engine="nope", repeats=1), store=session_store)
 
 
