@@ -90,6 +90,8 @@ def auto_cmd(
                                           help="Candidates at once (local default 1: timings stay clean)"),
     threads: int = typer.Option(1, "--threads", help="CPU threads per engine for the benchmarks"),
     confirm: int = typer.Option(2, "--confirm", help="Leaders re-measured side by side with the original"),
+    run_all: bool = typer.Option(False, "--run-all", help="Also run candidates whose expected speed-up (x1.5) "
+                                 "cannot beat the best passing one measured so far"),
     instance: Optional[str] = typer.Option(None, "--instance", help="Cost objective: a priced instance"),
     price_per_hour: Optional[float] = typer.Option(None, "--price-per-hour", help="Cost objective: your price"),
     report: Optional[Path] = typer.Option(Path("slipstream-auto.html"), "--report", help="HTML report to write"),
@@ -105,7 +107,8 @@ def auto_cmd(
                               device=device, eval_tokens=eval_tokens, screen_tokens=screen_tokens, eval_limit=limit,
                               bench_threads=threads, confirm=confirm, instance=instance,
                               price_per_hour=price_per_hour, recipe_file=str(recipes) if recipes else None,
-                              replace_defaults=only_recipes, include=tuple(include), exclude=tuple(exclude))
+                              replace_defaults=only_recipes, include=tuple(include), exclude=tuple(exclude),
+                              skip_margin=None if run_all else 1.5)
     start = time.perf_counter()
     result = search(settings, executor=make_executor(executor, workers, address), listener=_Printer(not as_json),
                     report=report)

@@ -2,7 +2,9 @@
 
 1. The original is measured first (evaluation on the gate's task, benchmark).
 2. Candidates from the catalog (:mod:`slipstream.search.space`) are ordered by expected value: prior
-   gain on the objective times the chance of passing, per expected minute.
+   gain on the objective times the chance of passing, per expected minute. For speed objectives, a
+   candidate whose prior speed-up, even 1.5 times over, is below the best passing one measured so far
+   is not run (``skip_margin``; ``--run-all`` runs it): it is listed as not run, with why.
 3. Each candidate is built, screened on a small slice (dropped when even the best case the slice
    allows misses the gate), then fully evaluated and benchmarked, in a worker (local process or Ray).
 4. The search goes on through the whole space or until the budget is spent; every finished candidate
@@ -58,6 +60,9 @@ class SearchSettings:
     replace_defaults: bool = False
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
+    # latency/throughput: a candidate whose prior speed-up times this margin is below the best passing
+    # candidate's measured speed-up is not run (listed as not run, with why); None runs every candidate.
+    skip_margin: float | None = 1.5
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -66,6 +71,8 @@ class SearchSettings:
             raise InvalidConfig(f"budget must be positive, got {self.budget_s}s")
         if self.device not in ("cpu", "cuda"):
             raise InvalidConfig(f"device must be cpu or cuda, got {self.device!r}")
+        if self.skip_margin is not None and self.skip_margin < 1:
+            raise InvalidConfig(f"skip margin must be at least 1 (or None to run every candidate), got {self.skip_margin}")
 
     @property
     def gate_task(self) -> str:
@@ -255,8 +262,23 @@ def search(settings: SearchSettings, *, store: Store | None = None, executor: An
     def best_record() -> dict[str, Any] | None:
         return select(records)
 
+    def hopeless(c: Candidate) -> str | None:
+        """Why ``c`` cannot beat the best passing candidate even at ``skip_margin`` times its prior."""
+        if settings.skip_margin is None or settings.objective not in ("latency", "throughput"):
+            return None
+        best = best_record()
+        ratio = (best or {}).get("objective_ratio")
+        if not ratio or c.prior.speedup * settings.skip_margin >= ratio:
+            return None
+        return (f"cannot beat {best['label']} ({ratio:.2f}x measured): expected {c.prior.speedup:g}x, "
+                f"x{settings.skip_margin:g} margin")
+
     def requests():
         for c in todo:
+            why = hopeless(c)
+            if why:
+                not_run.append({"label": c.label, "reason": why})
+                continue
             if deadline is not None:
                 expected = (sum(durations) / len(durations)) if durations else c.prior.minutes * 60
                 left = deadline - time.time() - confirm_reserve
