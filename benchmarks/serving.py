@@ -157,6 +157,17 @@ def load_prompts(n: int) -> list[str]:
     return bundled("mt-bench", n)
 
 
+def requests_per_level(spec: str, levels: list[int]) -> dict[int, int]:
+    """``N`` (every level) or ``LEVEL:N,...`` -> requests per level, never fewer than the level's streams."""
+    if ":" not in spec:
+        return {c: max(c, int(spec)) for c in levels}
+    given = {int(k): int(v) for k, v in (item.split(":") for item in spec.split(","))}
+    missing = [c for c in levels if c not in given]
+    if missing:
+        raise SystemExit(f"--requests {spec}: no count for level(s) {missing}")
+    return {c: max(c, given[c]) for c in levels}
+
+
 def slipstream_cmd(variant: str, engine: str, threads: int, batch: int, extra: list[str]) -> list[str]:
     return [sys.executable, "-c", "from slipstream.cli.main import main; main()", "serve", variant,
             "--engine", engine, "--port", "0", "--threads", str(threads), "--max-batch-size", str(batch),
@@ -167,7 +178,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--engine", action="append", required=True, help="ENGINE:VARIANT, e.g. transformers:smollm2-135m")
     ap.add_argument("--levels", default="1,4,16,64", help="concurrent streams")
-    ap.add_argument("--requests", type=int, default=8, help="requests per level (at least the concurrency)")
+    ap.add_argument("--requests", default="8", help="requests per level (at least the concurrency): N for every "
+                    "level, or LEVEL:N,... such as 1:12,4:12,16:32,64:64 (two waves at 16 streams: steady state)")
     ap.add_argument("--baseline-levels", default="1,4,16",
                     help="levels run on the one-at-a-time baselines (their tokens/s does not depend on the "
                          "concurrency; more streams only wait longer in the queue)")
@@ -186,6 +198,7 @@ def main() -> None:
     from slipstream.store import Store
 
     levels = [int(x) for x in args.levels.split(",")]
+    requests = requests_per_level(args.requests, levels)
     logs = Path(args.logs)
     logs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONUNBUFFERED": "1"}
@@ -194,7 +207,7 @@ def main() -> None:
     servers: list[Server] = []
     record: dict = {"command": " ".join(sys.argv), "machine": describe_machine(), "threads": args.threads,
                     "max_tokens": args.max_tokens, "batch": args.batch, "baseline_levels": args.baseline_levels,
-                    "levels": levels, "requests_per_level": {c: max(c, args.requests) for c in levels},
+                    "levels": levels, "requests_per_level": requests,
                     "workload": "mt-bench first turns as chat, greedy, ignore_eos, streamed",
                     "load_before": [round(x, 2) for x in os.getloadavg()], "servers": {}, "notes": []}
     try:
@@ -242,7 +255,7 @@ def main() -> None:
                     continue
                 if record["servers"][s.label].get("error"):
                     continue
-                n = max(c, args.requests)
+                n = requests[c]
                 try:
                     r = asyncio.run(run_level(s.url, s.model, prompts, c, n, args.max_tokens))
                 except Exception as exc:  # noqa: BLE001 - a server that dies is recorded, the others go on
