@@ -22,7 +22,6 @@ from slipstream.comparison import compare
 from slipstream.demo import MODEL, RECIPES
 from slipstream.engines.loading import open_engine
 from slipstream.engines.protocol import SamplingParams
-from slipstream.evaluation.data import text_set
 from slipstream.evaluation.run import EvalSettings
 from slipstream.machine import describe_machine
 from slipstream.models.intake import import_model
@@ -30,25 +29,15 @@ from slipstream.pipeline import build
 from slipstream.store import Store
 from slipstream.techniques.registry import make_config
 
-CHAT = [
-    "What is the capital of France?",
-    "Write a haiku about the sea.",
-    "Explain photosynthesis in two sentences.",
-    "List three prime numbers greater than 10.",
-    "How do I reverse a list in Python?",
-    "Give me a synonym for 'happy'.",
-    "What causes the seasons on Earth?",
-    "Translate 'good morning' into French.",
-]
+from greedy_prompts import CHAT, greedy_prompts  # benchmarks/greedy_prompts.py
+
 
 
 def greedy_agreement(store: Store, variant: str, max_tokens: int = 64) -> dict:
     reference = open_engine(MODEL, store=store)
     candidate = open_engine(variant, store=store)
     tok = reference.tokenizer
-    lines = [ln for ln in text_set("wikitext2").splitlines() if len(ln.split()) > 40][:16]
-    prompts = [tok.encode(" ".join(ln.split()[:24])) for ln in lines]
-    prompts += [tok.chat([{"role": "user", "content": q}]) for q in CHAT]
+    prompts = greedy_prompts(tok, 16)
     params = SamplingParams(max_tokens=max_tokens)
     a, b = reference.generate(prompts, params), candidate.generate(prompts, params)
     first_diff = []

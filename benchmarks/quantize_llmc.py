@@ -37,6 +37,8 @@ from slipstream.machine import describe_machine
 from slipstream.store import Store
 from slipstream.store.manifest import Manifest
 
+from greedy_prompts import greedy_prompts  # benchmarks/greedy_prompts.py
+
 MODEL = "smollm2-135m"
 CAL = {"samples": 64, "sequence_length": 512}
 CONFIGS = [  # (technique, options)
@@ -50,16 +52,6 @@ CONFIGS = [  # (technique, options)
     ("w8a8", CAL),
 ]
 RESULTS = Path(__file__).parent / "results" / "quantize_llmc.json"
-CHAT = [
-    "What is the capital of France?",
-    "Write a haiku about the sea.",
-    "Explain photosynthesis in two sentences.",
-    "List three prime numbers greater than 10.",
-    "How do I reverse a list in Python?",
-    "Give me a synonym for 'happy'.",
-    "What causes the seasons on Earth?",
-    "Translate 'good morning' into French.",
-]
 
 
 def load_results() -> dict:
@@ -135,9 +127,7 @@ def step_eval(store: Store, data: dict, max_tokens: int) -> None:
 
 
 def prompts_for(tokenizer) -> list[list[int]]:
-    lines = [ln for ln in text_set("wikitext2").splitlines() if len(ln.split()) > 40][:8]
-    prompts = [tokenizer.encode(" ".join(ln.split()[:24])) for ln in lines]
-    return prompts + [tokenizer.chat([{"role": "user", "content": q}]) for q in CHAT]
+    return greedy_prompts(tokenizer, 8)
 
 
 def agreement(reference: list, candidate: list) -> dict:

@@ -28,13 +28,14 @@ from slipstream.comparison import compare
 from slipstream.demo import MODEL
 from slipstream.engines.loading import open_engine
 from slipstream.engines.protocol import SamplingParams
-from slipstream.evaluation.data import text_set
 from slipstream.evaluation.run import EvalSettings, evaluate_many
 from slipstream.machine import describe_machine
 from slipstream.models.intake import import_model
 from slipstream.pipeline import optimize
 from slipstream.store import Store
 from slipstream.techniques.registry import make_config
+
+from greedy_prompts import CHAT, greedy_prompts  # benchmarks/greedy_prompts.py
 
 VARIANTS = [  # (label, technique, options)
     ("bnb nf4", "bitsandbytes", {"quant_type": "nf4"}),
@@ -49,14 +50,8 @@ VARIANTS = [  # (label, technique, options)
     ("GGUF Q5_K_M", "gguf", {"quantization": "Q5_K_M"}),
     ("GGUF Q4_K_M", "gguf", {"quantization": "Q4_K_M"}),
 ]
-CHAT = ["What is the capital of France?", "Write a haiku about the sea.",
-        "Explain photosynthesis in two sentences.", "How do I reverse a list in Python?"]
-
-
 def prompts(tokenizer) -> list[list[int]]:
-    lines = [ln for ln in text_set("wikitext2").splitlines() if len(ln.split()) > 40][:4]
-    return [tokenizer.encode(" ".join(ln.split()[:24])) for ln in lines] + \
-        [tokenizer.chat([{"role": "user", "content": q}]) for q in CHAT]
+    return greedy_prompts(tokenizer, 4, [CHAT[i] for i in (0, 1, 2, 4)])
 
 
 def greedy_agreement(store: Store, names: list[str], max_tokens: int, threads: int) -> dict[str, dict]:
