@@ -17,6 +17,7 @@ from typing import Any
 
 from slipstream.errors import InvalidConfig, SlipstreamError
 from slipstream.extras import library_versions
+from slipstream.jsonlines import json_lines
 from slipstream.machine import describe_machine
 from slipstream.progress import Progress, or_null
 from slipstream.store import Store
@@ -93,11 +94,7 @@ def bench(
         )
         assert proc.stdout is not None
         error = None
-        for line in proc.stdout:
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a library printed to stdout
+        for event in json_lines(proc.stdout):  # lines a library prints to stdout are skipped
             if event.get("event") == "tick":
                 bar.advance()
             elif event.get("event") == "result":

@@ -19,6 +19,7 @@ import time
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from slipstream.errors import MissingExtra, SlipstreamError
+from slipstream.jsonlines import json_lines
 
 Request = dict[str, Any]
 Record = dict[str, Any]
@@ -74,11 +75,7 @@ class LocalExecutor:
             threading.Thread(target=watchdog, daemon=True).start()
         record = None
         assert proc.stdout is not None
-        for line in proc.stdout:
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a library printing to stdout
+        for event in json_lines(proc.stdout):  # lines a library prints to stdout are skipped
             if event.get("event") == "result":
                 record = event["record"]
             else:

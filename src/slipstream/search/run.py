@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 from slipstream.errors import InvalidConfig, SlipstreamError
 from slipstream.evaluation.gate import Gate
+from slipstream.jsonlines import json_lines
 from slipstream.search.select import closest_misses, frontier, select
 from slipstream.search.space import Candidate, build_space
 from slipstream.search.worker import OBJECTIVES, objective_value
@@ -169,11 +170,7 @@ class Ledger:
     def load(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         if self.path.exists():
-            for line in self.path.read_text().splitlines():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut short by a kill
+            for record in json_lines(self.path.read_text().splitlines()):  # a line cut short by a kill is skipped
                 out[record["id"]] = record
         return out
 

@@ -101,12 +101,17 @@ def _hidden(x: Any) -> Any:
     return x[0] if isinstance(x, (tuple, list)) else x
 
 
-def _run(model: Any, batches: list[Any]) -> None:
+def _run(model: Any, batches: list[Any], hooks: list[Any]) -> None:
+    """Run the calibration batches through ``model``, then remove ``hooks`` (even on failure)."""
     import torch
 
-    with torch.no_grad():
-        for ids in batches:
-            model(input_ids=ids, use_cache=False)
+    try:
+        with torch.no_grad():
+            for ids in batches:
+                model(input_ids=ids, use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 def layer_similarity(model: Any, batches: list[Any]) -> list[float]:
@@ -125,11 +130,7 @@ def layer_similarity(model: Any, batches: list[Any]) -> list[float]:
             sums[i] += cos.sum().item()
             counts[i] += cos.numel()
         hooks.append(layer.register_forward_hook(hook, with_kwargs=True))
-    try:
-        _run(model, batches)
-    finally:
-        for h in hooks:
-            h.remove()
+    _run(model, batches, hooks)
     return [s / max(c, 1) for s, c in zip(sums, counts)]
 
 
@@ -147,11 +148,7 @@ def mlp_scores(model: Any, batches: list[Any]) -> list[Any]:
             sums[i] += a.sum(0)
             counts[i] += a.shape[0]
         hooks.append(layer.mlp.down_proj.register_forward_pre_hook(hook))
-    try:
-        _run(model, batches)
-    finally:
-        for h in hooks:
-            h.remove()
+    _run(model, batches, hooks)
     return [s / max(c, 1) * layer.mlp.down_proj.weight.detach().float().norm(dim=0)
             for s, c, layer in zip(sums, counts, layers)]
 
@@ -168,11 +165,7 @@ def head_scores(model: Any, batches: list[Any], n_heads: int, head_dim: int) -> 
             a = args[0].detach().float()
             sums[i] += a.reshape(-1, n_heads, head_dim).norm(dim=-1).sum(0)
         hooks.append(layer.self_attn.o_proj.register_forward_pre_hook(hook))
-    try:
-        _run(model, batches)
-    finally:
-        for h in hooks:
-            h.remove()
+    _run(model, batches, hooks)
     return sums
 
 
