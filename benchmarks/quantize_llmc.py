@@ -39,7 +39,7 @@ from slipstream.store.manifest import Manifest
 
 from greedy_prompts import greedy_prompts  # benchmarks/greedy_prompts.py
 
-MODEL = "smollm2-135m"
+MODEL = "smollm2-135m"  # --model: any model in the store (the bundled gemma3-270m is the second architecture)
 CAL = {"samples": 64, "sequence_length": 512}
 CONFIGS = [  # (technique, options)
     ("rtn", {"bits": 8, "group_size": "none"}),
@@ -92,7 +92,7 @@ def step_make(store: Store, data: dict) -> None:
         if not store.exists(name):  # each in a fresh process: its peak memory is its own
             load = load_now()
             print(f"making {name} ...", flush=True)
-            subprocess.run([sys.executable, __file__, "make-one", json.dumps([technique, options])], check=True)
+            subprocess.run([sys.executable, __file__, "make-one", MODEL, json.dumps([technique, options])], check=True)
             made[name] = {"load_before": load}
         facts = Manifest.read(Path(store.get(name).path)).extra["facts"]
         made.setdefault(name, {}).update({
@@ -270,18 +270,19 @@ def markdown(data: dict) -> str:
     return "\n".join(lines)
 
 
-def make_one(spec: str) -> None:
+def make_one(model: str, spec: str) -> None:
     from slipstream.pipeline import optimize
     from slipstream.techniques.registry import make_config
 
     technique, options = json.loads(spec)
     config = make_config(technique, options)
-    optimize(MODEL, config, name=f"{MODEL}-{config.slug()}", store=Store())
+    optimize(model, config, name=f"{model}-{config.slug()}", store=Store())
 
 
 def main() -> None:
+    global MODEL, RESULTS
     if sys.argv[1:2] == ["make-one"]:
-        make_one(sys.argv[2])
+        make_one(sys.argv[2], sys.argv[3])
         return
     ap = argparse.ArgumentParser()
     ap.add_argument("steps", nargs="+", choices=["make", "eval", "speed", "vllm", "table"])
@@ -289,7 +290,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", nargs="*", help="speed/vllm: only these store names")
+    ap.add_argument("--model", default=MODEL)
     args = ap.parse_args()
+    if args.model != MODEL:
+        MODEL, RESULTS = args.model, RESULTS.with_name(f"quantize_llmc-{args.model}.json")
     store = Store()
     if not store.exists(MODEL):
         from slipstream.models.intake import import_model

@@ -25,7 +25,6 @@ from pathlib import Path
 
 from slipstream.benchmark.run import BenchSettings
 from slipstream.comparison import compare
-from slipstream.demo import MODEL
 from slipstream.engines.loading import open_engine
 from slipstream.engines.protocol import SamplingParams
 from slipstream.evaluation.run import EvalSettings, evaluate_many
@@ -37,9 +36,12 @@ from slipstream.techniques.registry import make_config
 
 from greedy_prompts import CHAT, greedy_prompts  # benchmarks/greedy_prompts.py
 
+MODEL = "smollm2-135m"  # --model: any model in the store (the bundled gemma3-270m is the second architecture)
+
 VARIANTS = [  # (label, technique, options)
     ("bnb nf4", "bitsandbytes", {"quant_type": "nf4"}),
     ("bnb int8", "bitsandbytes", {"quant_type": "int8"}),
+    ("bnb int8, threshold 2", "bitsandbytes", {"quant_type": "int8", "int8_threshold": 2.0}),
     ("fp16 cast", "cast", {"dtype": "float16"}),
     ("bf16 cast", "cast", {"dtype": "bfloat16"}),
     ("ONNX fp32", "onnx", {"quantization": "float32"}),
@@ -82,24 +84,24 @@ def weight_error(store: Store, name: str) -> dict:
     """Relative RMS error of each quantized GGUF tensor type vs the original fp32 weights."""
     import gguf
     import numpy as np
-    from safetensors import safe_open
 
-    from slipstream.exporters.gguf import _permute, read_config
+    from slipstream.exporters.gguf import ARCHITECTURES, _permute, _tensors, read_config
 
-    parent = store.get(MODEL)
-    cfg = read_config(Path(parent.path))
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg["num_hidden_layers"])
+    src = Path(store.get(MODEL).path)
+    cfg = read_config(src)
+    arch = ARCHITECTURES[cfg["model_type"]]
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA if arch == "llama" else gguf.MODEL_ARCH.GEMMA3,
+                                     cfg["num_hidden_layers"])
     original = {}
-    with safe_open(str(next(Path(parent.path).glob("*.safetensors"))), framework="np") as st:
-        for key in st.keys():
-            new = names.get_name(key, try_suffixes=(".weight",))
-            if new:
-                w = st.get_tensor(key).astype(np.float32)
-                if key.endswith("q_proj.weight"):
-                    w = _permute(w, cfg["num_attention_heads"])
-                elif key.endswith("k_proj.weight"):
-                    w = _permute(w, cfg["num_key_value_heads"])
-                original[new] = w
+    for key, w in _tensors(src):
+        new = names.get_name(key, try_suffixes=(".weight",))
+        if new:
+            w = w.astype(np.float32)
+            if arch == "llama" and key.endswith("q_proj.weight"):
+                w = _permute(w, cfg["num_attention_heads"])
+            elif arch == "llama" and key.endswith("k_proj.weight"):
+                w = _permute(w, cfg["num_key_value_heads"])
+            original[new] = w
     by_type: dict[str, list[float]] = {}
     for t in gguf.GGUFReader(str(Path(store.get(name).path) / "model.gguf")).tensors:
         if t.name not in original or t.tensor_type.name in ("F32", "F16"):
@@ -201,7 +203,9 @@ def speed(store: Store, record: dict, names: list[str], args, save) -> None:
 
 
 def main() -> None:
+    global MODEL
     ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=MODEL)
     ap.add_argument("--eval-tokens", type=int, default=8192)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)
@@ -210,11 +214,14 @@ def main() -> None:
     ap.add_argument("--greedy-tokens", type=int, default=32)
     ap.add_argument("--group", type=int, default=8, help="variants opened at once for evaluation (memory)")
     ap.add_argument("--only", nargs="*", help="labels to run (default: all)")
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "quantize_rt.json")
+    ap.add_argument("--out", type=Path, help="default: benchmarks/results/quantize_rt[-MODEL].json")
     ap.add_argument("--stage", choices=["all", "speed", "eval"], default="all",
                     help="speed: only the interleaved decode benchmark; eval: greedy agreement and evaluation only")
     ap.add_argument("--report", type=Path, nargs="+", help="merge these result files into --out and print")
     args = ap.parse_args()
+    MODEL = args.model
+    args.out = args.out or Path(__file__).parent / "results" / (
+        "quantize_rt.json" if MODEL == "smollm2-135m" else f"quantize_rt-{MODEL}.json")
     if args.report:
         return report(args.report, args.out)
 

@@ -49,6 +49,35 @@ def build_tiny_llama(directory: Path, seed: int = 0, layers: int = 2) -> Path:
     return directory
 
 
+def build_tiny_gemma3(directory: Path, seed: int = 0) -> Path:
+    """A tiny random Gemma 3 text decoder: four norms per layer, ``(1 + weight)`` RMSNorms (given random
+    weights here, so code that forgets the offset changes the model), q/k norms, tied embeddings."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    directory.mkdir(parents=True, exist_ok=True)
+    build_tokenizer(directory)
+    torch.manual_seed(seed)
+    config = Gemma3TextConfig(
+        vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=256, sliding_window=64,
+        bos_token_id=1, eos_token_id=2, pad_token_id=2, initializer_range=0.2,
+    )
+    model = Gemma3ForCausalLM(config)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.normal_(0.0, 0.5)
+    model.generation_config.eos_token_id = 2
+    model.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3_dir(tmp_path_factory) -> Path:
+    return build_tiny_gemma3(tmp_path_factory.mktemp("tiny-gemma3") / "model")
+
+
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama") / "model")

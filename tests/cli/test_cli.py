@@ -38,6 +38,7 @@ def test_help_imports_no_heavy_library():
     (["optimize", "ghost", "-t", "warp-drive"], "unknown technique 'warp-drive'; known: "),
     (["optimize", "ghost", "-t", "ctranslate2", "-o", "bits"], "--option expects key=value"),
     (["bench", "ghost", "--batch-sizes", "1,x"], "comma-separated integers"),
+    (["optimize", "ghost", "-t", "smoothquant", "-q", "int8"], "technique 'smoothquant' has no quantization type"),
 ])
 def test_errors_are_one_line(tmp_path, args, message):
     proc = slipstream(*args, home=tmp_path)
@@ -57,6 +58,9 @@ def test_import_optimize_list_show_as_json(tiny_llama_dir, tmp_path):
     assert made["name"] == "tiny-ct2-int8" and made["parent"] == "tiny"
     listed = json.loads(slipstream("models", "list", "--json", home=tmp_path, check=True).stdout)
     assert [r["name"] for r in listed] == ["tiny", "tiny-ct2-int8"]
+    cast = json.loads(slipstream("optimize", "tiny", "-t", "cast", "-q", "bfloat16", "--json",  # -q is its dtype
+                                 home=tmp_path, check=True).stdout)
+    assert cast["name"] == "tiny-bf16"
     shown = json.loads(slipstream("models", "show", "tiny-ct2-int8", "--json", home=tmp_path, check=True).stdout)
     assert shown["manifest"]["technique"]["quantization"] == "int8"
     ev = json.loads(slipstream("evaluate", "tiny-ct2-int8", "--max-tokens", "512", "--window", "128",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -49,6 +51,27 @@ def test_smoothing_leaves_the_function_unchanged(outlier_store):
     b = open_engine(smoothed, store=outlier_store, threads=1)
     ids = [a.tokenizer.encode("The game was released in Japan in 2011 and sold")]
     np.testing.assert_allclose(a.logprobs(ids)[0], b.logprobs(ids)[0], atol=2e-4)
+
+
+def test_smoothing_a_gemma3_leaves_the_function_unchanged(store, tiny_gemma3_dir):
+    """Gemma's norms scale by ``1 + weight`` and its MLP reads ``pre_feedforward_layernorm`` (its
+    ``post_attention_layernorm`` feeds the residual): smoothing must divide the right norm, offset included."""
+    from slipstream.engines.loading import open_engine
+    from slipstream.models.intake import import_model
+    from slipstream.pipeline import optimize
+
+    import_model(str(tiny_gemma3_dir), "gem", store=store)
+    smoothed = optimize("gem", "smoothquant", {"samples": 8, "sequence_length": 64, "alpha": 0.8}, store=store)
+    a = open_engine("gem", store=store, threads=1)
+    b = open_engine(smoothed, store=store, threads=1)
+    ids = [a.tokenizer.encode("The game was released in Japan in 2011 and sold")]
+    np.testing.assert_allclose(a.logprobs(ids)[0], b.logprobs(ids)[0], atol=2e-4)
+    from safetensors.numpy import load_file
+
+    before, after = (load_file(str(next(Path(m.path).glob("*.safetensors"))))
+                     for m in (store.get("gem"), store.get(smoothed.name)))
+    key = "model.layers.0.pre_feedforward_layernorm.weight"
+    assert not np.allclose(before[key], after[key])  # it did smooth
 
 
 def test_smoothing_reduces_int8_error(outlier_store):

@@ -40,7 +40,8 @@ class BitsAndBytes(TechniqueConfig):
 
     def slug(self) -> str:
         return "bnb-" + self.quant_type + ("-dq" if self.double_quant else "") + (
-            "" if self.compute_dtype == "float32" else "-" + self.compute_dtype)
+            "" if self.compute_dtype == "float32" else "-" + self.compute_dtype) + (
+            f"-t{self.int8_threshold:g}" if self.quant_type == "int8" and self.int8_threshold != 6.0 else "")
 
 
 def quantization_config(config: BitsAndBytes):

@@ -131,21 +131,28 @@ def smooth(model: Any, groups: list[Group], maxima: list[Any], alpha: float) -> 
                 lin.weight.mul_(consumer[None, :].to(lin.weight.dtype))
 
 
-def apply(src: Path, out: Path, config: SmoothQuant, device: str = "cpu", progress: Progress | None = None) -> dict:
+def calibrate_and_smooth(model: Any, src: Path, calibration: Calibration, alpha: float,
+                         progress: Progress | None = None, lm_head: bool = False) -> None:
+    """Measure activation maxima on the calibration stream (one sample in memory at a time) and
+    smooth ``model`` in place."""
     from slipstream.engines.tokenizer import Tokenizer
-    from slipstream.techniques.hf_io import load_model, save_model
 
-    progress = or_null(progress)
-    model = load_model(src, device=device)
-    groups = smoothing_groups(model, config.lm_head)
-    calibration = Calibration(config.calibration, config.samples, config.sequence_length)
+    groups = smoothing_groups(model, lm_head)
     tokenizer = Tokenizer.from_dir(src)
-    with progress.task(f"calibrating SmoothQuant on {config.calibration}", total=config.samples) as bar:
+    with or_null(progress).task(f"calibrating SmoothQuant on {calibration.source}", total=calibration.samples) as bar:
         def stream():
             for ids in calibration.batches(tokenizer):
                 yield ids
                 bar.advance()
         maxima = activation_maxima(model, groups, stream())
-    smooth(model, groups, maxima, config.alpha)
+    smooth(model, groups, maxima, alpha)
+
+
+def apply(src: Path, out: Path, config: SmoothQuant, device: str = "cpu", progress: Progress | None = None) -> dict:
+    from slipstream.techniques.hf_io import load_model, save_model
+
+    model = load_model(src, device=device)
+    calibration = Calibration(config.calibration, config.samples, config.sequence_length)
+    calibrate_and_smooth(model, src, calibration, config.alpha, progress, config.lm_head)
     save_model(model, src, out)
     return {"calibration_tokens": config.samples * config.sequence_length}

@@ -1,10 +1,14 @@
 """SmoothQuant + W8A8 int8 (Xiao et al., 2023) in compressed-tensors form, for engines with int8
-GEMMs (vLLM on GPU and on CPU): activations smoothed into the weights with llm-compressor's
-``SmoothQuantModifier``, then int8 weights (one scale per output channel, by GPTQ or round to
-nearest) and int8 activations quantized per token at run time.
+GEMMs (vLLM on GPU and on CPU): activations smoothed into the weights, then int8 weights (one scale
+per output channel, by llm-compressor's GPTQ or round to nearest) and int8 activations quantized per
+token at run time.
 
-This is not slipstream's own ``smoothquant`` technique, which only smooths (the model stays full
-precision, for CTranslate2's int8); this one writes the quantized checkpoint.
+The smoothing is slipstream's own (:mod:`~slipstream.techniques.quantize.smoothquant`, which alone
+stops there and leaves the model full precision for CTranslate2's int8), not llm-compressor's
+``SmoothQuantModifier``: that one smooths only the inputs of q/k/v and gate/up, leaving o_proj's and
+down_proj's int8 inputs (where the activation outliers are largest) as they are, and its default
+mapping for Gemma 2/3 divides ``post_attention_layernorm`` (which in Gemma feeds the residual, not
+the MLP) and ignores Gemma's ``(1 + weight)`` norm, changing the model before any quantization.
 """
 
 from __future__ import annotations
@@ -49,18 +53,19 @@ def apply(src: Path, out: Path, config: W8A8, device: str = "cpu", progress: Pro
     llmc.require_llmcompressor("W8A8 quantization")
     from llmcompressor.modifiers.gptq import GPTQModifier
     from llmcompressor.modifiers.quantization import QuantizationModifier
-    from llmcompressor.modifiers.transform.smoothquant import SmoothQuantModifier
 
     from slipstream.techniques.hf_io import load_model
     from slipstream.techniques.quantize.rtn import weight_args
+    from slipstream.techniques.quantize.smoothquant import calibrate_and_smooth
 
     model = load_model(src, device=device)
+    calibration = Calibration(config.calibration, config.samples, config.sequence_length)
+    if config.smoothing is not None:
+        calibrate_and_smooth(model, src, calibration, config.smoothing, progress)
     plan = llmc.plan_groups(model, None)  # per-channel weights: no group size to fit
     groups = llmc.scheme_groups(plan, weight_args(8, True), ACTIVATIONS)
-    modifiers = [SmoothQuantModifier(smoothing_strength=config.smoothing)] if config.smoothing is not None else []
     quantizer = GPTQModifier if config.weights == "gptq" else QuantizationModifier
-    modifiers.append(quantizer(config_groups=groups, ignore=list(llmc.IGNORE)))
-    calibration = Calibration(config.calibration, config.samples, config.sequence_length)
+    modifiers = [quantizer(config_groups=groups, ignore=list(llmc.IGNORE))]
     facts = llmc.run(src, out, modifiers, label=f"W8A8 {config.slug()}", calibration=calibration, device=device,
                      progress=progress, model=model)
     return facts | llmc.plan_facts(plan)

@@ -1,0 +1,154 @@
+"""One table of every quantization variant of issue 3, for each model (SmolLM2-135M-Instruct and
+Gemma-3-270m), from the raw results of the two quantization benchmarks:
+
+  benchmarks/quantize_llmc.py  llm-compressor checkpoints (RTN, AWQ, GPTQ, SmoothQuant + W8A8) on
+                               transformers, and the same checkpoints on vLLM;
+  benchmarks/quantize_rt.py    bitsandbytes, fp16/bf16 casts, ONNX Runtime, GGUF (llama.cpp).
+
+Both evaluate on the first 8,192 tokens of WikiText-2 test (window 1024, stride 512) against the
+model's transformers fp32 original, and time decode at batch 1 and 8 on one thread, each variant
+interleaved with the original round by round; the × columns are ratios to that original, measured in
+the same run. Usage:
+    .venv/bin/python benchmarks/quantize_table.py [--model smollm2-135m gemma3-270m]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from statistics import median
+
+RESULTS = Path(__file__).parent / "results"
+SOURCES = {  # model -> (llm-compressor results, [bitsandbytes/ONNX/GGUF eval and speed results])
+    "smollm2-135m": ("quantize_llmc.json", ["quantize_rt-quiet-eval.json", "quantize_rt-quiet-speed.json",
+                                            "quantize_rt-bnb-threshold-eval.json", "quantize_rt-bnb-threshold-speed.json"]),
+    "gemma3-270m": ("quantize_llmc-gemma3-270m.json",
+                    ["quantize_rt-gemma3-270m-eval.json", "quantize_rt-gemma3-270m-speed.json"]),
+}
+LLMC_LABELS = {"rtn-w8": "RTN int8, per channel", "rtn-w4g128": "RTN int4, group 128", "rtn-w4g64": "RTN int4, group 64",
+               "awq-w4g128": "AWQ W4A16, group 128", "gptq-w4g128": "GPTQ W4A16, group 128"}
+
+
+def _load(name: str) -> dict:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _label(model: str, name: str) -> str:
+    short = name.removeprefix(model + "-")
+    if short.startswith("w8a8"):
+        return "SmoothQuant " + short.split("-sq")[1].split("-")[0] + " + W8A8 int8" if "-sq" in short else "W8A8 int8"
+    return LLMC_LABELS.get(short, short)
+
+
+def llmc_rows(model: str, data: dict) -> tuple[dict, list[dict]]:
+    """The original's row and one row per llm-compressor variant (transformers, then vLLM)."""
+    ev, sp = data.get("eval", {}), data.get("speed", {}).get("variants", {})
+    firsts = [v for v in sp.values() if v.get("original_decode_tok_s_b1")]
+    original = {"perplexity": ev.get("reference", {}).get("perplexity"), "size_bytes": data.get("original_size_bytes"),
+                "b1": median(v["original_decode_tok_s_b1"] for v in firsts) if firsts else None,
+                "b8": median(v["original_decode_tok_s_b8"] for v in firsts) if firsts else None}
+    rows = []
+    for name, made in data.get("make", {}).items():
+        e, s = ev.get("variants", {}).get(name, {}), sp.get(name, {})
+        rows.append({"variant": _label(model, name), "engine": "transformers (compressed-tensors)",
+                     "size_bytes": made["size_bytes"], "quantize_s": made["seconds"], "peak_rss": made["peak_rss_bytes"],
+                     "ppl": e.get("perplexity"), "ratio": e.get("perplexity_ratio"), "kl": e.get("kl_mean"),
+                     "b1": s.get("decode_tok_s_b1"), "x1": s.get("speedup_b1"),
+                     "b8": s.get("decode_tok_s_b8"), "x8": s.get("speedup_b8")})
+    for name, v in data.get("vllm", {}).get("variants", {}).items():
+        label = "original" if name == model else _label(model, name)
+        if not v.get("runs"):
+            rows.append({"variant": label, "engine": "vLLM: refused", "note": v.get("why", "")})
+            continue
+        rows.append({"variant": label, "engine": f"vLLM ({v['info']['compute_type']})", "same_checkpoint": True,
+                     "b1": v["decode_tok_s_b1"], "x1": v["ratio_b1"], "b8": v["decode_tok_s_b8"], "x8": v["ratio_b8"]})
+    return original, rows
+
+
+def rt_rows(model: str, runs: list[dict]) -> tuple[dict, list[dict]]:
+    """The original's speed and one row per variant; each speed ratio is to the original of the same
+    speed run (a later run replaces an earlier one's figures for the variants it measured)."""
+    variants: dict[str, dict] = {}
+    speed: dict[str, dict] = {}  # variant name -> {"b1": ..., "x1": ..., "b8": ..., "x8": ...}
+    original: dict = {}
+
+    def rate(rounds: list[dict], batch: int) -> list[float]:
+        if batch == 1:
+            return [r["decode_tokens_per_s"] for r in rounds]
+        return [t["output_tokens_per_s"]["median"] for r in rounds for t in r["throughput"] if t["batch_size"] == batch]
+
+    for run in runs:
+        for label, v in run.get("variants", {}).items():
+            variants.setdefault(label, {}).update({k: x for k, x in v.items() if x is not None})
+        by_name = (run.get("speed") or {}).get("runs", {})
+        base = by_name.get(model, [])
+        for name, rounds in by_name.items():
+            figures = {}
+            for b in (1, 8):
+                mine, theirs = rate(rounds, b), rate(base, b)
+                if mine and len(mine) == len(theirs):
+                    figures[f"b{b}"], figures[f"x{b}"] = median(mine), median(a / o for a, o in zip(mine, theirs))
+            if name == model:
+                original.setdefault("b1", figures.get("b1"))  # the first speed run's original
+                original.setdefault("b8", figures.get("b8"))
+            speed[name] = figures | {"engine": rounds[0]["engine"]["engine"]}
+    rows = []
+    for label, v in variants.items():
+        e, sp = v.get("evaluation") or {}, speed.get(v["name"], {})
+        if e.get("reference_metrics"):
+            original["perplexity"] = e["reference_metrics"]["perplexity"]
+        rows.append({"variant": label, "size_bytes": v["size_bytes"], "quantize_s": v.get("quantize_seconds"),
+                     "peak_rss": v.get("quantize_peak_rss_bytes"), "ppl": e.get("perplexity"),
+                     "ratio": e.get("perplexity_ratio"), "kl": e.get("kl_mean"),
+                     "engine": sp.get("engine") or (e.get("engine") or {}).get("engine", "—"),
+                     **{k: sp.get(k) for k in ("b1", "x1", "b8", "x8")}})
+    return original, rows
+
+
+def _f(x, fmt: str, none: str = "—") -> str:
+    return none if x is None else format(x, fmt)
+
+
+def table(models: list[str]) -> str:
+    lines = ["| model | variant | engine | size MB | WikiText-2 ppl | ppl Δ | KL | decode tok/s b1 (× original) "
+             "| b8 (× original) | quantize s | quantize peak RSS MB |", "|" + "---|" * 11]
+    for model in models:
+        llmc_file, rt_files = SOURCES[model]
+        llmc = _load(llmc_file)
+        rt = [r for r in map(_load, rt_files) if r]
+        if not llmc and not rt:
+            lines.append(f"| {model} | (no results yet) |" + " |" * 9)
+            continue
+        o1, rows1 = llmc_rows(model, llmc) if llmc else ({}, [])
+        o2, rows2 = rt_rows(model, rt) if rt else ({}, [])
+        size = llmc.get("original_size_bytes") or next((r.get("original_size_bytes") for r in rt), None)
+        lines.append(f"| {model} | original fp32 | transformers | {_f(size and size / 1e6, '.0f')} "
+                     f"| {_f(o1.get('perplexity') or o2.get('perplexity'), '.3f')} | — | — "
+                     f"| {_f(o1.get('b1'), '.1f')} / {_f(o2.get('b1'), '.1f')} | {_f(o1.get('b8'), '.1f')} / "
+                     f"{_f(o2.get('b8'), '.1f')} | — | — |")
+        for r in rows1 + rows2:
+            if "note" in r:
+                lines.append(f"| {model} | {r['variant']} | {r['engine']} | | | | | {r['note']} | | | |")
+                continue
+            same = r.get("same_checkpoint")
+            lines.append(
+                f"| {model} | {r['variant']} | {r['engine']} | {'same' if same else _f(r['size_bytes'] / 1e6, '.0f')} "
+                f"| {'same' if same else _f(r.get('ppl'), '.3f')} "
+                f"| {'' if same else _f(r.get('ratio') and (r['ratio'] - 1) * 100, '+.2f') + ('%' if r.get('ratio') else '')} "
+                f"| {'' if same else _f(r.get('kl'), '.4f')} "
+                f"| {_f(r.get('b1'), '.1f')} ({_f(r.get('x1'), '.2f')}×) | {_f(r.get('b8'), '.1f')} ({_f(r.get('x8'), '.2f')}×) "
+                f"| {'' if same else _f(r.get('quantize_s'), '.0f')} "
+                f"| {'' if same else _f(r.get('peak_rss') and r['peak_rss'] / 1e6, '.0f')} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", nargs="+", default=list(SOURCES), choices=list(SOURCES))
+    print(table(ap.parse_args().model))
+
+
+if __name__ == "__main__":
+    main()
