@@ -21,7 +21,10 @@ CHAT = [
 
 def greedy_prompts(tokenizer, openings: int, questions: list[str] = CHAT) -> list[list[int]]:
     """The first 24 words of the first ``openings`` WikiText-2 test lines longer than 40 words, then
-    each question through the model's chat template."""
+    each question through the model's chat template (a base model without one, such as Gemma-3-270m:
+    ``Question: ...`` / ``Answer:`` as plain text)."""
     lines = [ln for ln in text_set("wikitext2").splitlines() if len(ln.split()) > 40][:openings]
     prompts = [tokenizer.encode(" ".join(ln.split()[:24])) for ln in lines]
+    if not tokenizer.has_chat_template:
+        return prompts + [tokenizer.encode(f"Question: {q}\nAnswer:") for q in questions]
     return prompts + [tokenizer.chat([{"role": "user", "content": q}]) for q in questions]

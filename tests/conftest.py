@@ -49,18 +49,20 @@ def build_tiny_llama(directory: Path, seed: int = 0, layers: int = 2) -> Path:
     return directory
 
 
-def build_tiny_gemma3(directory: Path, seed: int = 0) -> Path:
+def build_tiny_gemma3(directory: Path, seed: int = 0, layers: int = 2, vocab: int = TINY_VOCAB,
+                      tokenizer: bool = True) -> Path:
     """A tiny random Gemma 3 text decoder: four norms per layer, ``(1 + weight)`` RMSNorms (given random
     weights here, so code that forgets the offset changes the model), q/k norms, tied embeddings."""
     import torch
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     directory.mkdir(parents=True, exist_ok=True)
-    build_tokenizer(directory)
+    if tokenizer:
+        build_tokenizer(directory)
     torch.manual_seed(seed)
     config = Gemma3TextConfig(
-        vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, max_position_embeddings=256, sliding_window=64,
+        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, max_position_embeddings=256, sliding_window=64,
         bos_token_id=1, eos_token_id=2, pad_token_id=2, initializer_range=0.2,
     )
     model = Gemma3ForCausalLM(config)

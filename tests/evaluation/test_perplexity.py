@@ -81,3 +81,34 @@ def test_user_text_file(session_store, tmp_path):
 
     with pytest.raises(NotFound, match="no such file"):
         evaluate("tiny", reference=None, store=session_store, task=f"file:{tmp_path / 'missing.txt'}")
+
+
+def test_every_window_starts_with_bos_for_tokenizers_that_add_one(tmp_path, tiny_llama_dir, monkeypatch):
+    """Gemma and Llama 2 are trained with BOS first: each window, not only the first, begins with it
+    (as context, never scored), and the same tokens are scored as for a tokenizer without BOS."""
+    import shutil
+
+    from tokenizers import Tokenizer, processors
+
+    from slipstream.engines.transformers import TransformersEngine
+    from slipstream.models.intake import import_model
+    from slipstream.store import Store
+
+    src = tmp_path / "bos-model"
+    shutil.copytree(tiny_llama_dir, src)
+    tok = Tokenizer.from_file(str(src / "tokenizer.json"))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok.save(str(src / "tokenizer.json"))
+    store = Store(tmp_path / "home")
+    import_model(str(src), "bos", store=store)
+    import_model(str(src), "bos2", store=store)
+    seen: list[list[int]] = []
+    original = TransformersEngine.logprobs
+    monkeypatch.setattr(TransformersEngine, "logprobs", lambda self, seqs: seen.extend(map(list, seqs)) or
+                        original(self, seqs))
+    settings = EvalSettings(window=64, stride=32, max_tokens=300, threads=1)
+    report = evaluate("bos2", reference="bos", settings=settings, store=store, use_cache=False)
+    assert len(seen) >= 2 * 9 and all(s[0] == 1 for s in seen) and all(len(s) <= 64 for s in seen)
+    assert 1 not in {t for s in seen for t in s[1:]}  # the text itself is encoded without BOS
+    assert report.metrics["tokens"] == report.reference_metrics["tokens"] == 299
+    assert report.metrics["kl_mean"] < 1e-9

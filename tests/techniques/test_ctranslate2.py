@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 import pytest
 
 from slipstream.errors import InvalidConfig, Unsupported
@@ -100,3 +102,24 @@ def test_pipeline_refuses_wrong_input_format(tiny_store):
         optimize("tiny", "ctranslate2", {"quantization": "int8"}, name="tiny-int8", store=tiny_store)
     with pytest.raises(Unsupported, match="takes a hf model"):
         optimize("tiny-int8", "ctranslate2", {"quantization": "int8"}, store=tiny_store)
+
+
+def test_gemma3_converts_and_scoring_past_its_window_is_refused_clearly(store, tiny_gemma3_dir):
+    """CTranslate2 converts Gemma 3 and generates past its sliding window, but its forward_batch cannot
+    score more tokens than the window at once: a one-line error names the window to evaluate with."""
+    pytest.importorskip("ctranslate2")
+    from slipstream.engines.loading import open_engine
+    from slipstream.engines.protocol import SamplingParams
+    from slipstream.models.intake import import_model
+
+    import_model(str(tiny_gemma3_dir), "gem", store=store)
+    optimize("gem", "ctranslate2", {"quantization": "float32"}, store=store)
+    ct2 = open_engine("gem-ct2-float32", store=store, threads=1)
+    hf = open_engine("gem", store=store, threads=1)
+    ids = ct2.tokenizer.encode("The game was released in Japan in 2011 and sold well in its first week. " * 4)[:100]
+    assert len(ids) == 100  # the tiny model's window is 64 tokens
+    inside = ids[:64]
+    np.testing.assert_allclose(ct2.logprobs([inside])[0], hf.logprobs([inside])[0], atol=1e-3)
+    assert len(ct2.generate([ids], SamplingParams(max_tokens=4))[0].token_ids) == 4
+    with pytest.raises(Unsupported, match=r"cannot score \d+ tokens at once .* evaluate with --window 64 or less"):
+        ct2.logprobs([ids])

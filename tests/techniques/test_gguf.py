@@ -95,3 +95,52 @@ def test_missing_llama_cpp_is_one_line(gguf_store, monkeypatch):
         from slipstream.engines.llamacpp import LlamaCppEngine
 
         LlamaCppEngine(gguf_store.get("tiny").path)
+
+
+def _sentencepiece_bpe(directory, vocab: int) -> list[str]:
+    """A SentencePiece-style BPE tokenizer, as Gemma's: byte fallback, spaces as "▁", BOS first, a
+    user-defined run of spaces. Returns the text lines to compare tokenizations on."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from slipstream.evaluation.data import text_set
+
+    # WikiText writes rare words as "<unk>": a special token to transformers, plain text to llama.cpp
+    lines = [ln.replace("<unk>", "unk") for ln in text_set("wikitext2").splitlines() if ln.strip()]
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.normalizer = normalizers.Replace(" ", "\u2581")
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>"] + [f"<0x{i:02X}>" for i in range(256)]
+    tok.train_from_iterator(lines[:1500], trainers.BpeTrainer(vocab_size=vocab - 8, special_tokens=specials))
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>",
+                                   pad_token="<pad>")
+    fast.add_tokens([AddedToken("   ", normalized=False, special=False)])
+    fast.save_pretrained(directory)
+    return lines[1500:1700] + ["Tabs\tand   three spaces, \u00fcnic\u00f6de \u65e5\u672c and emoji \U0001f642"]
+
+
+def test_sentencepiece_bpe_survives_gguf_export_and_import(tmp_path, store):
+    """Gemma's SentencePiece vocabulary through GGUF and back: llama.cpp's "llama" tokenizer (pieces
+    merged by score) and slipstream's import (transformers reads it as Unigram, slipstream rebuilds
+    the BPE) both split text exactly as the original tokenizer does."""
+    from transformers import AutoTokenizer
+
+    from slipstream.engines.tokenizer import Tokenizer
+    from slipstream.models.intake import import_model
+    from tests.conftest import build_tiny_gemma3
+
+    src = build_tiny_gemma3(tmp_path / "spm-gemma", layers=6, vocab=1024, tokenizer=False)
+    lines = _sentencepiece_bpe(src, 1024)
+    write_gguf(src, tmp_path / "model.gguf", "F32")
+    imported = import_model(str(tmp_path / "model.gguf"), "spm", store=store)
+    original, back = AutoTokenizer.from_pretrained(src), Tokenizer.from_dir(imported.path)
+    want = [original(line)["input_ids"] for line in lines]
+    assert max(map(len, want)) > 20 and sum(len(w) for w in want) < 0.6 * sum(len(ln) for ln in lines)  # merges used
+    assert [back.encode(line) for line in lines] == want
+    assert back.decode(want[-1][1:]) == lines[-1]
+    if HAS_LLAMA_CPP:
+        from llama_cpp import Llama
+
+        llm = Llama(model_path=str(tmp_path / "model.gguf"), vocab_only=True, verbose=False)
+        assert [llm.tokenize(line.encode(), add_bos=True, special=False) for line in lines] == want

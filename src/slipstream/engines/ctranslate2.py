@@ -62,7 +62,19 @@ class CTranslate2Engine:
         out: list[np.ndarray] = []
         for start in range(0, len(sequences), self.batch_size):
             batch = [list(s) for s in sequences[start : start + self.batch_size]]
-            lp = np.asarray(self.generator.forward_batch(batch, return_log_probs=True))
+            try:
+                lp = np.asarray(self.generator.forward_batch(batch, return_log_probs=True))
+            except ValueError as exc:
+                if "current storage size" not in str(exc):
+                    raise
+                from slipstream.errors import Unsupported
+
+                # CTranslate2 4.8's sliding-window layers (Gemma 3) size their buffers to the window in
+                # forward_batch; generation past the window works, scoring a longer sequence at once does not
+                limit = str(exc).rsplit(" ", 1)[-1]
+                raise Unsupported(f"CTranslate2 {self._ct2.__version__} cannot score {max(map(len, batch))} tokens at "
+                                  f"once with this model (its sliding-window layers hold {limit}); "
+                                  f"evaluate with --window {limit} or less") from None
             out.extend(np.array(lp[i, : len(s)], dtype=np.float32) for i, s in enumerate(batch))
         return out
 

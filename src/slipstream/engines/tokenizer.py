@@ -75,6 +75,12 @@ class Tokenizer:
             return self._backend.convert_tokens_to_ids(token)
         return self._backend.token_to_id(token)
 
+    def bos_prefix(self) -> list[int]:
+        """The BOS token, for tokenizers that add one by default (Llama 2, Gemma); none otherwise."""
+        with_special, without = self.encode("a"), self.encode("a", add_special_tokens=False)
+        n = len(with_special) - len(without)
+        return with_special[:n] if n > 0 and with_special[n:] == without else []
+
     @property
     def has_chat_template(self) -> bool:
         return bool(self.chat_template)

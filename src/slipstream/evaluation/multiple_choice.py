@@ -26,18 +26,10 @@ def encode_pair(engine: Engine, context: str, continuation: str) -> tuple[list[i
         context, continuation = context[:-spaces], context[-spaces:] + continuation
     whole = tok.encode(context + continuation, add_special_tokens=False)
     ctx = tok.encode(context, add_special_tokens=False)
-    prefix = _prefix(engine)
+    prefix = tok.bos_prefix()
     if not ctx and not prefix:
         prefix = [tok.eos_token_ids[0]] if tok.eos_token_ids else []
     return prefix + ctx, whole[len(ctx):]
-
-
-def _prefix(engine: Engine) -> list[int]:
-    """The BOS token, for tokenizers that add one by default (Llama 2, Gemma); none otherwise."""
-    tok = engine.tokenizer
-    with_special, without = tok.encode("a"), tok.encode("a", add_special_tokens=False)
-    n = len(with_special) - len(without)
-    return with_special[:n] if n > 0 and with_special[n:] == without else []
 
 
 def loglikelihoods(engine: Engine, pairs: Sequence[tuple[str, str]], batch_size: int = 16,

@@ -24,7 +24,8 @@ from slipstream.progress import Progress, or_null
 from slipstream.store import Store, Variant
 
 KIND = "evaluation"
-METHOD_VERSION = 2  # bump when a change to scoring makes old cached results incomparable
+METHOD_VERSION = 3  # bump when a change to scoring makes old cached results incomparable
+# 3: every perplexity window starts with the BOS token for tokenizers that add one (Gemma, Llama 2)
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,10 @@ def _perplexity_pass(task: Task, targets: list[Variant], ref: Variant | None, se
     engines = [open_engine(t, threads=settings.threads, store=store) for t in targets]
     ref_engine = open_engine(ref, threads=settings.threads, store=store) if ref else None
     text = task.load()
-    tokens = engines[0].tokenizer.encode(text)
+    # Models trained with a BOS token first (Gemma, Llama 2) see it at the start of every window, as
+    # lm-evaluation-harness's rolling windows do; without it Gemma's perplexity is several times higher.
+    prefix = engines[0].tokenizer.bos_prefix()
+    tokens = engines[0].tokenizer.encode(text, add_special_tokens=False)
     for target, engine in zip(targets, engines):
         other = ref_engine or engines[0]
         if other.tokenizer.encode(text[:4000]) != engine.tokenizer.encode(text[:4000]):
@@ -169,7 +173,7 @@ def _perplexity_pass(task: Task, targets: list[Variant], ref: Variant | None, se
     if settings.max_tokens:
         tokens = tokens[: settings.max_tokens]
     context = min(e.max_context for e in engines + ([ref_engine] if ref_engine else []))
-    windows = plan_windows(len(tokens), min(settings.window, context), settings.stride)
+    windows = plan_windows(len(tokens), min(settings.window, context) - len(prefix), settings.stride)
 
     nll = [NLLAccumulator() for _ in targets]
     div = [DivergenceAccumulator() for _ in targets]
@@ -180,12 +184,12 @@ def _perplexity_pass(task: Task, targets: list[Variant], ref: Variant | None, se
             ids = tokens[w.begin : w.end]
             if ref_engine is None:
                 for acc, engine in zip(nll, engines):
-                    acc.add(engine.score([ids])[0][-w.scored :])
-            else:
-                ref_rows, ref_lp = scored_rows(w, ref_engine.logprobs([ids])[0], ids)
+                    acc.add(engine.score([prefix + ids])[0][-w.scored :])
+            else:  # rows of the prefix dropped: row i predicts ids[i + 1]
+                ref_rows, ref_lp = scored_rows(w, ref_engine.logprobs([prefix + ids])[0][len(prefix):], ids)
                 ref_nll.add(ref_lp)
                 for acc, d, engine in zip(nll, div, engines):
-                    rows, lp = scored_rows(w, engine.logprobs([ids])[0], ids)
+                    rows, lp = scored_rows(w, engine.logprobs([prefix + ids])[0][len(prefix):], ids)
                     acc.add(lp)
                     d.add(ref_rows, rows)
             bar.advance()

@@ -136,9 +136,16 @@ def _tokenizer_fields(src: Path, writer: Any, vocab_size: int) -> None:
         tokens = [""] * max(vocab_size, len(vocab), max(added, default=0) + 1)
         for text, i in vocab.items():
             tokens[i] = text
-        scores = None
         merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-        kind = "gpt2"
+        scores, kind = None, "gpt2"
+        if model.get("byte_fallback"):  # SentencePiece-style BPE (Gemma, Llama 2): llama.cpp's "llama" model,
+            # which merges pieces in order of the merged piece's score: minus the rank of its first merge
+            scores = [-1e9] * len(tokens)
+            for rank, merge in reversed(list(enumerate(merges))):
+                piece = merge.replace(" ", "", 1)
+                if piece in vocab:
+                    scores[vocab[piece]] = -float(rank)
+            merges, kind = None, "llama"
     elif model["type"] == "Unigram":
         pairs = model["vocab"]
         tokens = [""] * max(vocab_size, len(pairs), max(added, default=0) + 1)
@@ -184,8 +191,9 @@ def _tokenizer_fields(src: Path, writer: Any, vocab_size: int) -> None:
     probe = tok.encode("a")
     writer.add_add_bos_token(bool(probe) and bos is not None and probe[0] == bos)
     writer.add_add_eos_token(False)
-    if kind == "llama":
-        writer.add_add_space_prefix(False)
+    if kind == "llama":  # Llama 2 prepends "▁" to the text, Gemma does not
+        writer.add_add_space_prefix('"Prepend"' in json.dumps(data.get("normalizer")) or
+                                    '"always"' in json.dumps(data.get("pre_tokenizer")))
     if tok.chat_template:
         writer.add_chat_template(tok.chat_template)
 
