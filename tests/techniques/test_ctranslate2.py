@@ -56,11 +56,11 @@ def test_every_quantization_is_made_or_refused_clearly(tiny_store, quantization)
 
 
 def test_sizes_follow_the_weight_type(tiny_store):
-    sizes = {}
-    for q in ("float32", "int16", "int8"):
-        name = f"tiny-size-{q}"
-        sizes[q] = optimize("tiny", CTranslate2(quantization=q), name=name, store=tiny_store).size_bytes
-    assert sizes["int8"] < sizes["int16"] < sizes["float32"]
+    kinds = [q for q in ("float32", "int16", "int8") if q in supported_types("cpu")]  # no int16 on oneDNN (AMD)
+    sizes = {q: optimize("tiny", CTranslate2(quantization=q), name=f"tiny-size-{q}", store=tiny_store).size_bytes
+             for q in kinds}
+    assert sorted(kinds, key=sizes.get) == [q for q in ("int8", "int16", "float32") if q in kinds]
+    assert sizes["int8"] < 0.4 * sizes["float32"]
 
 
 def test_cuda_target_without_gpu_uses_the_cuda_table(tiny_store):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 FP8_CAPABILITY = (8, 9)
@@ -47,17 +46,6 @@ def _scheme(q: dict | None) -> str:
     if w.get("type") == "int" and a and a.get("type") == "int" and a.get("num_bits") == 8:
         return "w8a8-int8"
     return "other"
-
-
-@lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
 
 
 def gpu_capability() -> tuple[int, int] | None:

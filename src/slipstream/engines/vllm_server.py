@@ -27,8 +27,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 
-from slipstream.engines.checkpoint import Checkpoint, check_fp8, cpu_flags, describe
+from slipstream.engines.checkpoint import Checkpoint, check_fp8, describe
 from slipstream.errors import SlipstreamError, Unsupported
+from slipstream.machine import cpu_flags
 
 ENV_PYTHON = "SLIPSTREAM_VLLM_PYTHON"
 ENV_ARGS = "SLIPSTREAM_VLLM_ARGS"  # extra server arguments, shell-quoted

@@ -13,6 +13,10 @@ from slipstream.errors import InvalidConfig
 from slipstream.evaluation.tasks import LOWER_IS_BETTER
 
 
+# What a divergence metric is for the reference itself (it is never scored against itself).
+SELF_VALUES = {"kl_mean": 0.0, "top1_agreement": 1.0}
+
+
 @dataclass(frozen=True)
 class Gate:
     metric: str  # "perplexity" or "task.metric" (e.g. "arc_easy.acc_norm")
@@ -22,6 +26,9 @@ class Gate:
     def __post_init__(self) -> None:
         if self.max_drop < 0:
             raise InvalidConfig(f"gate {self.metric}: max drop must be >= 0, got {self.max_drop}")
+        if self.relative and SELF_VALUES.get(self.metric) == 0.0:
+            raise InvalidConfig(f"gate {self.metric}: the reference's own {self.metric} is 0, so a relative drop "
+                                f"means nothing; give it absolute, e.g. {self.metric}=0.01abs")
 
     @classmethod
     def parse(cls, text: str, default_drop: str | None = None, absolute: bool = False) -> "Gate":

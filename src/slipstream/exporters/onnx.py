@@ -56,6 +56,9 @@ class ONNX(TechniqueConfig):
     sequence_length: int = 256
     per_channel: bool = True  # dynamic/static: one weight scale per output channel (else one per tensor)
     block_size: int = 32  # blockwise: weights sharing one scale along the input dimension
+    # dynamic/static: 7-bit weights, so that uint8 x int8 pair sums fit the 16 bits that x86 int8
+    # kernels without VNNI add them in (ONNX Runtime's advice); None: on when this CPU has no VNNI
+    reduce_range: bool | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -73,7 +76,13 @@ class ONNX(TechniqueConfig):
                  "int8_blockwise": "int8-blockwise"}
         if self.quantization == "int8_blockwise":
             return "onnx-int8-blockwise" + ("" if self.block_size == 32 else f"-b{self.block_size}")
-        return f"onnx-{short[self.quantization]}" + ("" if self.per_channel else "-pertensor")
+        return (f"onnx-{short[self.quantization]}" + ("" if self.per_channel else "-pertensor")
+                + {None: "", True: "-rr", False: "-fullrange"}[self.reduce_range])
+
+    def resolved_reduce_range(self) -> bool:
+        from slipstream.machine import has_int8_dot_product
+
+        return (not has_int8_dot_product()) if self.reduce_range is None else self.reduce_range
 
 
 # --- checks ----------------------------------------------------------------------------------------
@@ -237,11 +246,12 @@ def quantize(inp: Path, out: Path, config: ONNX, src: Path, shape: dict[str, Any
 
     external = bool(shape["external_data"])
     nodes = weight_matmuls(inp, external)
+    reduce_range = config.resolved_reduce_range()
     if config.quantization == "int8_dynamic":
         quantize_dynamic(str(inp), str(out), op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes,
-                         per_channel=config.per_channel, weight_type=QuantType.QInt8,
+                         per_channel=config.per_channel, reduce_range=reduce_range, weight_type=QuantType.QInt8,
                          use_external_data_format=external)
-        return {"quantized_matmuls": len(nodes)}
+        return {"quantized_matmuls": len(nodes), "reduce_range": reduce_range}
     if config.quantization == "int8_blockwise":
         import onnx
         from onnxruntime.quantization.matmul_nbits_quantizer import (
@@ -266,9 +276,10 @@ def quantize(inp: Path, out: Path, config: ONNX, src: Path, shape: dict[str, Any
         # CalibMaxIntermediateOutputs option discards collected ranges in 1.31: not used.)
         quantize_static(str(inp), str(out), _reader(feeds), quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes, per_channel=config.per_channel,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax, use_external_data_format=external)
-    return {"quantized_matmuls": len(nodes), "calibration": {"source": calibration.source, "samples": calibration.samples,
+    return {"quantized_matmuls": len(nodes), "reduce_range": reduce_range,
+            "calibration": {"source": calibration.source, "samples": calibration.samples,
                             "sequence_length": calibration.sequence_length}}
 
 

@@ -14,6 +14,8 @@ import sys
 import time
 from typing import Any, Callable
 
+from slipstream.evaluation.gate import SELF_VALUES
+
 Emit = Callable[..., None]
 
 OBJECTIVES = ("latency", "throughput", "size", "cost")
@@ -107,14 +109,15 @@ def _drop(report: Any, gate: Any) -> dict:
     """How much worse than the reference on the gate's metric, with the best case the data allows."""
     metric = gate.metric.rsplit(".", 1)[-1]
     m, r = report.metrics, report.reference_metrics or {}
+    ref = r.get(metric, SELF_VALUES.get(metric))  # KL and top-1 of the reference against itself
     if metric == "perplexity" and "perplexity_ratio" in m and gate.relative:
         lo, hi = m["perplexity_ratio_ci95"]
         drop, best = m["perplexity_ratio"] - 1, lo - 1
     else:
-        drop = gate.drop(r[metric], m[metric])
+        drop = gate.drop(ref, m[metric])
         se = (m.get(f"{metric}_stderr") or 0.0) + (r.get(f"{metric}_stderr") or 0.0)
-        best = drop - 1.96 * (se / abs(r[metric]) if gate.relative and r[metric] else se)
-    out = {"drop": drop, "best_case_drop": best, "candidate": m.get(metric), "reference": r.get(metric),
+        best = drop - 1.96 * (se / abs(ref) if gate.relative and ref else se)
+    out = {"drop": drop, "best_case_drop": best, "candidate": m.get(metric), "reference": ref,
            "tokens": m.get("tokens"), "items": m.get("items")}
     for k in ("kl_mean", "top1_agreement", "perplexity"):
         if k in m:

@@ -7,6 +7,12 @@ same scheme. Two CPU issues of llm-compressor 0.14 are handled in our code: its 
 pins memory (fails without an accelerator; skipped by :func:`llmc.cpu_workarounds`), and its
 weight means divide by zero when a balanced layer is left unquantized, so such a plan is refused
 here, before any calibration, naming the layer.
+
+Which layers are balanced against which is ``mappings``: ``auto`` takes llm-compressor's table for the
+architecture; ``all`` balances every norm -> linear and linear -> linear pair of a Llama-style decoder
+(input norm -> q/k/v, v -> o, MLP norm -> gate/up, up -> down). They differ on Gemma 3, where
+llm-compressor leaves out input norm -> q/k/v (its issue 2522, reported for a 27B model); Gemma's
+``(1 + weight)`` norms are handled by llm-compressor's offset-norm context either way.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ class AWQ(TechniqueConfig):
     symmetric: bool = True
     grid: int = 20  # scales tried per layer group
     duo_scaling: bool = True  # scales from activations and weights (False: activations only)
+    mappings: Literal["auto", "all"] = "auto"  # auto: llm-compressor's per-architecture table
     calibration: str = "wikitext2-valid"
     samples: int = 128
     sequence_length: int = 512
@@ -44,7 +51,26 @@ class AWQ(TechniqueConfig):
         Calibration(self.calibration, self.samples, self.sequence_length)
 
     def slug(self) -> str:
-        return f"awq-{weight_slug(self.bits, self.group_size, self.symmetric)}"
+        return f"awq-{weight_slug(self.bits, self.group_size, self.symmetric)}" + (
+            "" if self.mappings == "auto" else f"-{self.mappings}")
+
+
+def all_mappings(model) -> list:
+    """Every balancing pair of a Llama-style decoder (Llama, Mistral, Qwen2, Gemma 1-3), as
+    llm-compressor ``AWQMapping`` entries."""
+    from llmcompressor.modifiers.transform.awq import AWQMapping
+
+    layer = getattr(getattr(model, "model", None), "layers", [None])[0]
+    if layer is None or not hasattr(layer, "self_attn") or not hasattr(getattr(layer, "mlp", None), "up_proj"):
+        raise Unsupported(f"awq: mappings='all' knows Llama-style decoders only, not {model.config.model_type!r}; "
+                          "use mappings='auto'")
+    ffn_norm = "pre_feedforward_layernorm" if hasattr(layer, "pre_feedforward_layernorm") else "post_attention_layernorm"
+    return [
+        AWQMapping("re:.*input_layernorm$", ["re:.*q_proj$", "re:.*k_proj$", "re:.*v_proj$"]),
+        AWQMapping("re:.*v_proj$", ["re:.*o_proj$"]),
+        AWQMapping(f"re:.*{ffn_norm}$", ["re:.*gate_proj$", "re:.*up_proj$"]),
+        AWQMapping("re:.*up_proj$", ["re:.*down_proj$"]),
+    ]
 
 
 def apply(src: Path, out: Path, config: AWQ, device: str = "cpu", progress: Progress | None = None) -> dict:
@@ -65,7 +91,8 @@ def apply(src: Path, out: Path, config: AWQ, device: str = "cpu", progress: Prog
                           "in full precision; use a smaller group_size")
     groups = llmc.scheme_groups(plan, weight_args(config.bits, config.symmetric))
     modifiers = [
-        AWQModifier(n_grid=config.grid, duo_scaling=config.duo_scaling),
+        AWQModifier(n_grid=config.grid, duo_scaling=config.duo_scaling,
+                    **({"mappings": all_mappings(model)} if config.mappings == "all" else {})),
         QuantizationModifier(config_groups=groups, ignore=list(llmc.IGNORE)),
     ]
     calibration = Calibration(config.calibration, config.samples, config.sequence_length)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from slipstream.errors import Unsupported
+from slipstream.machine import cpu_flags
 from slipstream.progress import Progress, or_null
 from slipstream.techniques.config import TechniqueConfig
 
@@ -33,17 +34,6 @@ class Cast(TechniqueConfig):
 
     def slug(self) -> str:
         return SHORT[self.dtype]
-
-
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def check_device(dtype: str, device: str) -> bool:
