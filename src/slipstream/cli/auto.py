@@ -73,7 +73,8 @@ def auto_cmd(
     model: str = typer.Argument(..., help="A model in the store, or a source to import (e.g. smollm2-135m)"),
     max_drop: str = typer.Option("1%", "--max-drop", help="At most this much worse on the gate metric: 1%, 0.02abs"),
     metric: str = typer.Option("perplexity", "--metric",
-                               help="Gate metric: perplexity (WikiText-2), or TASK.METRIC such as arc_easy.acc_norm"),
+                               help="Gate metric: perplexity or kl_mean (WikiText-2), or TASK.METRIC such as "
+                                    "arc_easy.acc_norm"),
     objective: str = typer.Option("latency", "--objective", help="latency | throughput | size | cost"),
     budget: str = typer.Option("30m", "--budget", help="Wall-clock budget (30m, 1h, none)"),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda"),

@@ -33,6 +33,7 @@ class TransformersEngine:
         threads: int | None = None,
         trust_remote_code: bool = False,
         batch_size: int = 8,
+        gemm: str | None = None,  # auto, torch or openblas (slipstream.engines.blas); None: $SLIPSTREAM_GEMM or auto
     ):
         torch = require("torch", "core", "the transformers engine")
         from transformers import AutoModelForCausalLM
@@ -50,6 +51,13 @@ class TransformersEngine:
             path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
         ).to(device)
         self.model.eval()
+        import os
+
+        from slipstream.engines import blas
+
+        self.gemm = blas.resolve(gemm or os.environ.get("SLIPSTREAM_GEMM") or "auto", device, dtype)
+        if self.gemm == "openblas":
+            blas.use_openblas(self.model, threads)
         self._tokenizer = Tokenizer.from_dir(path, trust_remote_code=trust_remote_code)
         cfg = self.model.config
         self.max_context = int(
@@ -62,7 +70,7 @@ class TransformersEngine:
 
     def info(self) -> EngineInfo:
         return EngineInfo("transformers", self.device, self.dtype, self._torch.get_num_threads(),
-                          {"torch": self._torch.__version__})
+                          {"torch": self._torch.__version__, "gemm": self.gemm})
 
     def close(self) -> None:
         self.model = None
