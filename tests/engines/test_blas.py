@@ -51,13 +51,15 @@ def test_gradients_fall_back_to_torch(pair):
     assert x.grad is not None and x.grad.abs().sum() > 0
 
 
-def test_auto_takes_openblas_off_intel_for_float32_only(monkeypatch):
+def test_auto_takes_openblas_off_intel_for_float32_at_one_thread(monkeypatch):
     monkeypatch.setattr("slipstream.machine.cpu_vendor", lambda: "AuthenticAMD")
-    assert blas.resolve("auto", "cpu", "float32") == "openblas"
-    assert blas.resolve("auto", "cpu", "bfloat16") == "torch"
-    assert blas.resolve("auto", "cuda", "float32") == "torch"
+    assert blas.resolve("auto", "cpu", "float32", threads=1) == "openblas"
+    assert blas.resolve("auto", "cpu", "float32", threads=2) == "torch"  # two thread pools contend
+    assert blas.resolve("auto", "cpu", "float32") == "torch"  # all cores
+    assert blas.resolve("auto", "cpu", "bfloat16", threads=1) == "torch"
+    assert blas.resolve("auto", "cuda", "float32", threads=1) == "torch"
     monkeypatch.setattr("slipstream.machine.cpu_vendor", lambda: "GenuineIntel")
-    assert blas.resolve("auto", "cpu", "float32") == "torch"
+    assert blas.resolve("auto", "cpu", "float32", threads=1) == "torch"
     assert blas.resolve("openblas", "cpu", "float32") == "openblas"
     with pytest.raises(Unsupported, match="multiplies float32 on the CPU"):
         blas.resolve("openblas", "cpu", "bfloat16")

@@ -55,7 +55,7 @@ class TransformersEngine:
 
         from slipstream.engines import blas
 
-        self.gemm = blas.resolve(gemm or os.environ.get("SLIPSTREAM_GEMM") or "auto", device, dtype)
+        self.gemm = blas.resolve(gemm or os.environ.get("SLIPSTREAM_GEMM") or "auto", device, dtype, threads)
         if self.gemm == "openblas":
             blas.use_openblas(self.model, threads)
         self._tokenizer = Tokenizer.from_dir(path, trust_remote_code=trust_remote_code)
