@@ -48,8 +48,11 @@ CONFIGS = [  # (technique, options)
     # AWQ's grid search costs grid x samples forward passes per layer group: at 64 samples and grid 20 it reached
     # layer 6 of 30 in 44 minutes on the shared machine, so it runs with half the samples and half the grid
     ("awq", {"group_size": 128, "samples": 32, "sequence_length": 512, "grid": 10}),
+    # AWQ balancing Gemma 3's input norm too (llm-compressor's Gemma 3 table leaves it out); Llama: the same
+    ("awq", {"group_size": 128, "samples": 32, "sequence_length": 512, "grid": 10, "mappings": "all"}),
     ("gptq", {"group_size": 128, **CAL}),
     ("w8a8", CAL),
+    ("w8a8", {**CAL, "smoothing": 0.6}),  # a second SmoothQuant strength (measured on Gemma-3-270m)
 ]
 RESULTS = Path(__file__).parent / "results" / "quantize_llmc.json"
 
@@ -81,14 +84,15 @@ def variant_names(store: Store) -> list[str]:
     return [f"{MODEL}-{make_config(t, o).slug()}" for t, o in CONFIGS]
 
 
-def step_make(store: Store, data: dict) -> None:
-    from slipstream.pipeline import optimize
+def step_make(store: Store, data: dict, only: list[str] | None = None) -> None:
     from slipstream.techniques.registry import make_config
 
     made = data.setdefault("make", {})
     for technique, options in CONFIGS:
         config = make_config(technique, options)
         name = f"{MODEL}-{config.slug()}"
+        if only and name not in only:
+            continue
         if not store.exists(name):  # each in a fresh process: its peak memory is its own
             load = load_now()
             print(f"making {name} ...", flush=True)
@@ -108,19 +112,20 @@ def step_make(store: Store, data: dict) -> None:
     save_results(data)
 
 
-def step_eval(store: Store, data: dict, max_tokens: int) -> None:
+def step_eval(store: Store, data: dict, max_tokens: int, only: list[str] | None = None) -> None:
     from slipstream.evaluation.run import EvalSettings, evaluate_many
 
     settings = EvalSettings(task="wikitext2", window=1024, stride=512, max_tokens=max_tokens, threads=1)
     started = time.time()
-    names = [n for n in variant_names(store) if store.exists(n)]  # results are cached per variant
+    names = [n for n in variant_names(store) if store.exists(n) and (not only or n in only)]  # cached per variant
     reports = evaluate_many(names, reference=MODEL, settings=settings, store=store)
     keep = ("perplexity", "perplexity_ci95", "perplexity_ratio", "perplexity_ratio_ci95", "kl_mean", "kl_stderr",
             "kl_p99", "top1_agreement", "tokens")
+    variants = (data.get("eval") or {}).get("variants", {}) | {r.variant: {k: r.metrics.get(k) for k in keep}
+                                                                for r in reports}
     data["eval"] = {"settings": {"window": 1024, "stride": 512, "max_tokens": max_tokens},
                     "reference": {k: reports[0].reference_metrics.get(k) for k in ("perplexity", "tokens")},
-                    "variants": {r.variant: {k: r.metrics.get(k) for k in keep} for r in reports},
-                    "seconds": round(time.time() - started), "load_after": load_now()}
+                    "variants": variants, "seconds": round(time.time() - started), "load_after": load_now()}
     save_results(data)
     for r in reports:
         print(r.variant, data["eval"]["variants"][r.variant], flush=True)
@@ -289,11 +294,13 @@ def main() -> None:
     ap.add_argument("--eval-tokens", type=int, default=8192)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--only", nargs="*", help="speed/vllm: only these store names")
+    ap.add_argument("--only", nargs="*", help="only these store names")
     ap.add_argument("--model", default=MODEL)
+    ap.add_argument("--results", type=Path, help="results file (default: results/quantize_llmc[-MODEL].json)")
     args = ap.parse_args()
     if args.model != MODEL:
         MODEL, RESULTS = args.model, RESULTS.with_name(f"quantize_llmc-{args.model}.json")
+    RESULTS = args.results or RESULTS
     store = Store()
     if not store.exists(MODEL):
         from slipstream.models.intake import import_model
@@ -304,9 +311,9 @@ def main() -> None:
     for step in args.steps:
         started = time.time()
         if step == "make":
-            step_make(store, data)
+            step_make(store, data, args.only)
         elif step == "eval":
-            step_eval(store, data, args.eval_tokens)
+            step_eval(store, data, args.eval_tokens, args.only)
         elif step == "speed":
             step_speed(store, data, args.rounds, args.threads, args.only)
         elif step == "vllm":

@@ -27,6 +27,7 @@ from slipstream.benchmark.run import BenchSettings
 from slipstream.comparison import compare
 from slipstream.engines.loading import open_engine
 from slipstream.engines.protocol import SamplingParams
+from slipstream.errors import Unsupported
 from slipstream.evaluation.run import EvalSettings, evaluate_many
 from slipstream.machine import describe_machine
 from slipstream.models.intake import import_model
@@ -247,7 +248,12 @@ def main() -> None:
         name = f"{MODEL}-{config.slug()}"
         if not store.exists(name):
             print(f"making {label} ...", flush=True)
-            optimize(MODEL, config, name=name, store=store)
+            try:
+                optimize(MODEL, config, name=name, store=store)
+            except Unsupported as exc:  # e.g. float16 for Gemma: recorded, not run
+                record["variants"][label] = {"refused": str(exc), "technique": config.to_dict()}
+                print(f"  refused: {exc}", flush=True)
+                continue
         names[label] = name
         variant = store.get(name)
         facts = store.manifest(name).extra.get("facts", {})

@@ -20,19 +20,50 @@ from pathlib import Path
 from statistics import median
 
 RESULTS = Path(__file__).parent / "results"
-SOURCES = {  # model -> (llm-compressor results, [bitsandbytes/ONNX/GGUF eval and speed results])
-    "smollm2-135m": ("quantize_llmc.json", ["quantize_rt-quiet-eval.json", "quantize_rt-quiet-speed.json",
-                                            "quantize_rt-bnb-threshold-eval.json", "quantize_rt-bnb-threshold-speed.json"]),
-    "gemma3-270m": ("quantize_llmc-gemma3-270m.json",
-                    ["quantize_rt-gemma3-270m-eval.json", "quantize_rt-gemma3-270m-speed.json"]),
+SOURCES = {  # model -> ([llm-compressor results], [bitsandbytes/ONNX/GGUF eval and speed results]); later files
+    # add to (and for the same variant replace) earlier ones
+    "smollm2-135m": (["quantize_llmc.json"], ["quantize_rt-quiet-eval.json", "quantize_rt-quiet-speed.json",
+                                              "quantize_rt-bnb-threshold-eval.json",
+                                              "quantize_rt-bnb-threshold-speed.json"]),
+    "gemma3-270m": (["quantize_llmc-gemma3-270m.json", "quantize_llmc-gemma3-270m-amd.json"],
+                    ["quantize_rt-gemma3-270m-eval.json", "quantize_rt-gemma3-270m-eval-amd.json",
+                     "quantize_rt-gemma3-270m-speed.json"]),
 }
 LLMC_LABELS = {"rtn-w8": "RTN int8, per channel", "rtn-w4g128": "RTN int4, group 128", "rtn-w4g64": "RTN int4, group 64",
-               "awq-w4g128": "AWQ W4A16, group 128", "gptq-w4g128": "GPTQ W4A16, group 128"}
+               "awq-w4g128": "AWQ W4A16, group 128", "awq-w4g128-all": "AWQ W4A16, group 128, all mappings",
+               "gptq-w4g128": "GPTQ W4A16, group 128"}
 
 
 def _load(name: str) -> dict:
     path = RESULTS / name
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _merged(names: list[str]) -> dict:
+    """The llm-compressor files of one model as one: make, eval and speed entries per variant, later files
+    adding to earlier ones."""
+    out: dict = {}
+    for data in map(_load, names):
+        for key, value in data.items():
+            if key in ("make",):
+                out.setdefault(key, {}).update(value)
+            elif key in ("eval", "speed", "vllm") and isinstance(value, dict):
+                merged = out.setdefault(key, {})
+                merged.update({k: v for k, v in value.items() if k != "variants"})
+                merged.setdefault("variants", {}).update(value.get("variants", {}))
+            else:
+                out.setdefault(key, value)
+    return out
+
+
+def _machines(names: list[str]) -> str:
+    seen = []
+    for name in names:
+        m = _load(name).get("machine") or {}
+        if m:
+            cpu = f"{m.get('cpu')} ({'AVX-512, VNNI' if 'avx512_vnni' in m.get('cpu_flags', []) else 'AVX2, no VNNI'})"
+            seen.append(f"{name}: {cpu}")
+    return "; ".join(seen)
 
 
 def _label(model: str, name: str) -> str:
@@ -96,6 +127,9 @@ def rt_rows(model: str, runs: list[dict]) -> tuple[dict, list[dict]]:
             speed[name] = figures | {"engine": rounds[0]["engine"]["engine"]}
     rows = []
     for label, v in variants.items():
+        if "name" not in v:  # refused before any work
+            rows.append({"variant": label, "engine": "refused", "note": v.get("refused", "")})
+            continue
         e, sp = v.get("evaluation") or {}, speed.get(v["name"], {})
         if e.get("reference_metrics"):
             original["perplexity"] = e["reference_metrics"]["perplexity"]
@@ -114,9 +148,11 @@ def _f(x, fmt: str, none: str = "—") -> str:
 def table(models: list[str]) -> str:
     lines = ["| model | variant | engine | size MB | WikiText-2 ppl | ppl Δ | KL | decode tok/s b1 (× original) "
              "| b8 (× original) | quantize s | quantize peak RSS MB |", "|" + "---|" * 11]
+    notes = []
     for model in models:
-        llmc_file, rt_files = SOURCES[model]
-        llmc = _load(llmc_file)
+        llmc_files, rt_files = SOURCES[model]
+        llmc = _merged(llmc_files)
+        notes.append(f"- {model}, measured on: {_machines(llmc_files + rt_files)}")
         rt = [r for r in map(_load, rt_files) if r]
         if not llmc and not rt:
             lines.append(f"| {model} | (no results yet) |" + " |" * 9)
@@ -141,7 +177,7 @@ def table(models: list[str]) -> str:
                 f"| {_f(r.get('b1'), '.1f')} ({_f(r.get('x1'), '.2f')}×) | {_f(r.get('b8'), '.1f')} ({_f(r.get('x8'), '.2f')}×) "
                 f"| {'' if same else _f(r.get('quantize_s'), '.0f')} "
                 f"| {'' if same else _f(r.get('peak_rss') and r['peak_rss'] / 1e6, '.0f')} |")
-    return "\n".join(lines)
+    return "\n".join(lines + [""] + notes)
 
 
 def main() -> None:

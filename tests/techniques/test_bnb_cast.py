@@ -8,7 +8,7 @@ import warnings
 import pytest
 
 from slipstream.engines.loading import open_engine
-from slipstream.errors import InvalidConfig, MissingExtra
+from slipstream.errors import InvalidConfig, MissingExtra, Unsupported
 from slipstream.pipeline import optimize
 from slipstream.techniques.quantize.bnb import BitsAndBytes
 from slipstream.techniques.quantize.cast import Cast
@@ -104,3 +104,12 @@ def test_bitsandbytes_config_and_missing_extra(qstore, monkeypatch):
     with pytest.raises(MissingExtra) as err:
         optimize("tiny", BitsAndBytes("nf4"), name="tiny-no-bnb", store=qstore)
     assert "\n" not in str(err.value) and "pip install 'slipstream[bitsandbytes]'" in str(err.value)
+
+
+def test_float16_is_refused_for_gemma3(store, tiny_gemma3_dir):
+    from slipstream.models.intake import import_model
+
+    import_model(str(tiny_gemma3_dir), "gem", store=store)
+    with pytest.raises(Unsupported, match="overflow float16.*bfloat16"):
+        optimize("gem", Cast("float16"), store=store)
+    assert not store.exists("gem-fp16")

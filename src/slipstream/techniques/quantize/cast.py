@@ -60,7 +60,22 @@ def check_device(dtype: str, device: str) -> bool:
     return native
 
 
+# Architectures whose activations leave float16's range (its largest value is 65504): float16 logits
+# come out NaN (measured on Gemma-3-270m: BENCHMARKS.md; Gemma 2 shares the architecture's scale).
+FLOAT16_OVERFLOWS = ("gemma2", "gemma3", "gemma3_text")
+
+
+def check_model(src: Path, dtype: str) -> None:
+    import json
+
+    model_type = json.loads((Path(src) / "config.json").read_text()).get("model_type", "")
+    if dtype == "float16" and model_type in FLOAT16_OVERFLOWS:
+        raise Unsupported(f"cast: {model_type}'s activations overflow float16 (NaN logits on Gemma-3-270m); "
+                          "use dtype=bfloat16, which keeps float32's range")
+
+
 def apply(src: Path, out: Path, config: Cast, device: str = "cpu", progress: Progress | None = None) -> dict:
+    check_model(src, config.dtype)
     native = check_device(config.dtype, device)
     from slipstream.techniques.hf_io import load_model, save_model
 
