@@ -86,7 +86,7 @@ def llmc_rows(model: str, data: dict) -> tuple[dict, list[dict]]:
         rows.append({"variant": _label(model, name), "engine": "transformers (compressed-tensors)",
                      "size_bytes": made["size_bytes"], "quantize_s": made["seconds"], "peak_rss": made["peak_rss_bytes"],
                      "ppl": e.get("perplexity"), "ratio": e.get("perplexity_ratio"), "kl": e.get("kl_mean"),
-                     "b1": s.get("decode_tok_s_b1"), "x1": s.get("speedup_b1"),
+                     "greedy": s.get("greedy"), "b1": s.get("decode_tok_s_b1"), "x1": s.get("speedup_b1"),
                      "b8": s.get("decode_tok_s_b8"), "x8": s.get("speedup_b8")})
     for name, v in data.get("vllm", {}).get("variants", {}).items():
         label = "original" if name == model else _label(model, name)
@@ -94,6 +94,7 @@ def llmc_rows(model: str, data: dict) -> tuple[dict, list[dict]]:
             rows.append({"variant": label, "engine": "vLLM: refused", "note": v.get("why", "")})
             continue
         rows.append({"variant": label, "engine": f"vLLM ({v['info']['compute_type']})", "same_checkpoint": True,
+                     "greedy": v.get("greedy"),
                      "b1": v["decode_tok_s_b1"], "x1": v["ratio_b1"], "b8": v["decode_tok_s_b8"], "x8": v["ratio_b8"]})
     return original, rows
 
@@ -136,9 +137,13 @@ def rt_rows(model: str, runs: list[dict]) -> tuple[dict, list[dict]]:
         rows.append({"variant": label, "size_bytes": v["size_bytes"], "quantize_s": v.get("quantize_seconds"),
                      "peak_rss": v.get("quantize_peak_rss_bytes"), "ppl": e.get("perplexity"),
                      "ratio": e.get("perplexity_ratio"), "kl": e.get("kl_mean"),
-                     "engine": sp.get("engine") or (e.get("engine") or {}).get("engine", "—"),
+                     "engine": sp.get("engine") or (e.get("engine") or {}).get("engine", "—"), "greedy": v.get("greedy"),
                      **{k: sp.get(k) for k in ("b1", "x1", "b8", "x8")}})
     return original, rows
+
+
+def _greedy(g: dict | None) -> str:
+    return f"{g['identical']}/{g['prompts']}" if g and "identical" in g else "—"
 
 
 def _f(x, fmt: str, none: str = "—") -> str:
@@ -146,8 +151,8 @@ def _f(x, fmt: str, none: str = "—") -> str:
 
 
 def table(models: list[str]) -> str:
-    lines = ["| model | variant | engine | size MB | WikiText-2 ppl | ppl Δ | KL | decode tok/s b1 (× original) "
-             "| b8 (× original) | quantize s | quantize peak RSS MB |", "|" + "---|" * 11]
+    lines = ["| model | variant | engine | size MB | WikiText-2 ppl | ppl Δ | KL | greedy = original "
+             "| decode tok/s b1 (× original) | b8 (× original) | quantize s | quantize peak RSS MB |", "|" + "---|" * 12]
     notes = []
     for model in models:
         llmc_files, rt_files = SOURCES[model]
@@ -155,25 +160,25 @@ def table(models: list[str]) -> str:
         notes.append(f"- {model}, measured on: {_machines(llmc_files + rt_files)}")
         rt = [r for r in map(_load, rt_files) if r]
         if not llmc and not rt:
-            lines.append(f"| {model} | (no results yet) |" + " |" * 9)
+            lines.append(f"| {model} | (no results yet) |" + " |" * 10)
             continue
         o1, rows1 = llmc_rows(model, llmc) if llmc else ({}, [])
         o2, rows2 = rt_rows(model, rt) if rt else ({}, [])
         size = llmc.get("original_size_bytes") or next((r.get("original_size_bytes") for r in rt), None)
         lines.append(f"| {model} | original fp32 | transformers | {_f(size and size / 1e6, '.0f')} "
-                     f"| {_f(o1.get('perplexity') or o2.get('perplexity'), '.3f')} | — | — "
+                     f"| {_f(o1.get('perplexity') or o2.get('perplexity'), '.3f')} | — | — | — "
                      f"| {_f(o1.get('b1'), '.1f')} / {_f(o2.get('b1'), '.1f')} | {_f(o1.get('b8'), '.1f')} / "
                      f"{_f(o2.get('b8'), '.1f')} | — | — |")
         for r in rows1 + rows2:
             if "note" in r:
-                lines.append(f"| {model} | {r['variant']} | {r['engine']} | | | | | {r['note']} | | | |")
+                lines.append(f"| {model} | {r['variant']} | {r['engine']} | | | | | | {r['note']} | | | |")
                 continue
             same = r.get("same_checkpoint")
             lines.append(
                 f"| {model} | {r['variant']} | {r['engine']} | {'same' if same else _f(r['size_bytes'] / 1e6, '.0f')} "
                 f"| {'same' if same else _f(r.get('ppl'), '.3f')} "
                 f"| {'' if same else _f(r.get('ratio') and (r['ratio'] - 1) * 100, '+.2f') + ('%' if r.get('ratio') else '')} "
-                f"| {'' if same else _f(r.get('kl'), '.4f')} "
+                f"| {'' if same else _f(r.get('kl'), '.4f')} | {_greedy(r.get('greedy'))} "
                 f"| {_f(r.get('b1'), '.1f')} ({_f(r.get('x1'), '.2f')}×) | {_f(r.get('b8'), '.1f')} ({_f(r.get('x8'), '.2f')}×) "
                 f"| {'' if same else _f(r.get('quantize_s'), '.0f')} "
                 f"| {'' if same else _f(r.get('peak_rss') and r['peak_rss'] / 1e6, '.0f')} |")
