@@ -25,6 +25,15 @@ def test_select_takes_best_passing_objective():
     assert select([r for r in RECORDS if r["status"] != "passed"]) is None
 
 
+def test_select_breaks_exact_ties_the_same_way_in_any_order():
+    # Two variants with the same bytes and the same measurements (CTranslate2 int8 and int8_float32 of
+    # a float32 model): whichever order the workers finished in, the same one is chosen.
+    x = {"name": "m-ct2-int8_float32", "status": "passed", "objective": -5.0, "drop": -0.03}
+    y = {**x, "name": "m-ct2-int8"}
+    worse = {**x, "name": "m-ct2-a", "drop": 0.01}
+    assert select([x, y, worse])["name"] == select([worse, y, x])["name"] == "m-ct2-int8"
+
+
 def test_frontier_is_objective_against_accuracy():
     assert sorted(r["name"] for r in frontier(RECORDS)) == ["a", "b", "c"]
 

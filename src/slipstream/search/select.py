@@ -15,11 +15,14 @@ Record = dict[str, Any]
 
 
 def select(records: Sequence[Record]) -> Record | None:
-    """The passing record with the best objective (ties: smaller drop), or None."""
+    """The passing record with the best objective (ties: smaller drop, then name), or None.
+
+    The name settles exact ties (int8 and int8_float32 CTranslate2 variants of a float32 model are the
+    same bytes), so the choice does not depend on which worker finished first."""
     passing = [r for r in records if r.get("status") == "passed"]
     if not passing:
         return None
-    return max(passing, key=lambda r: (r["objective"], -r["drop"]))
+    return min(passing, key=lambda r: (-r["objective"], r["drop"], r["name"]))
 
 
 def frontier(records: Sequence[Record]) -> list[Record]:
