@@ -65,6 +65,36 @@ def test_dynamic_int8_is_smaller_and_close(onnx_store, reference):
     assert ops["MatMul"] == 5  # between activations: left in float
 
 
+def test_keep_float_leaves_the_named_modules_in_float(onnx_store, reference):
+    # The tiny model's head is tied to its embeddings: "lm_head" still names the head's MatMul.
+    config = ONNX("int8_dynamic", keep_float=("down_proj", "lm_head"))
+    variant = optimize("tiny", config, store=onnx_store)
+    assert variant.name == "tiny-onnx-int8-dynamic-keep-down_proj-keep-lm_head"
+    facts = onnx_store.manifest(variant.name).extra["facts"]
+    assert facts["float_matmuls"] == 3 and facts["quantized_matmuls"] == 12  # 2 down projections, head
+    ops = op_counts(variant.path)
+    assert ops["MatMulInteger"] == 12 and ops["MatMul"] == 5 + 3
+    import onnx
+
+    stored = onnx.load(str(variant.path / "model.onnx")).graph.initializer
+    assert not any(i.name.endswith(".transposed") for i in stored)  # the float head reads the embedding
+    kl, _ = distance(reference, open_engine(variant, store=onnx_store, threads=1))
+    if not onnx_store.exists("tiny-onnx-int8-dynamic"):
+        optimize("tiny", ONNX("int8_dynamic"), store=onnx_store)
+    plain, _ = distance(reference, open_engine("tiny-onnx-int8-dynamic", store=onnx_store, threads=1))
+    assert 0 < kl < plain  # fewer matrices quantized, less error
+
+    one = optimize("tiny", ONNX("int8_dynamic", keep_float=("layers.1.mlp.down_proj",)), store=onnx_store)
+    assert onnx_store.manifest(one.name).extra["facts"]["float_matmuls"] == 1
+
+
+def test_keep_float_errors_name_the_modules(onnx_store):
+    with pytest.raises(InvalidConfig, match="down_proj.*up_proj|names no weight MatMul"):
+        optimize("tiny", ONNX("int8_dynamic", keep_float=("ffn_down",)), store=onnx_store)
+    with pytest.raises(InvalidConfig, match="int8_dynamic and int8_static only"):
+        ONNX("int8_blockwise", keep_float=("down_proj",))
+
+
 @pytest.mark.skipif(has_int8_dot_product(), reason="this CPU has VNNI: its int8 kernels do not saturate")
 def test_full_range_int8_saturates_without_vnni(onnx_store, reference):
     # uint8 x int8 pairs summed in 16 bits overflow with 8-bit weights; 7-bit weights (the default

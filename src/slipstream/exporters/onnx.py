@@ -15,7 +15,9 @@ activations, with activation ranges measured on calibration samples streamed fro
 :class:`~slipstream.calibration.Calibration`, which never overlaps evaluation text), or
 ``MatMulNBits`` 8-bit (``int8_blockwise``: weights in blocks of 32 with a scale each, the kernel
 quantizing activations per block too). One scale per tensor is coarse for a prompt: a single
-outlier token sets it for every token of the prefill (measured on SmolLM2: BENCHMARKS.md).
+outlier token sets it for every token of the prefill (measured on SmolLM2: BENCHMARKS.md);
+``keep_float`` leaves the modules it names (the MLP down projections and the output head hurt most)
+in float32, found by matching each MatMul's weight to the checkpoint's.
 
 The variant directory holds ``model.onnx`` (plus ``model.onnx.data`` for models over 2 GB) and a
 ``tokenizer/`` folder with the parent's tokenizer and config.json.
@@ -59,10 +61,20 @@ class ONNX(TechniqueConfig):
     # dynamic/static: 7-bit weights, so that uint8 x int8 pair sums fit the 16 bits that x86 int8
     # kernels without VNNI add them in (ONNX Runtime's advice); None: on when this CPU has no VNNI
     reduce_range: bool | None = None
+    # dynamic/static: modules whose MatMuls stay float32, by name or its last parts ("down_proj",
+    # "lm_head", "layers.0.mlp.down_proj"): per-tensor activation scales cost most where a few tokens
+    # carry outliers (the MLP down projections) and at the output head, whose error goes straight into
+    # the logits (BENCHMARKS.md)
+    keep_float: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.calibration_settings()  # a bad source or count fails here, before any work
+        if self.keep_float and self.quantization not in ("int8_dynamic", "int8_static"):
+            from slipstream.errors import InvalidConfig
+
+            raise InvalidConfig("onnx: keep_float applies to int8_dynamic and int8_static only, "
+                                f"not {self.quantization}")
         if self.block_size < 16 or self.block_size & (self.block_size - 1):
             from slipstream.errors import InvalidConfig
 
@@ -77,7 +89,8 @@ class ONNX(TechniqueConfig):
         if self.quantization == "int8_blockwise":
             return "onnx-int8-blockwise" + ("" if self.block_size == 32 else f"-b{self.block_size}")
         return (f"onnx-{short[self.quantization]}" + ("" if self.per_channel else "-pertensor")
-                + {None: "", True: "-rr", False: "-fullrange"}[self.reduce_range])
+                + {None: "", True: "-rr", False: "-fullrange"}[self.reduce_range]
+                + "".join(f"-keep-{name.replace('.', '_')}" for name in self.keep_float))
 
     def resolved_reduce_range(self) -> bool:
         from slipstream.machine import has_int8_dot_product
@@ -204,11 +217,13 @@ def _reader(feeds: Iterator[dict[str, Any]]) -> Any:
     return Reader()
 
 
-def weight_matmuls(path: Path, external: bool = False) -> list[str]:
-    """Names of the MatMul nodes that multiply by a stored weight, after folding a transposed tied
-    output head into a weight of its own (rewrites ``path``). Only these are quantized: the others
-    multiply two activations (rotary angles, attention's Q K^T and scores V), and quantizing those
-    per tensor costs far more accuracy (rotary angles above all) for no saving on disk."""
+def weight_matmuls(path: Path, external: bool = False, src: Path | None = None,
+                   keep_float: tuple[str, ...] = ()) -> tuple[list[str], list[str]]:
+    """(MatMul nodes to quantize, MatMul nodes ``keep_float`` leaves in float32), among those that
+    multiply by a stored weight. Only these are quantized: the others multiply two activations (rotary
+    angles, attention's Q K^T and scores V), and quantizing those per tensor costs far more accuracy
+    (rotary angles above all) for no saving on disk. A transposed tied output head to be quantized is
+    folded into a weight of its own (rewriting ``path``); one kept in float keeps reading the embedding."""
     import onnx
     from onnx import numpy_helper
 
@@ -216,27 +231,85 @@ def weight_matmuls(path: Path, external: bool = False) -> list[str]:
     graph = model.graph
     weights = {i.name: i for i in graph.initializer}
     producers = {o: n for n in graph.node for o in n.output}
-    names, folded = [], False
+    found: dict[str, tuple[Any, str, bool]] = {}  # node name -> (node, weight name, stored transposed)
     for node in graph.node:
         if node.op_type != "MatMul":
             continue
         b = producers.get(node.input[1])
         if (b is not None and b.op_type == "Transpose" and b.input[0] in weights
                 and len(weights[b.input[0]].dims) == 2):
-            array = numpy_helper.to_array(weights[b.input[0]]).T.copy()
-            graph.initializer.append(numpy_helper.from_array(array, f"{b.input[0]}.transposed"))
-            weights[f"{b.input[0]}.transposed"] = graph.initializer[-1]
-            node.input[1] = f"{b.input[0]}.transposed"
+            found[node.name] = (node, b.input[0], True)
+        elif node.input[1] in weights:
+            found[node.name] = (node, node.input[1], False)
+    kept: set[str] = set()
+    if keep_float:
+        if src is None:
+            raise ValueError("keep_float needs the checkpoint the graph was exported from")
+        firsts = {}
+        for name, (_, weight, transposed) in found.items():
+            w = numpy_helper.to_array(weights[weight])
+            firsts[name] = (w.shape[::-1], w[0, :8]) if transposed else (w.shape, w[:8, 0])  # as [in, out]
+        kept = kept_float(firsts, src, keep_float)
+    folded = False
+    for name, (node, weight, transposed) in found.items():
+        if transposed and name not in kept:
+            array = numpy_helper.to_array(weights[weight]).T.copy()
+            graph.initializer.append(numpy_helper.from_array(array, f"{weight}.transposed"))
+            weights[f"{weight}.transposed"] = graph.initializer[-1]
+            node.input[1] = f"{weight}.transposed"
             folded = True
-        if node.input[1] in weights:
-            names.append(node.name)
     if folded:
         used = {i for n in graph.node for i in n.input}
         keep = [n for n in graph.node if n.op_type != "Transpose" or any(o in used for o in n.output)]
         del graph.node[:]
         graph.node.extend(keep)
         onnx.save(model, str(path), save_as_external_data=external)
-    return names
+    return [n for n in found if n not in kept], [n for n in found if n in kept]
+
+
+def matmul_modules(firsts: dict[str, tuple[tuple[int, ...], Any]], src: Path) -> dict[str, str]:
+    """MatMul node name -> the transformers module whose weight it multiplies by (the exporter's node
+    and weight names do not say), found by matching each weight ([in, out]: its shape and first eight
+    values down the first column) to a checkpoint matrix ([out, in]). A tied output head is ``lm_head``."""
+    import numpy as np
+    from safetensors import safe_open
+
+    def key(shape: tuple[int, ...], values: Any) -> tuple:
+        return (tuple(int(d) for d in shape), np.asarray(values, dtype=np.float32).tobytes())
+
+    modules: dict[tuple, str] = {}
+    tied = read_config(src).get("tie_word_embeddings", True)
+    for file in sorted(src.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            names = set(f.keys())
+            for name in names:
+                sl = f.get_slice(name)
+                dims = sl.get_shape()
+                if len(dims) != 2 or not name.endswith(".weight"):
+                    continue
+                module = name[: -len(".weight")]
+                if module.endswith("embed_tokens"):
+                    if not tied or "lm_head.weight" in names:
+                        continue
+                    module = "lm_head"
+                modules.setdefault(key((dims[1], dims[0]), sl[0:1, 0:8].float().numpy()[0]), module)
+    return {node: modules[k] for node, (shape, first) in firsts.items() if (k := key(shape, first)) in modules}
+
+
+def kept_float(firsts: dict[str, tuple[tuple[int, ...], Any]], src: Path, patterns: tuple[str, ...]) -> set[str]:
+    """The MatMul nodes of the modules ``patterns`` name; a pattern that names none is an error."""
+    modules = matmul_modules(firsts, src)
+    keep: set[str] = set()
+    for pattern in patterns:
+        hits = {n for n, m in modules.items() if m == pattern or m.endswith("." + pattern)}
+        if not hits:
+            from slipstream.errors import InvalidConfig
+
+            kinds = sorted({m.rsplit(".", 1)[-1] for m in modules.values()})
+            raise InvalidConfig(f"onnx: keep_float {pattern!r} names no weight MatMul of this model "
+                                f"(module names end in: {', '.join(kinds)})")
+        keep |= hits
+    return keep
 
 
 def quantize(inp: Path, out: Path, config: ONNX, src: Path, shape: dict[str, Any],
@@ -245,13 +318,13 @@ def quantize(inp: Path, out: Path, config: ONNX, src: Path, shape: dict[str, Any
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     external = bool(shape["external_data"])
-    nodes = weight_matmuls(inp, external)
+    nodes, kept = weight_matmuls(inp, external, src, config.keep_float)
     reduce_range = config.resolved_reduce_range()
     if config.quantization == "int8_dynamic":
         quantize_dynamic(str(inp), str(out), op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes,
                          per_channel=config.per_channel, reduce_range=reduce_range, weight_type=QuantType.QInt8,
                          use_external_data_format=external)
-        return {"quantized_matmuls": len(nodes), "reduce_range": reduce_range}
+        return {"quantized_matmuls": len(nodes), "float_matmuls": len(kept), "reduce_range": reduce_range}
     if config.quantization == "int8_blockwise":
         import onnx
         from onnxruntime.quantization.matmul_nbits_quantizer import (
@@ -278,7 +351,7 @@ def quantize(inp: Path, out: Path, config: ONNX, src: Path, shape: dict[str, Any
                         op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes, per_channel=config.per_channel,
                         reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax, use_external_data_format=external)
-    return {"quantized_matmuls": len(nodes), "reduce_range": reduce_range,
+    return {"quantized_matmuls": len(nodes), "float_matmuls": len(kept), "reduce_range": reduce_range,
             "calibration": {"source": calibration.source, "samples": calibration.samples,
                             "sequence_length": calibration.sequence_length}}
 

@@ -94,7 +94,11 @@ def _sentencepiece_as_bpe(tokenizer, path: Path) -> None:
     pieces = state["model"]["vocab"]  # [piece, score] in id order, pieces as transformers mapped them
     user = [i for i, t in enumerate(types) if t == gguf.TokenType.USER_DEFINED]  # runs of spaces, newlines...
     raw = [i for i, t in enumerate(types) if t in (gguf.TokenType.USER_DEFINED, gguf.TokenType.BYTE)]
-    vocab = {piece: i for i, (piece, _) in enumerate(pieces)} | {texts[i]: i for i in raw}  # <0x09>, not a tab
+    # raw pieces by their GGUF text (<0x09>, not a tab; "   ", not transformers' "▁▁▁"), and only so: a
+    # second name for the same id would leave the id's token to hash order, and the added token below
+    # would then get an id of its own
+    raw_ids = set(raw)
+    vocab = {piece: i for i, (piece, _) in enumerate(pieces) if i not in raw_ids} | {texts[i]: i for i in raw}
     normal = {piece for i, (piece, _) in enumerate(pieces) if types[i] == gguf.TokenType.NORMAL}
     merges = []
     for piece in normal:
