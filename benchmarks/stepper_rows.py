@@ -1,0 +1,65 @@
+"""A continuous batch's decode step at 1, 4 and 16 rows, measured alone (no server), in the transformers
+engine's stepper: what the serving target "p95 time per output token at 16 streams under 2x one
+stream" asks of one engine on this CPU (issue 7).
+
+Each row is a 70-token prompt; after its prefill, 15 decode steps are timed and the median of the
+last 12 reported. ``--blas-threads`` gives numpy's OpenBLAS more threads than PyTorch's one (with
+``--gemm openblas``), to see whether the products alone scaling with threads is enough.
+
+Usage (prints one line per row count and writes benchmarks/results/stepper_rows.json):
+    SLIPSTREAM_HOME=/tmp/home OMP_NUM_THREADS=1 .venv/bin/python benchmarks/stepper_rows.py --gemm openblas --blas-threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from slipstream.machine import describe_machine
+
+
+def main() -> None:
+    from slipstream.engines.protocol import SamplingParams
+    from slipstream.engines.transformers import TransformersEngine
+    from slipstream.store import Store
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--gemm", default="auto", choices=["auto", "torch", "openblas"])
+    ap.add_argument("--threads", type=int, default=1, help="PyTorch threads")
+    ap.add_argument("--blas-threads", type=int, help="numpy's BLAS threads (default: --threads)")
+    ap.add_argument("--rows", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "stepper_rows.json")
+    args = ap.parse_args()
+
+    engine = TransformersEngine(Path(Store().get(args.model).path), threads=args.threads, gemm=args.gemm)
+    if args.blas_threads:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=args.blas_threads, user_api="blas")
+    params = SamplingParams(max_tokens=10_000, ignore_eos=True)
+    steps = {}
+    for rows in args.rows:
+        stepper = engine.stepper()
+        for i in range(rows):
+            stepper.add(i, list(range(100 + i, 170 + i)), params)
+        stepper.step()  # prefill
+        times = []
+        for _ in range(15):
+            start = time.perf_counter()
+            stepper.step()
+            times.append(time.perf_counter() - start)
+        steps[rows] = float(np.median(times[3:]))
+        print(f"{rows} rows: decode step {steps[rows] * 1e3:.1f} ms ({steps[rows] / steps[args.rows[0]]:.2f}x)", flush=True)
+    record = {"machine": describe_machine(), "model": args.model, "engine": engine.info().details,
+              "threads": args.threads, "blas_threads": args.blas_threads or args.threads, "step_s": steps}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=2))
+
+
+if __name__ == "__main__":
+    main()
