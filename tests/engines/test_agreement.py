@@ -92,11 +92,11 @@ def test_stop_strings_cut_text_and_tokens(engines):
 
 
 def test_ctranslate2_int8_is_close_but_not_identical(session_store, engines):
-    from slipstream.engines.ctranslate2 import _saturating_int8
+    from slipstream.engines.ctranslate2 import saturating_int8
     from tests.quant_checks import distance
 
     hf, _, _ = engines
-    if _saturating_int8("int8"):  # no VNNI, oneDNN: 16-bit pair sums saturate; the engine says so
+    if saturating_int8("int8"):  # no VNNI, oneDNN: 16-bit pair sums saturate; the engine says so
         with pytest.warns(UserWarning, match="no VNNI"):
             int8 = open_engine("tiny-ct2-int8", store=session_store, threads=1)
         bound, agreement = 0.3, 0.4  # measured on an AMD EPYC (AVX2): KL 0.11, top-1 0.49
@@ -104,6 +104,6 @@ def test_ctranslate2_int8_is_close_but_not_identical(session_store, engines):
         int8 = open_engine("tiny-ct2-int8", store=session_store, threads=1)
         bound, agreement = 0.02, 0.85  # with VNNI (or MKL): KL 0.003, top-1 0.97
     assert int8.info().compute_type.startswith("int8")
-    assert int8.info().details["saturating_int8"] is _saturating_int8("int8")
+    assert int8.info().details["saturating_int8"] is saturating_int8("int8")
     kl, top1 = distance(hf, int8)
     assert 1e-5 < kl < bound and top1 >= agreement

@@ -126,7 +126,7 @@ def test_ctranslate2_int8_priors_follow_the_cpu(monkeypatch):
     import slipstream.engines.ctranslate2 as ct2_engine
 
     def priors(saturating):
-        monkeypatch.setattr(ct2_engine, "_saturating_int8", lambda compute_type: saturating)
+        monkeypatch.setattr(ct2_engine, "saturating_int8", lambda compute_type: saturating)
         candidates, _ = build_space("cpu", include=["ctranslate2", "gguf"])
         return {c.label: c.prior for c in candidates}
 

@@ -39,7 +39,7 @@ class CTranslate2Engine:
         self._threads = threads or 0
         self._tokenizer = Tokenizer.from_dir(path / TOKENIZER_DIR)
         self.max_context = max_context or _max_context(path / TOKENIZER_DIR)
-        self.saturating_int8 = device == "cpu" and _saturating_int8(self.generator.compute_type)
+        self.saturating_int8 = device == "cpu" and saturating_int8(self.generator.compute_type)
         if self.saturating_int8:
             import warnings
 
@@ -189,7 +189,7 @@ def _max_context(tokenizer_dir: Path) -> int:
     return 2048
 
 
-def _saturating_int8(compute_type: str) -> bool:
+def saturating_int8(compute_type: str) -> bool:
     """int8 on an x86 CPU without VNNI through oneDNN: CTranslate2's backend on non-Intel CPUs, or
     wherever CT2_USE_MKL=0 (MKL, its default on Intel, does not saturate)."""
     import os

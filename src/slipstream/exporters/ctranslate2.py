@@ -52,10 +52,9 @@ def check_device(config: CTranslate2, device: str) -> None:
     types = supported_types(device)
     if config.quantization not in types:
         hint = ""
-        if device == "cpu" and "16" in config.quantization and config.quantization != "int16":
-            hint = "; float16/bfloat16 types need a CUDA GPU (--device cuda)"
-        elif device == "cpu" and config.quantization == "int16":
-            hint = "; int16 needs CTranslate2's MKL backend (its default on Intel CPUs; CT2_USE_MKL=1 elsewhere)"
+        if device == "cpu":  # what would run it
+            hint = ("; int16 needs CTranslate2's MKL backend (its default on Intel CPUs; CT2_USE_MKL=1 elsewhere)"
+                    if config.quantization == "int16" else "; float16/bfloat16 types need a CUDA GPU (--device cuda)")
         raise Unsupported(
             f"CTranslate2 quantization {config.quantization!r} cannot run on {device} here "
             f"(supported: {', '.join(sorted(types))}){hint}"

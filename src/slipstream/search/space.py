@@ -99,9 +99,9 @@ def on_this_machine(steps: list[tuple[str, dict]], prior: Prior, device: str) ->
     ct2 = [o.get("quantization", "int8") for t, o in steps if t == "ctranslate2"]
     if device != "cpu" or not ct2 or not ct2[-1].startswith("int8"):
         return prior
-    from slipstream.engines.ctranslate2 import _saturating_int8
+    from slipstream.engines.ctranslate2 import saturating_int8
 
-    if not _saturating_int8(ct2[-1]):
+    if not saturating_int8(ct2[-1]):
         return prior
     return Prior(min(prior.speedup, 2.2), prior.size_ratio, min(prior.pass_probability, 0.1), prior.minutes)
 
