@@ -94,7 +94,11 @@ def make_config(name: str, options: dict[str, Any] | None = None) -> TechniqueCo
             raise InvalidConfig(
                 f"technique {name!r} has no option {key!r}; its options: {', '.join(fields) or 'none'}"
             )
-        kwargs[key] = coerce(value, fields[key][0]) if isinstance(value, str) else value
+        if isinstance(value, str):
+            value = coerce(value, fields[key][0])
+        elif isinstance(value, list) and typing.get_origin(fields[key][0]) is tuple:
+            value = tuple(value)  # JSON (manifests, recipe files) has lists; frozen configs hold tuples
+        kwargs[key] = value
     try:
         return spec.config(**kwargs)
     except TypeError as exc:
