@@ -12,7 +12,7 @@ from slipstream.errors import InvalidConfig, MissingExtra, Unsupported
 from slipstream.exporters.onnx import ONNX
 from slipstream.machine import has_int8_dot_product
 from slipstream.pipeline import optimize
-from slipstream.techniques.registry import get, make_config
+from slipstream.techniques.registry import config_from_dict, get, make_config
 from tests.quant_checks import distance
 
 pytest.importorskip("onnxruntime")
@@ -30,11 +30,12 @@ def onnx_store(tmp_path_factory, tiny_llama_dir):
 
 
 def op_counts(path) -> dict[str, int]:
+    """Operators by type in a variant directory's model.onnx, or in an .onnx file."""
     import collections
 
     import onnx
 
-    model = onnx.load(str(path / "model.onnx"))
+    model = onnx.load(str(path / "model.onnx" if path.is_dir() else path))
     return collections.Counter(n.op_type for n in model.graph.node)
 
 
@@ -59,10 +60,82 @@ def test_dynamic_int8_is_smaller_and_close(onnx_store, reference):
     assert engine.info().compute_type == "int8_dynamic"
     kl, top1 = distance(reference, engine)
     assert 1e-5 < kl < 0.02 and top1 >= 0.8
-    assert facts["reduce_range"] is (not has_int8_dot_product())
+    assert facts["reduce_range"] is (not has_int8_dot_product()) and facts["activations"] == "per_token"
     ops = op_counts(variant.path)
-    assert ops["MatMulInteger"] == 15 and ops["DynamicQuantizeLinear"] > 0  # 7 per layer and the head
+    assert ops["MatMulInteger"] == 15  # 7 per layer and the head
+    # one per-token scale per distinct input: q/k/v share one, gate/up one, o_proj, down_proj; the head
+    assert ops["ReduceMax"] == 2 * 4 + 1 and "DynamicQuantizeLinear" not in ops
     assert ops["MatMul"] == 5  # between activations: left in float
+
+
+def test_per_tensor_activations_are_onnx_runtimes_own(onnx_store, reference):
+    variant = optimize("tiny", ONNX("int8_dynamic", activations="per_tensor"), store=onnx_store)
+    assert variant.name == "tiny-onnx-int8-dynamic-act-pertensor"
+    assert onnx_store.manifest(variant.name).extra["facts"]["activations"] == "per_tensor"
+    ops = op_counts(variant.path)
+    assert ops["MatMulInteger"] == 15 and ops["DynamicQuantizeLinear"] > 0 and "ReduceMax" not in ops
+    kl, top1 = distance(reference, open_engine(variant, store=onnx_store, threads=1))
+    assert 1e-5 < kl < 0.05 and top1 >= 0.7
+    with pytest.raises(InvalidConfig, match="applies to int8_dynamic only"):
+        ONNX("int8_static", activations="per_tensor")
+
+
+def one_matmul(path, w):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    k, n = w.shape
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "rows", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "rows", n])], [numpy_helper.from_array(w, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=9), str(path))
+
+
+@pytest.mark.parametrize("reduce_range", [False, True])
+def test_an_outlier_token_does_not_coarsen_the_others(tmp_path, reduce_range):
+    # One token with activations 500x the rest (as a Llama's first token has): with one scale per tensor
+    # every other token is quantized in steps set by it; with one per token they keep their precision.
+    import numpy as np
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from slipstream.exporters.onnx_per_token import quantize_per_token
+
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((64, 48)) * 0.1).astype(np.float32)
+    x = rng.standard_normal((1, 9, 64)).astype(np.float32)
+    x[0, 0] *= 500
+    one_matmul(tmp_path / "f.onnx", w)
+    assert quantize_per_token(tmp_path / "f.onnx", tmp_path / "t.onnx", ["mm"], per_channel=True,
+                              reduce_range=reduce_range) == 1
+    quantize_dynamic(str(tmp_path / "f.onnx"), str(tmp_path / "d.onnx"), per_channel=True,
+                     reduce_range=reduce_range, weight_type=QuantType.QInt8)
+
+    def error(name):
+        y = ort.InferenceSession(str(tmp_path / name)).run(None, {"x": x})[0]
+        exact = x @ w
+        return np.abs(y - exact)[0, 1:].max() / np.abs(exact[0, 1:]).max(), np.abs(y - exact)[0, 0].max() / np.abs(exact[0, 0]).max()
+
+    (token_rest, token_outlier), (tensor_rest, _) = error("t.onnx"), error("d.onnx")
+    assert token_rest < (0.04 if reduce_range else 0.02) and token_outlier < 0.04
+    assert tensor_rest > 10 * token_rest
+    ops = op_counts(tmp_path / "t.onnx")
+    assert ops["MatMulInteger"] == 1 and "MatMul" not in ops
+
+
+def test_weights_are_symmetric_per_column():
+    import numpy as np
+
+    from slipstream.exporters.onnx_per_token import quantize_weight
+
+    w = np.array([[0.5, -2.0, 0.0], [-1.0, 1.0, 0.0]], np.float32)
+    q, scale = quantize_weight(w, per_channel=True, reduce_range=False)
+    assert q.dtype == np.int8 and q[:, 0].tolist() == [64, -127] and q[:, 1].tolist() == [-127, 64]
+    assert q[:, 2].tolist() == [0, 0] and np.all(np.isfinite(scale))  # an all-zero column stays zero
+    assert np.allclose(q * scale, w, atol=1.0 / 127)
+    q7, _ = quantize_weight(w, per_channel=False, reduce_range=True)
+    assert np.abs(q7).max() == 63 and q7[0, 1] == -63
 
 
 def test_keep_float_leaves_the_named_modules_in_float(onnx_store, reference):
@@ -141,6 +214,10 @@ def test_config_is_typed_and_calibration_checked():
     config = make_config("onnx", {"quantization": "int8_static", "samples": "8"})
     assert config == ONNX("int8_static", samples=8) and config.slug() == "onnx-int8-static"
     assert json.loads(json.dumps(config.to_dict()))["quantization"] == "int8_static"
+    # lists from JSON (manifests, recipes) become the tuples a frozen config holds: equal and hashable
+    kept = make_config("onnx", {"keep_float": ["down_proj", "lm_head"]})
+    assert kept == ONNX(keep_float=("down_proj", "lm_head")) and hash(kept) == hash(ONNX(keep_float=("down_proj", "lm_head")))
+    assert config_from_dict(json.loads(json.dumps(kept.to_dict()))) == kept
 
 
 def test_unsupported_architecture_and_device(onnx_store, tmp_path):

@@ -8,15 +8,16 @@ outputs are the logits and the ``present.{i}.key/value`` tensors, which the engi
 next step's past. Prefill is the same graph with an empty past (length 0). optimum-onnx is not used:
 it pins transformers below 4.58 (see DEPENDENCIES.md).
 
-Quantization is ONNX Runtime's own, applied to the MatMuls that multiply by a weight (never to the
-rotary or attention MatMuls between activations): ``quantize_dynamic`` (int8 weights, activations
-quantized per call at run time with one scale per tensor), ``quantize_static`` (int8 weights and
+Quantization applies to the MatMuls that multiply by a weight (never to the rotary or attention MatMuls
+between activations): dynamic int8 (int8 weights, activations quantized at run time, by default with
+one scale per token, :mod:`slipstream.exporters.onnx_per_token`; ``activations="per_tensor"`` is ONNX
+Runtime's ``quantize_dynamic``, one scale per tensor), ONNX Runtime's ``quantize_static`` (int8 weights and
 activations, with activation ranges measured on calibration samples streamed from
 :class:`~slipstream.calibration.Calibration`, which never overlaps evaluation text), or
 ``MatMulNBits`` 8-bit (``int8_blockwise``: weights in blocks of 32 with a scale each, the kernel
 quantizing activations per block too). One scale per tensor is coarse for a prompt: a single
-outlier token sets it for every token of the prefill (measured on SmolLM2: BENCHMARKS.md);
-``keep_float`` leaves the modules it names (the MLP down projections and the output head hurt most)
+outlier token sets it for every token of the prefill (measured on SmolLM2: BENCHMARKS.md), which is
+why dynamic int8 scales each token apart by default; ``keep_float`` leaves the modules it names (the MLP down projections and the output head hurt most)
 in float32, found by matching each MatMul's weight to the checkpoint's.
 
 The variant directory holds ``model.onnx`` (plus ``model.onnx.data`` for models over 2 GB) and a
@@ -38,6 +39,7 @@ from slipstream.progress import Progress, or_null
 from slipstream.techniques.config import TechniqueConfig
 
 Quantization = Literal["float32", "int8_dynamic", "int8_static", "int8_blockwise"]
+Activations = Literal["per_token", "per_tensor"]
 QUANTIZATIONS: tuple[str, ...] = Quantization.__args__  # type: ignore[attr-defined]
 MODEL_FILE = "model.onnx"
 TOKENIZER_DIR = "tokenizer"
@@ -57,14 +59,17 @@ class ONNX(TechniqueConfig):
     samples: int = 32
     sequence_length: int = 256
     per_channel: bool = True  # dynamic/static: one weight scale per output channel (else one per tensor)
+    # dynamic: one activation scale per token (slipstream's rewrite in standard ONNX operators) or per
+    # tensor (ONNX Runtime's quantize_dynamic: a prompt's outlier token sets every token's scale)
+    activations: Activations = "per_token"
     block_size: int = 32  # blockwise: weights sharing one scale along the input dimension
     # dynamic/static: 7-bit weights, so that uint8 x int8 pair sums fit the 16 bits that x86 int8
     # kernels without VNNI add them in (ONNX Runtime's advice); None: on when this CPU has no VNNI
     reduce_range: bool | None = None
     # dynamic/static: modules whose MatMuls stay float32, by name or its last parts ("down_proj",
-    # "lm_head", "layers.0.mlp.down_proj"): per-tensor activation scales cost most where a few tokens
+    # "lm_head", "layers.0.mlp.down_proj"): int8 activations cost most where a few channels or tokens
     # carry outliers (the MLP down projections) and at the output head, whose error goes straight into
-    # the logits (BENCHMARKS.md)
+    # the logits; after `smoothquant`, per-token int8 keeping these two is within 1% (BENCHMARKS.md)
     keep_float: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -75,6 +80,11 @@ class ONNX(TechniqueConfig):
 
             raise InvalidConfig("onnx: keep_float applies to int8_dynamic and int8_static only, "
                                 f"not {self.quantization}")
+        if self.activations != "per_token" and self.quantization != "int8_dynamic":
+            from slipstream.errors import InvalidConfig
+
+            raise InvalidConfig(f"onnx: activations={self.activations!r} applies to int8_dynamic only "
+                                f"(int8_static scales activations per tensor, int8_blockwise per block)")
         if self.block_size < 16 or self.block_size & (self.block_size - 1):
             from slipstream.errors import InvalidConfig
 
@@ -89,6 +99,7 @@ class ONNX(TechniqueConfig):
         if self.quantization == "int8_blockwise":
             return "onnx-int8-blockwise" + ("" if self.block_size == 32 else f"-b{self.block_size}")
         return (f"onnx-{short[self.quantization]}" + ("" if self.per_channel else "-pertensor")
+                + ("" if self.activations == "per_token" else "-act-pertensor")
                 + {None: "", True: "-rr", False: "-fullrange"}[self.reduce_range]
                 + "".join(f"-keep-{name.replace('.', '_')}" for name in self.keep_float))
 
@@ -320,11 +331,19 @@ def quantize(inp: Path, out: Path, config: ONNX, src: Path, shape: dict[str, Any
     external = bool(shape["external_data"])
     nodes, kept = weight_matmuls(inp, external, src, config.keep_float)
     reduce_range = config.resolved_reduce_range()
+    if config.quantization == "int8_dynamic" and config.activations == "per_token":
+        from slipstream.exporters.onnx_per_token import quantize_per_token
+
+        quantize_per_token(inp, out, nodes, per_channel=config.per_channel, reduce_range=reduce_range,
+                           external=external)
+        return {"quantized_matmuls": len(nodes), "float_matmuls": len(kept), "reduce_range": reduce_range,
+                "activations": "per_token"}
     if config.quantization == "int8_dynamic":
         quantize_dynamic(str(inp), str(out), op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes,
                          per_channel=config.per_channel, reduce_range=reduce_range, weight_type=QuantType.QInt8,
                          use_external_data_format=external)
-        return {"quantized_matmuls": len(nodes), "float_matmuls": len(kept), "reduce_range": reduce_range}
+        return {"quantized_matmuls": len(nodes), "float_matmuls": len(kept), "reduce_range": reduce_range,
+                "activations": "per_tensor"}
     if config.quantization == "int8_blockwise":
         import onnx
         from onnxruntime.quantization.matmul_nbits_quantizer import (
