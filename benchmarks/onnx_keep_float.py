@@ -1,11 +1,12 @@
-"""Where ONNX Runtime's per-tensor dynamic int8 loses its accuracy: KL against the float32 graph with
-different modules left in float32 (the onnx technique's ``keep_float``).
+"""Where dynamic int8 loses its accuracy: KL against the float32 graph with different modules left in
+float32 (the onnx technique's ``keep_float``), with one activation scale per tensor or per token.
 
-Dynamic int8 quantizes each MatMul's input with one scale per call, so over a prompt the token with
-the largest activation sets the scale for all of them. This script takes an ONNX float32 variant from
-the store, quantizes it as the onnx technique does (ONNX Runtime's ``quantize_dynamic``, per-channel
-int8 weights, 7-bit where the CPU has no VNNI) once per ``--keep`` setting, and measures the mean KL
-and top-1 agreement against the float32 graph on the first ``--tokens`` tokens of WikiText-2 test.
+ONNX Runtime's dynamic int8 (``--activations per_tensor``) quantizes each MatMul's input with one
+scale per call, so over a prompt the token with the largest activation sets the scale for all of them;
+slipstream's default (``per_token``) gives each token its own. This script takes an ONNX float32
+variant from the store, quantizes it as the onnx technique does (per-channel int8 weights, 7-bit where
+the CPU has no VNNI) once per ``--keep`` setting, and measures the mean KL and top-1 agreement against
+the float32 graph on the first ``--tokens`` tokens of WikiText-2 test.
 
 Usage (writes benchmarks/results/onnx_keep_float.json and prints a markdown table):
     SLIPSTREAM_HOME=/tmp/home OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/onnx_keep_float.py \\
@@ -39,6 +40,7 @@ def main() -> None:
 
     from slipstream.engines.onnxruntime import OnnxRuntimeEngine
     from slipstream.exporters.onnx import MODEL_FILE, ONNX, weight_matmuls
+    from slipstream.exporters.onnx_per_token import quantize_per_token
     from slipstream.evaluation.data import text_set
     from slipstream.store import Store
 
@@ -48,6 +50,7 @@ def main() -> None:
     ap.add_argument("--keep", nargs="+", default=["", "lm_head", "down_proj", "down_proj,lm_head"],
                     help="keep_float settings, comma-separated module names ('' = quantize every weight MatMul)")
     ap.add_argument("--tokens", type=int, default=2048)
+    ap.add_argument("--activations", choices=["per_token", "per_tensor"], default="per_tensor")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "onnx_keep_float.json")
     args = ap.parse_args()
 
@@ -69,9 +72,12 @@ def main() -> None:
             shutil.copy2(Path(fp32.path) / MODEL_FILE, staged)
             start = time.perf_counter()
             nodes, kept = weight_matmuls(staged, src=src, keep_float=patterns)
-            quantize_dynamic(str(staged), str(work / MODEL_FILE), op_types_to_quantize=["MatMul"],
-                             nodes_to_quantize=nodes, per_channel=True, reduce_range=reduce_range,
-                             weight_type=QuantType.QInt8)
+            if args.activations == "per_token":
+                quantize_per_token(staged, work / MODEL_FILE, nodes, per_channel=True, reduce_range=reduce_range)
+            else:
+                quantize_dynamic(str(staged), str(work / MODEL_FILE), op_types_to_quantize=["MatMul"],
+                                 nodes_to_quantize=nodes, per_channel=True, reduce_range=reduce_range,
+                                 weight_type=QuantType.QInt8)
             seconds = time.perf_counter() - start
             size = (work / MODEL_FILE).stat().st_size
             kl, top1 = kl_top1(ref, OnnxRuntimeEngine(work, threads=1).logprobs(seqs))
@@ -80,10 +86,11 @@ def main() -> None:
         rows.append(row)
         print(row, flush=True)
     record = {"machine": describe_machine(), "fp32": args.fp32, "src": str(src.name), "tokens": len(ids),
-              "reduce_range": reduce_range, "rows": rows}
+              "reduce_range": reduce_range, "activations": args.activations, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2))
-    print(f"\n{args.fp32}, {len(ids)} WikiText-2 test tokens, against the float32 graph\n")
+    print(f"\n{args.fp32}, activations {args.activations}, {len(ids)} WikiText-2 test tokens, "
+          "against the float32 graph\n")
     print("| keep_float | MatMuls in float | model.onnx MB | KL | top-1 |")
     print("|---|---|---|---|---|")
     for r in rows:

@@ -39,14 +39,17 @@ from greedy_prompts import CHAT, greedy_prompts  # benchmarks/greedy_prompts.py
 
 MODEL = "smollm2-135m"  # --model: any model in the store (the bundled gemma3-270m is the second architecture)
 
-VARIANTS = [  # (label, technique, options)
+VARIANTS = [  # (label, technique, options[, steps before it: [(technique, options), ...]])
     ("bnb nf4", "bitsandbytes", {"quant_type": "nf4"}),
     ("bnb int8", "bitsandbytes", {"quant_type": "int8"}),
     ("bnb int8, threshold 2", "bitsandbytes", {"quant_type": "int8", "int8_threshold": 2.0}),
     ("fp16 cast", "cast", {"dtype": "float16"}),
     ("bf16 cast", "cast", {"dtype": "bfloat16"}),
     ("ONNX fp32", "onnx", {"quantization": "float32"}),
-    ("ONNX int8 dynamic", "onnx", {"quantization": "int8_dynamic"}),
+    ("ONNX int8 dynamic", "onnx", {"quantization": "int8_dynamic"}),  # one activation scale per token
+    ("ONNX int8 dynamic, per-tensor activations", "onnx", {"quantization": "int8_dynamic", "activations": "per_tensor"}),
+    ("SmoothQuant 0.8, then ONNX int8 dynamic, down_proj and lm_head in float", "onnx",
+     {"quantization": "int8_dynamic", "keep_float": ["down_proj", "lm_head"]}, [("smoothquant", {"alpha": 0.8})]),
     ("ONNX int8 static", "onnx", {"quantization": "int8_static", "samples": 32, "sequence_length": 256}),
     ("ONNX int8 blockwise", "onnx", {"quantization": "int8_blockwise"}),
     ("GGUF Q8_0", "gguf", {"quantization": "Q8_0"}),
@@ -243,24 +246,33 @@ def main() -> None:
         args.out.write_text(json.dumps(record, indent=2))
 
     names: dict[str, str] = {}
-    for label, technique, options in chosen:
-        config = make_config(technique, options)
-        name = f"{MODEL}-{config.slug()}"
-        if not store.exists(name):
-            print(f"making {label} ...", flush=True)
-            try:
-                optimize(MODEL, config, name=name, store=store)
-            except Unsupported as exc:  # e.g. float16 for Gemma: recorded, not run
-                record["variants"][label] = {"refused": str(exc), "technique": config.to_dict()}
-                print(f"  refused: {exc}", flush=True)
-                continue
+    for label, technique, options, *before in chosen:
+        parent, seconds, peak, refused = MODEL, 0.0, 0, None
+        # a recipe's earlier steps (e.g. smoothquant) first, each a variant of the one before
+        for step, step_options in [*(before[0] if before else []), (technique, options)]:
+            config = make_config(step, step_options)
+            name = f"{parent}-{config.slug()}"
+            if not store.exists(name):
+                print(f"making {label}: {name} ...", flush=True)
+                try:
+                    optimize(parent, config, name=name, store=store)
+                except Unsupported as exc:  # e.g. float16 for Gemma: recorded, not run
+                    refused = exc
+                    break
+            facts = store.manifest(name).extra.get("facts", {})
+            seconds, peak, parent = seconds + (facts.get("seconds") or 0), max(peak, facts.get("peak_rss_bytes") or 0), name
+        if refused is not None:
+            record["variants"][label] = {"refused": str(refused), "technique": config.to_dict()}
+            print(f"  refused: {refused}", flush=True)
+            continue
         names[label] = name
         variant = store.get(name)
-        facts = store.manifest(name).extra.get("facts", {})
         record["variants"][label] = {
             "name": name, "created": variant.created, "technique": config.to_dict(), "size_bytes": variant.size_bytes,
-            "quantize_seconds": facts.get("seconds"), "quantize_peak_rss_bytes": facts.get("peak_rss_bytes"),
+            "quantize_seconds": seconds or None, "quantize_peak_rss_bytes": peak or None,
             "facts": {k: v for k, v in facts.items() if k not in ("seconds", "peak_rss_bytes")}}
+        if before:
+            record["variants"][label]["before"] = [make_config(t, o).to_dict() for t, o in before[0]]
         if technique == "gguf" and options["quantization"].startswith("Q"):
             record["variants"][label]["weight_error"] = weight_error(store, name)
     record["original_size_bytes"] = store.get(MODEL).size_bytes

@@ -24,10 +24,12 @@ SOURCES = {  # model -> ([llm-compressor results], [bitsandbytes/ONNX/GGUF eval 
     # add to (and for the same variant replace) earlier ones
     "smollm2-135m": (["quantize_llmc.json"], ["quantize_rt-quiet-eval.json", "quantize_rt-quiet-speed.json",
                                               "quantize_rt-bnb-threshold-eval.json",
-                                              "quantize_rt-bnb-threshold-speed.json"]),
+                                              "quantize_rt-bnb-threshold-speed.json",
+                                              "quantize_rt-smollm2-per-token.json"]),
     "gemma3-270m": (["quantize_llmc-gemma3-270m.json", "quantize_llmc-gemma3-270m-amd.json"],
                     ["quantize_rt-gemma3-270m-eval.json", "quantize_rt-gemma3-270m-eval-amd.json",
-                     "quantize_rt-gemma3-270m-speed.json"]),
+                     "quantize_rt-gemma3-270m-speed.json", "quantize_rt-gemma3-270m-per-token-eval.json",
+                     "quantize_rt-gemma3-270m-per-token-speed.json"]),
 }
 LLMC_LABELS = {"rtn-w8": "RTN int8, per channel", "rtn-w4g128": "RTN int4, group 128", "rtn-w4g64": "RTN int4, group 64",
                "awq-w4g128": "AWQ W4A16, group 128", "awq-w4g128-all": "AWQ W4A16, group 128, all mappings",
@@ -126,6 +128,15 @@ def rt_rows(model: str, runs: list[dict]) -> tuple[dict, list[dict]]:
                 original.setdefault("b1", figures.get("b1"))  # the first speed run's original
                 original.setdefault("b8", figures.get("b8"))
             speed[name] = figures | {"engine": rounds[0]["engine"]["engine"]}
+        # a full run (--stage all) keeps comparison.compare's rows: medians over its interleaved rounds
+        for row in (run.get("comparison") or {}).get("rows", []):
+            figures = {"b1": row["decode_tokens_per_s"], "x1": row["speedup"], "b8": row.get("batch_tokens_per_s"),
+                       "x8": row.get("batch_speedup"), "engine": row["engine"]}
+            if row["name"] == model:
+                original.setdefault("b1", figures["b1"])
+                original.setdefault("b8", figures["b8"])
+            else:
+                speed[row["name"]] = figures
     rows = []
     for label, v in variants.items():
         if "name" not in v:  # refused before any work

@@ -23,9 +23,8 @@ from slipstream.machine import describe_machine
 
 
 def main() -> None:
+    from slipstream.engines.loading import open_engine
     from slipstream.engines.protocol import SamplingParams
-    from slipstream.engines.transformers import TransformersEngine
-    from slipstream.store import Store
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m")
@@ -36,7 +35,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "stepper_rows.json")
     args = ap.parse_args()
 
-    engine = TransformersEngine(Path(Store().get(args.model).path), threads=args.threads, gemm=args.gemm)
+    # open_engine: the variant's own settings (a cast's compute dtype) apply
+    engine = open_engine(args.model, engine="transformers", threads=args.threads, gemm=args.gemm)
     if args.blas_threads:
         from threadpoolctl import threadpool_limits
 
