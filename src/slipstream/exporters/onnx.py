@@ -17,8 +17,9 @@ activations, with activation ranges measured on calibration samples streamed fro
 ``MatMulNBits`` 8-bit (``int8_blockwise``: weights in blocks of 32 with a scale each, the kernel
 quantizing activations per block too). One scale per tensor is coarse for a prompt: a single
 outlier token sets it for every token of the prefill (measured on SmolLM2: BENCHMARKS.md), which is
-why dynamic int8 scales each token apart by default; ``keep_float`` leaves the modules it names (the MLP down projections and the output head hurt most)
-in float32, found by matching each MatMul's weight to the checkpoint's.
+why dynamic int8 scales each token apart by default; ``keep_float`` leaves the modules it names (the
+MLP down projections and the output head hurt most) in float32, found by matching each MatMul's weight to
+the checkpoint's.
 
 The variant directory holds ``model.onnx`` (plus ``model.onnx.data`` for models over 2 GB) and a
 ``tokenizer/`` folder with the parent's tokenizer and config.json.

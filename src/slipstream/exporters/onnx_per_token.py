@@ -95,8 +95,8 @@ def quantize_per_token(inp: Path, out: Path, nodes: list[str], *, per_channel: b
         missing = sorted(wanted - {n.name for n in graph.node})
         raise ValueError(f"MatMul nodes not in the graph: {missing[:5]}")
     graph.initializer.extend(consts)
-    used = {i for nd in new_nodes for i in nd.input}
-    kept = [i for i in graph.initializer if i.name in used or i.name in {o.name for o in graph.output}]
+    used = {i for nd in new_nodes for i in nd.input} | {o.name for o in graph.output}
+    kept = [i for i in graph.initializer if i.name in used]  # the float weights now quantized are dropped
     del graph.initializer[:]
     graph.initializer.extend(kept)
     del graph.node[:]
