@@ -28,7 +28,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--gemm", default="auto", choices=["auto", "torch", "openblas"])
+    ap.add_argument("--gemm", default="auto", choices=["auto", "torch", "openblas", "onednn"])
     ap.add_argument("--threads", type=int, default=1, help="PyTorch threads")
     ap.add_argument("--blas-threads", type=int, help="numpy's BLAS threads (default: --threads)")
     ap.add_argument("--rows", type=int, nargs="+", default=[1, 4, 16])

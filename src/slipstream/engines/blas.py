@@ -7,7 +7,17 @@ BENCHMARKS.md). The product is the same float32 arithmetic summed in another ord
 
 ``gemm="auto"`` (the transformers engine's default) takes OpenBLAS for float32 at one thread on a CPU
 whose vendor is not Intel, when numpy's BLAS is OpenBLAS; ``torch`` and ``openblas`` force one or the
-other. With more threads, OpenBLAS's own thread pool and PyTorch's OpenMP threads wait for the cores
+other.
+
+``gemm="onednn"`` multiplies float32 through oneDNN with each weight reordered once into oneDNN's
+blocked layout (``torch.ops.mkldnn._linear_pointwise``, the kernel PyTorch's own compiler uses on the
+CPU). It is made for the few rows of a continuous batch: SmolLM2-135M's matrices and head, one thread,
+AMD EPYC Zen 4, 1 / 4 / 16 / 64 rows: 42.7 / 34.9 / 62.4 / 185.6 ms, against OpenBLAS's 34.2 / 89.1 /
+125.5 / 273.1 (``benchmarks/gemm_rows.py``). Its one-row product is slower than OpenBLAS's there, so
+auto does not take it for float32 models; it does for the float layers left in a W8A8 int8 model (the
+output head), where the reordered head was also the fastest at one row (8.9 against 10.2 ms). A
+weight tied to the embeddings is reordered into a copy (the embeddings keep theirs); an untied
+layer's float weight is released after the reorder. With more threads, OpenBLAS's own thread pool and PyTorch's OpenMP threads wait for the cores
 in turn (measured at two threads: each decode step 2-3x slower than either alone), so auto keeps
 PyTorch's product there. Only
 plain ``nn.Linear`` layers with float32 weights change (bitsandbytes and compressed-tensors layers
@@ -19,7 +29,7 @@ from __future__ import annotations
 import types
 from typing import Any, Literal
 
-Gemm = Literal["auto", "torch", "openblas"]
+Gemm = Literal["auto", "torch", "openblas", "onednn"]
 GEMMS: tuple[str, ...] = Gemm.__args__  # type: ignore[attr-defined]
 
 
@@ -37,8 +47,15 @@ def numpy_blas() -> str | None:
     return None
 
 
-def resolve(gemm: str, device: str, dtype: str, threads: int | None = None) -> str:
-    """The GEMM a transformers engine uses: ``torch`` or ``openblas``."""
+def onednn_available() -> bool:
+    import torch
+
+    return bool(torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+
+
+def resolve(gemm: str, device: str, dtype: str, threads: int | None = None, int8_model: bool = False) -> str:
+    """The GEMM a transformers engine uses for its float32 layers: ``torch``, ``openblas`` or ``onednn``
+    (``int8_model``: the model's other layers run as int8 products, see :mod:`.int8_gemm`)."""
     from slipstream.errors import InvalidConfig, Unsupported
 
     if gemm not in GEMMS:
@@ -46,6 +63,12 @@ def resolve(gemm: str, device: str, dtype: str, threads: int | None = None) -> s
     if gemm == "torch":
         return "torch"
     eligible = device == "cpu" and dtype == "float32"
+    if gemm == "onednn" or (gemm == "auto" and int8_model and eligible and onednn_available()):
+        if not eligible:
+            raise Unsupported(f"gemm 'onednn' multiplies float32 on the CPU; this engine runs {dtype} on {device}")
+        if not onednn_available():
+            raise Unsupported("gemm 'onednn': this PyTorch build has no oneDNN (torch.backends.mkldnn)")
+        return "onednn"
     if gemm == "openblas":
         if not eligible:
             raise Unsupported(f"gemm 'openblas' multiplies float32 on the CPU; this engine runs {dtype} on {device}")
@@ -96,6 +119,33 @@ def use_openblas(model: Any, threads: int | None) -> int:
             stored = w.detach().t().contiguous()
             module.weight = torch.nn.Parameter(stored.t(), requires_grad=w.requires_grad)
             module._blas_weight = stored.numpy()
+        module.forward = types.MethodType(forward, module)
+        count += 1
+    return count
+
+
+def use_onednn(model: Any) -> int:
+    """Multiply ``model``'s float32 ``nn.Linear`` layers through oneDNN with reordered weights; returns
+    how many. With gradients enabled a layer multiplies through PyTorch's own product (untied layers
+    keep no float weight for it, so an engine's model is for inference only)."""
+    import torch
+
+    def forward(self: Any, x: Any) -> Any:
+        if x.dtype != torch.float32 or x.device.type != "cpu":
+            return torch.nn.functional.linear(x, self.weight, self.bias)
+        flat = x.reshape(-1, x.shape[-1])
+        out = torch.ops.mkldnn._linear_pointwise(flat, self._onednn_weight, self.bias, "none", [], "")
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
+    shared = {m.weight.data_ptr() for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    count = 0
+    for module in model.modules():
+        w = getattr(module, "weight", None)
+        if type(module) is not torch.nn.Linear or w is None or w.dtype != torch.float32 or w.device.type != "cpu":
+            continue
+        module._onednn_weight = torch.ops.mkldnn._reorder_linear_weight(w.detach())
+        if w.data_ptr() not in shared:
+            module.weight = torch.nn.Parameter(w.new_empty((0, w.shape[1])), requires_grad=False)
         module.forward = types.MethodType(forward, module)
         count += 1
     return count

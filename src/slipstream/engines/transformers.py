@@ -33,7 +33,8 @@ class TransformersEngine:
         threads: int | None = None,
         trust_remote_code: bool = False,
         batch_size: int = 8,
-        gemm: str | None = None,  # auto, torch or openblas (slipstream.engines.blas); None: $SLIPSTREAM_GEMM or auto
+        gemm: str | None = None,  # auto, torch, openblas or onednn (slipstream.engines.blas); None: $SLIPSTREAM_GEMM or auto
+        int8_gemm: bool = True,  # W8A8 int8 checkpoints multiplied in int8 on the CPU (slipstream.engines.int8_gemm)
     ):
         torch = require("torch", "core", "the transformers engine")
         from transformers import AutoModelForCausalLM
@@ -54,10 +55,15 @@ class TransformersEngine:
         import os
 
         from slipstream.engines import blas
+        from slipstream.engines.int8_gemm import use_int8_gemm
 
-        self.gemm = blas.resolve(gemm or os.environ.get("SLIPSTREAM_GEMM") or "auto", device, dtype, threads)
+        self.int8_layers = use_int8_gemm(self.model) if int8_gemm and device == "cpu" else 0
+        self.gemm = blas.resolve(gemm or os.environ.get("SLIPSTREAM_GEMM") or "auto", device, dtype, threads,
+                                 int8_model=self.int8_layers > 0)
         if self.gemm == "openblas":
             blas.use_openblas(self.model, threads)
+        elif self.gemm == "onednn":
+            blas.use_onednn(self.model)
         self._tokenizer = Tokenizer.from_dir(path, trust_remote_code=trust_remote_code)
         cfg = self.model.config
         self.max_context = int(
@@ -70,7 +76,8 @@ class TransformersEngine:
 
     def info(self) -> EngineInfo:
         return EngineInfo("transformers", self.device, self.dtype, self._torch.get_num_threads(),
-                          {"torch": self._torch.__version__, "gemm": self.gemm})
+                          {"torch": self._torch.__version__, "gemm": self.gemm}
+                          | ({"int8_gemm_layers": self.int8_layers} if self.int8_layers else {}))
 
     def close(self) -> None:
         self.model = None
