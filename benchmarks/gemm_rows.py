@@ -4,8 +4,11 @@ A continuous batch of R sequences multiplies every weight matrix by R rows per s
 product is bound by reading the weights from memory; with more rows the same bytes serve more work,
 until the CPU's arithmetic becomes the limit. This script times all of a model's linear layers (its
 real shapes and weights, one pass = one decode step's products) at several row counts, through
-PyTorch's own product (MKL in PyTorch's CPU wheels) and through numpy's OpenBLAS (the transformers
-engine's ``gemm="openblas"``), interleaved, best of ``--repeats``; and reports the lower bound that
+PyTorch's own product (MKL in PyTorch's CPU wheels), numpy's OpenBLAS (the transformers engine's
+``gemm="openblas"``), oneDNN with reordered weights (``gemm="onednn"``) and, with ``--int8`` on a CPU
+with VNNI, the W8A8 int8 path (``slipstream.engines.int8_gemm``: every decoder matrix as int8 with one
+scale per output channel, each row's activations quantized per token, the head in float32 through
+oneDNN, as the engine runs a W8A8 checkpoint), interleaved, best of ``--repeats``; and reports the lower bound that
 arithmetic alone puts on the step time (rows x 2 x parameters / the measured peak GFLOP/s of a large
 product), so the ratio "step at R rows / step at one row" can be read against what is possible.
 
@@ -44,15 +47,37 @@ def weights(model_dir: Path) -> list[np.ndarray]:
     return out
 
 
-def time_pass(fn, mats, rows: int, repeats: int, rng) -> float:
+def time_pass(fn, mats, rows: int, repeats: int, rng, prepared=None) -> float:
     xs = {w.shape[1]: rng.standard_normal((rows, w.shape[1])).astype(np.float32) for w in mats}
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        for w in mats:
-            fn(xs[w.shape[1]], w)
+        for w, p in zip(mats, prepared or mats):
+            fn(xs[w.shape[1]], p)
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def int8_layers(mats: list[np.ndarray]) -> list:
+    """``mats`` as the engine runs a W8A8 checkpoint: int8 decoder layers, the head (last) in float32."""
+    import types
+
+    import torch
+
+    from slipstream.engines.int8_gemm import int8_forward
+
+    out = []
+    for w in mats[:-1]:
+        t = torch.from_numpy(w)
+        scale = t.abs().amax(1, keepdim=True) / 127
+        layer = types.SimpleNamespace(
+            _int8_packed=torch.ops.onednn.qlinear_prepack(torch.round(t / scale).to(torch.int8), None),
+            _int8_channel_scale=scale.reshape(-1).contiguous(), _int8_zero_points=torch.zeros(len(w), dtype=torch.int64),
+            _int8_shared=None, _int8_leads=True, bias=None)
+        out.append(types.MethodType(int8_forward, layer))
+    head = torch.ops.mkldnn._reorder_linear_weight(torch.from_numpy(mats[-1]))
+    out.append(lambda x: torch.ops.mkldnn._linear_pointwise(x, head, None, "none", [], ""))
+    return out
 
 
 def peak_gflops(fn, repeats: int, rng) -> float:
@@ -75,6 +100,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--rows", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--int8", action="store_true", help="add the W8A8 int8 path (needs VNNI or AMX)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "gemm_rows.json")
     args = ap.parse_args()
 
@@ -87,11 +113,23 @@ def main() -> None:
         "openblas": (lambda x, w: x @ w.T, lambda a, b: a @ b),
     }
     peaks = {name: peak_gflops(big, args.repeats, rng) for name, (_, big) in backends.items()}
+    prepared: dict[str, list] = {}
+    from slipstream.engines import blas, int8_gemm
+
+    if blas.onednn_available():
+        backends["onednn"] = (lambda x, w: torch.ops.mkldnn._linear_pointwise(torch.from_numpy(x), w, None, "none",
+                                                                               [], ""), None)
+        prepared["onednn"] = [torch.ops.mkldnn._reorder_linear_weight(torch.from_numpy(w)) for w in mats]
+    if args.int8:
+        if int8_gemm.available() is not None:
+            raise SystemExit(f"--int8: {int8_gemm.available()}")
+        backends["w8a8-int8"] = (lambda x, layer: layer(torch.from_numpy(x)), None)
+        prepared["w8a8-int8"] = int8_layers(mats)
     results: dict[str, dict[int, float]] = {name: {} for name in backends}
     with torch.inference_mode():
-        for rows in args.rows:  # interleaved: both backends at each row count, one after the other
+        for rows in args.rows:  # interleaved: every backend at each row count, one after the other
             for name, (fn, _) in backends.items():
-                results[name][rows] = time_pass(fn, mats, rows, args.repeats, rng)
+                results[name][rows] = time_pass(fn, mats, rows, args.repeats, rng, prepared.get(name))
             print(rows, {n: round(r[rows] * 1e3, 1) for n, r in results.items()}, flush=True)
     peak = max(peaks.values())
     bound = {rows: rows * 2 * params / (peak * 1e9) for rows in args.rows}
@@ -103,12 +141,12 @@ def main() -> None:
     one = {n: r[args.rows[0]] for n, r in results.items()}
     print(f"\n{args.model}: {params / 1e6:.1f}M parameters multiplied per row per step; "
           f"peak of a 512x1024x1024 product: " + ", ".join(f"{n} {g:.0f} GFLOP/s" for n, g in peaks.items()))
-    print("\n| rows | torch ms (× its 1 row) | OpenBLAS ms (× its 1 row) | arithmetic bound ms | bound / OpenBLAS 1 row |")
-    print("|---|---|---|---|---|")
+    names = list(results)
+    print("\n| rows | " + " | ".join(f"{n} ms (× its 1 row)" for n in names) + " | float32 arithmetic bound ms |")
+    print("|---|" + "---|" * (len(names) + 1))
     for rows in args.rows:
-        t, o = results["torch"][rows], results["openblas"][rows]
-        print(f"| {rows} | {t * 1e3:.1f} ({t / one['torch']:.2f}×) | {o * 1e3:.1f} ({o / one['openblas']:.2f}×) "
-              f"| {bound[rows] * 1e3:.1f} | {bound[rows] / one['openblas']:.2f} |")
+        cells = [f"{results[n][rows] * 1e3:.1f} ({results[n][rows] / one[n]:.2f}×)" for n in names]
+        print(f"| {rows} | " + " | ".join(cells) + f" | {bound[rows] * 1e3:.1f} |")
 
 
 if __name__ == "__main__":

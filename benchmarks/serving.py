@@ -217,7 +217,7 @@ def main() -> None:
                 label = f"{engine}:{variant}:{role}"
                 print(f"starting {label} ...", flush=True)
                 servers.append(Server(label, slipstream_cmd(variant, engine, args.threads, batch, extra), env,
-                                      logs / f"{engine}-{role}.log", variant))
+                                      logs / f"{engine}-{variant}-{role}.log", variant))
                 print(f"  {servers[-1].url} ready in {servers[-1].startup_s:.1f} s", flush=True)
         if args.vllm_url:
             s = Server.__new__(Server)
