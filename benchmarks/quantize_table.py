@@ -22,7 +22,7 @@ from statistics import median
 RESULTS = Path(__file__).parent / "results"
 SOURCES = {  # model -> ([llm-compressor results], [bitsandbytes/ONNX/GGUF eval and speed results]); later files
     # add to (and for the same variant replace) earlier ones
-    "smollm2-135m": (["quantize_llmc.json"], ["quantize_rt-quiet-eval.json", "quantize_rt-quiet-speed.json",
+    "smollm2-135m": (["quantize_llmc.json", "quantize_llmc-w8a8-int8.json"], ["quantize_rt-quiet-eval.json", "quantize_rt-quiet-speed.json",
                                               "quantize_rt-bnb-threshold-eval.json",
                                               "quantize_rt-bnb-threshold-speed.json",
                                               "quantize_rt-smollm2-per-token.json"]),
@@ -86,6 +86,15 @@ def llmc_rows(model: str, data: dict) -> tuple[dict, list[dict]]:
     for name, made in data.get("make", {}).items():
         e, s = ev.get("variants", {}).get(name, {}), sp.get(name, {})
         rows.append({"variant": _label(model, name), "engine": "transformers (compressed-tensors)",
+                     "size_bytes": made["size_bytes"], "quantize_s": made["seconds"], "peak_rss": made["peak_rss_bytes"],
+                     "ppl": e.get("perplexity"), "ratio": e.get("perplexity_ratio"), "kl": e.get("kl_mean"),
+                     "greedy": s.get("greedy"), "b1": s.get("decode_tok_s_b1"), "x1": s.get("speedup_b1"),
+                     "b8": s.get("decode_tok_s_b8"), "x8": s.get("speedup_b8")})
+    # W8A8 through the engine's int8 products (a file with make_int8 / eval_int8 / speed_int8)
+    sp8 = data.get("speed_int8", {}).get("variants", {})
+    for name, made in data.get("make_int8", {}).items():
+        e, s = data.get("eval_int8", {}).get("variants", {}).get(name, {}), sp8.get(name, {})
+        rows.append({"variant": _label(model, name), "engine": "transformers (int8 products, oneDNN)",
                      "size_bytes": made["size_bytes"], "quantize_s": made["seconds"], "peak_rss": made["peak_rss_bytes"],
                      "ppl": e.get("perplexity"), "ratio": e.get("perplexity_ratio"), "kl": e.get("kl_mean"),
                      "greedy": s.get("greedy"), "b1": s.get("decode_tok_s_b1"), "x1": s.get("speedup_b1"),

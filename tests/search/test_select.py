@@ -137,3 +137,15 @@ def test_ctranslate2_int8_priors_follow_the_cpu(monkeypatch):
     assert without["ct2-float32"] == vnni["ct2-float32"] and without["gguf-q8_0"] == vnni["gguf-q8_0"]
     ev = {label: expected_value(Candidate((), p), "latency") for label, p in without.items()}
     assert ev["gguf-q8_0"] > ev["ct2-int8"]
+
+
+def test_w8a8_prior_follows_the_int8_products(monkeypatch):
+    # W8A8 is faster than the original only where the transformers engine multiplies it in int8 (VNNI)
+    pytest.importorskip("llmcompressor")
+    monkeypatch.setattr("slipstream.engines.int8_gemm.available", lambda: None)
+    with_int8 = {c.label: c.prior for c in build_space("cpu", include=["w8a8"])[0]}
+    monkeypatch.setattr("slipstream.engines.int8_gemm.available", lambda: "no VNNI")
+    without = {c.label: c.prior for c in build_space("cpu", include=["w8a8"])[0]}
+    (label,) = with_int8
+    assert with_int8[label].speedup > 1.0 and without[label].speedup <= 0.6
+    assert with_int8[label].pass_probability == without[label].pass_probability

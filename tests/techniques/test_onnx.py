@@ -191,6 +191,59 @@ def test_static_int8_calibrates_and_stays_close(onnx_store, reference):
     assert ops["QuantizeLinear"] > 0 and "DynamicQuantizeLinear" not in ops  # activations use fixed ranges
 
 
+def test_static_percentile_ranges_clip_what_minmax_keeps(onnx_store):
+    """Percentile ranges come from the same calibration and are never wider than min/max ranges."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    def activation_scales(variant) -> dict[str, float]:
+        model = onnx.load(str(variant.path / "model.onnx"))
+        inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        weights = {i for n in model.graph.node if n.op_type == "DequantizeLinear" for i in n.input[:1] if i in inits
+                   and inits[i].dtype == np.int8}
+        return {n.input[0]: float(inits[n.input[1]]) for n in model.graph.node
+                if n.op_type == "QuantizeLinear" and n.input[0] not in weights and inits[n.input[1]].size == 1}
+
+    cal = dict(samples=4, sequence_length=64)
+    name = "tiny-onnx-int8-static"  # test_static_int8_calibrates_and_stays_close's, when it ran first
+    minmax = onnx_store.get(name) if onnx_store.exists(name) else optimize("tiny", ONNX("int8_static", **cal),
+                                                                              store=onnx_store)
+    pct = optimize("tiny", ONNX("int8_static", ranges="percentile", percentile=99.9, **cal), store=onnx_store)
+    assert pct.name == "tiny-onnx-int8-static-p99.9"
+    assert onnx_store.manifest(pct.name).extra["facts"]["ranges"] == "percentile 99.9"
+    a, b = activation_scales(minmax), activation_scales(pct)
+    assert a.keys() == b.keys() and len(a) >= 15
+    assert all(b[k] <= a[k] * (1 + 1e-6) for k in a) and sum(b[k] < 0.9 * a[k] for k in a) >= len(a) // 2
+    with pytest.raises(InvalidConfig, match="applies to int8_static only"):
+        ONNX("int8_dynamic", ranges="percentile")
+    with pytest.raises(InvalidConfig, match="percentile must be in"):
+        ONNX("int8_static", ranges="percentile", percentile=100.0)
+
+
+def test_histogram_calibration_streams_in_chunks():
+    from slipstream.exporters.onnx import _reader, percentile_stride
+
+    assert [percentile_stride(n) for n in (32, 6, 5, 1)] == [4, 3, 1, 1]
+    pulled = []
+
+    def feeds():
+        for i in range(6):
+            pulled.append(i)
+            yield {"x": i}
+
+    reader = _reader(feeds(), 6)
+    assert len(reader) == 6
+    chunks = []
+    for start in range(0, 6, 3):  # as ONNX Runtime's CalibStridedMinMax calls it
+        reader.set_range(start_index=start, end_index=start + 3)
+        chunk = []
+        while (item := reader.get_next()) is not None:
+            chunk.append(item["x"])
+        chunks.append((chunk, len(pulled)))
+    assert chunks == [([0, 1, 2], 3), ([3, 4, 5], 6)]  # each chunk read only when asked for
+
+
 def test_blockwise_int8_is_close(onnx_store, reference):
     variant = optimize("tiny", ONNX("int8_blockwise"), store=onnx_store)
     assert variant.name == "tiny-onnx-int8-blockwise"

@@ -41,6 +41,7 @@ from slipstream.techniques.config import TechniqueConfig
 
 Quantization = Literal["float32", "int8_dynamic", "int8_static", "int8_blockwise"]
 Activations = Literal["per_token", "per_tensor"]
+Ranges = Literal["minmax", "percentile"]
 QUANTIZATIONS: tuple[str, ...] = Quantization.__args__  # type: ignore[attr-defined]
 MODEL_FILE = "model.onnx"
 TOKENIZER_DIR = "tokenizer"
@@ -72,6 +73,11 @@ class ONNX(TechniqueConfig):
     # carry outliers (the MLP down projections) and at the output head, whose error goes straight into
     # the logits; after `smoothquant`, per-token int8 keeping these two is within 1% (BENCHMARKS.md)
     keep_float: tuple[str, ...] = ()
+    # static: how calibration sets each activation range: the min and max seen (ONNX Runtime's
+    # default), or the given percentile of the absolute values seen (clips rare outliers); percentile
+    # holds every calibration activation in memory until the end (ONNX Runtime's HistogramCalibrater)
+    ranges: Ranges = "minmax"
+    percentile: float = 99.999
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -86,6 +92,14 @@ class ONNX(TechniqueConfig):
 
             raise InvalidConfig(f"onnx: activations={self.activations!r} applies to int8_dynamic only "
                                 f"(int8_static scales activations per tensor, int8_blockwise per block)")
+        if self.ranges != "minmax" and self.quantization != "int8_static":
+            from slipstream.errors import InvalidConfig
+
+            raise InvalidConfig(f"onnx: ranges={self.ranges!r} applies to int8_static only")
+        if not 90.0 <= self.percentile < 100.0:
+            from slipstream.errors import InvalidConfig
+
+            raise InvalidConfig(f"onnx: percentile must be in [90, 100), got {self.percentile}")
         if self.block_size < 16 or self.block_size & (self.block_size - 1):
             from slipstream.errors import InvalidConfig
 
@@ -101,6 +115,7 @@ class ONNX(TechniqueConfig):
             return "onnx-int8-blockwise" + ("" if self.block_size == 32 else f"-b{self.block_size}")
         return (f"onnx-{short[self.quantization]}" + ("" if self.per_channel else "-pertensor")
                 + ("" if self.activations == "per_token" else "-act-pertensor")
+                + ("" if self.ranges == "minmax" else f"-p{self.percentile:g}")
                 + {None: "", True: "-rr", False: "-fullrange"}[self.reduce_range]
                 + "".join(f"-keep-{name.replace('.', '_')}" for name in self.keep_float))
 
@@ -219,14 +234,36 @@ def calibration_feeds(src: Path, calibration: Calibration, layers: int, kv_heads
         yield feed
 
 
-def _reader(feeds: Iterator[dict[str, Any]]) -> Any:
+def _reader(feeds: Iterator[dict[str, Any]], total: int = 0) -> Any:
+    """ONNX Runtime's calibration reader over ``feeds``, streamed. With ``CalibStridedMinMax`` ONNX
+    Runtime asks for consecutive ranges of ``total`` samples (``set_range``), one chunk per collection:
+    the next chunk is simply the next samples of the stream."""
     from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):
+        left: int | None = None  # samples left in the current range (None: no range set)
+
+        def __len__(self) -> int:
+            return total
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self.left = end_index - start_index
+
         def get_next(self) -> dict[str, Any] | None:
+            if self.left is not None:
+                if self.left <= 0:
+                    return None
+                self.left -= 1
             return next(feeds, None)
 
     return Reader()
+
+
+def percentile_stride(samples: int, most: int = 4) -> int:
+    """Samples per collection for histogram ranges: ONNX Runtime's HistogramCalibrater keeps every
+    activation of a collection in memory (SmolLM2, 32 samples of 256 tokens at once: over 22 GB, killed),
+    and merges histograms across collections; the stride must divide the sample count."""
+    return next(k for k in range(min(most, samples), 0, -1) if samples % k == 0)
 
 
 def weight_matmuls(path: Path, external: bool = False, src: Path | None = None,
@@ -367,13 +404,18 @@ def quantize(inp: Path, out: Path, config: ONNX, src: Path, shape: dict[str, Any
         # ONNX Runtime's MinMax calibrator reduces every tensor to its min and max inside the graph, so
         # each sample adds two scalars per tensor; samples are tokenized only when asked for. (Its
         # CalibMaxIntermediateOutputs option discards collected ranges in 1.31: not used.)
-        quantize_static(str(inp), str(out), _reader(feeds), quant_format=QuantFormat.QDQ,
+        histogram = config.ranges != "minmax"
+        strided = {"CalibStridedMinMax": percentile_stride(calibration.samples)} if histogram else {}
+        quantize_static(str(inp), str(out), _reader(feeds, calibration.samples), quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes, per_channel=config.per_channel,
                         reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax, use_external_data_format=external)
+                        calibrate_method=CalibrationMethod.MinMax if config.ranges == "minmax" else
+                        CalibrationMethod.Percentile, use_external_data_format=external,
+                        extra_options={"CalibPercentile": config.percentile, **strided})
     return {"quantized_matmuls": len(nodes), "float_matmuls": len(kept), "reduce_range": reduce_range,
             "calibration": {"source": calibration.source, "samples": calibration.samples,
-                            "sequence_length": calibration.sequence_length}}
+                            "sequence_length": calibration.sequence_length},
+            "ranges": config.ranges if config.ranges == "minmax" else f"percentile {config.percentile:g}"}
 
 
 def export(src: Path, out: Path, config: ONNX, device: str = "cpu", progress: Progress | None = None) -> dict:

@@ -66,7 +66,9 @@ DEFAULT_RECIPES: list[tuple[list[tuple[str, dict]], Prior]] = [
     ([("gptq", {"bits": 4, "group_size": 128, "samples": 64})], Prior(0.8, 0.18, 0.3, 8.0)),
     ([("awq", {"bits": 4, "group_size": 128, "samples": 64})], Prior(0.8, 0.18, 0.3, 8.0)),
     ([("rtn", {"bits": 4, "group_size": 128})], Prior(0.8, 0.18, 0.15, 3.0)),
-    ([("w8a8", {"samples": 64})], Prior(0.9, 0.3, 0.6, 8.0)),
+    # W8A8: int8 products in the transformers engine on a CPU with VNNI (SmolLM2, Zen 4: 1.16x at batch 1,
+    # 1.90x at batch 8; +0.82%); without VNNI, compressed-tensors' float path (0.57x)
+    ([("w8a8", {"samples": 64})], Prior(1.2, 0.41, 0.6, 15.0)),
     # llama.cpp (GGUF) and ONNX Runtime exports.
     ([("gguf", {"quantization": "Q8_0"})], Prior(3.5, 0.27, 0.8, 3.0)),
     ([("gguf", {"quantization": "Q5_K_M"})], Prior(4.0, 0.2, 0.3, 3.0)),
@@ -96,10 +98,16 @@ def default_recipes() -> list[tuple[list[tuple[str, dict]], Prior]]:
 
 
 def on_this_machine(steps: list[tuple[str, dict]], prior: Prior, device: str) -> Prior:
-    """A built-in prior as it holds on this machine. The CTranslate2 int8 priors were measured on a CPU
+    """A built-in prior as it holds on this machine. W8A8's speed-up needs the int8 products of
+    :mod:`slipstream.engines.int8_gemm` (VNNI or AMX). The CTranslate2 int8 priors were measured on a CPU
     with VNNI; on an x86 CPU without it, CTranslate2's int8 (oneDNN) saturates: measured on SmolLM2,
     +15.8% perplexity and 2.2x the original's decode speed, against +3.7% and 4.3x (BENCHMARKS.md,
     "CPUs without VNNI"), so such candidates are expected to be slower and to pass a tight gate rarely."""
+    if device == "cpu" and steps[-1][0] == "w8a8":
+        from slipstream.engines.int8_gemm import available
+
+        return prior if available() is None else Prior(min(prior.speedup, 0.6), prior.size_ratio,
+                                                       prior.pass_probability, prior.minutes)
     ct2 = [o.get("quantization", "int8") for t, o in steps if t == "ctranslate2"]
     if device != "cpu" or not ct2 or not ct2[-1].startswith("int8"):
         return prior
