@@ -123,3 +123,11 @@ def test_without_an_int8_dot_product_the_float_path_stays(w8a8_store, monkeypatc
     with torch.inference_mode():
         model(torch.tensor([[1, 2, 3]]))
     assert model.model.layers[0].mlp.down_proj.weight.dtype == torch.float32  # decompressed as before
+
+
+def test_the_float_path_on_request(w8a8_store, monkeypatch):
+    from slipstream.engines.loading import open_engine
+
+    monkeypatch.setenv("SLIPSTREAM_INT8_GEMM", "0")
+    engine = open_engine("tiny-w8a8-sq0.8-rtn", store=w8a8_store, threads=1)
+    assert "int8_gemm_layers" not in engine.info().details and engine.info().details["gemm"] != "onednn"

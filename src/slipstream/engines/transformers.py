@@ -34,7 +34,9 @@ class TransformersEngine:
         trust_remote_code: bool = False,
         batch_size: int = 8,
         gemm: str | None = None,  # auto, torch, openblas or onednn (slipstream.engines.blas); None: $SLIPSTREAM_GEMM or auto
-        int8_gemm: bool = True,  # W8A8 int8 checkpoints multiplied in int8 on the CPU (slipstream.engines.int8_gemm)
+        # W8A8 int8 checkpoints multiplied in int8 on the CPU (slipstream.engines.int8_gemm); None: on unless
+        # $SLIPSTREAM_INT8_GEMM=0 (compressed-tensors' float path, the reference it is checked against)
+        int8_gemm: bool | None = None,
     ):
         torch = require("torch", "core", "the transformers engine")
         from transformers import AutoModelForCausalLM
@@ -57,6 +59,8 @@ class TransformersEngine:
         from slipstream.engines import blas
         from slipstream.engines.int8_gemm import use_int8_gemm
 
+        if int8_gemm is None:
+            int8_gemm = os.environ.get("SLIPSTREAM_INT8_GEMM", "1") != "0"
         self.int8_layers = use_int8_gemm(self.model) if int8_gemm and device == "cpu" else 0
         self.gemm = blas.resolve(gemm or os.environ.get("SLIPSTREAM_GEMM") or "auto", device, dtype, threads,
                                  int8_model=self.int8_layers > 0)
