@@ -74,6 +74,7 @@ def test_engine_keeps_int8_weights_and_matches_the_float_path(pair):
     floats, int8 = pair
     assert int8.info().details["int8_gemm_layers"] == 14
     assert int8.info().details["gemm"] == "onednn"  # the float head: see slipstream.engines.blas
+    assert int8.info().compute_type == "int8_float32" and floats.info().compute_type == "float32"
     assert "int8_gemm_layers" not in floats.info().details
     prompts = [int8.tokenizer.encode(t) for t in TEXTS]
     a, b = floats.logprobs(prompts), int8.logprobs(prompts)

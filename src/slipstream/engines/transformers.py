@@ -79,7 +79,9 @@ class TransformersEngine:
         return self._tokenizer
 
     def info(self) -> EngineInfo:
-        return EngineInfo("transformers", self.device, self.dtype, self._torch.get_num_threads(),
+        # W8A8 layers multiplied in int8, the rest in the model's dtype (CTranslate2's name for the mix)
+        compute = f"int8_{self.dtype}" if self.int8_layers else self.dtype
+        return EngineInfo("transformers", self.device, compute, self._torch.get_num_threads(),
                           {"torch": self._torch.__version__, "gemm": self.gemm}
                           | ({"int8_gemm_layers": self.int8_layers} if self.int8_layers else {}))
 
