@@ -4,8 +4,10 @@ the context lengths a serving run reaches, and the cost of prefilling one newcom
 The serving benchmark's time per output token at 16 streams is a decode step of 16 rows plus, every
 few steps, the prefill of an arriving prompt. ``benchmarks/stepper_rows.py`` times decode steps right
 after 70-token prompts; here rows also decode ``--decoded`` tokens first, so every step reads keys and
-values of about 70 + ``--decoded`` columns per row, as late in a serving run's 128-token requests; and
-single prompts of several lengths are prefilled alone.
+values of about 70 + ``--decoded`` columns per row, as late in a serving run's 128-token requests;
+single prompts of several lengths are prefilled alone; and one newcomer joins the largest batch, its
+prompt fused into the decode step's forward pass (the default) or prefilled in a pass of its own
+(``SLIPSTREAM_FUSED_PREFILL=0``): what an arrival costs the rows already running.
 
 Usage (prints and writes benchmarks/results/serving_steps.json):
     SLIPSTREAM_HOME=/tmp/home OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/serving_steps.py \\
@@ -40,13 +42,17 @@ def main() -> None:
     engine = open_engine(args.model, engine="transformers", threads=1, gemm=args.gemm)
     params = SamplingParams(max_tokens=100_000, ignore_eos=True)
     decode: dict[int, float] = {}
-    for rows in args.rows:
-        stepper = engine.stepper()
+    def running(rows: int, fused: bool = True):
+        stepper = engine.stepper(fused_prefill=fused)
         for i in range(rows):
             stepper.add(i, list(range(100 + i, 170 + i)), params)
         stepper.step()  # prefill
         for _ in range(args.decoded):
             stepper.step()
+        return stepper
+
+    for rows in args.rows:
+        stepper = running(rows)
         times = []
         for _ in range(8):
             start = time.perf_counter()
@@ -66,8 +72,26 @@ def main() -> None:
             best = min(best, time.perf_counter() - start)
         prefill[n] = best
         print(f"prefill of one {n}-token prompt: {best * 1e3:.1f} ms", flush=True)
+    joined: dict[str, dict[int, float]] = {}
+    rows = max(args.rows)
+    for fused in (True, False):
+        stepper = running(rows, fused)
+        label = "fused" if fused else "separate"
+        joined[label] = {}
+        for n in args.prompts:
+            times = []
+            for trial in range(5):
+                stepper.add(1000 + trial, list(range(300 + trial, 300 + trial + n)), params)
+                start = time.perf_counter()
+                stepper.step()
+                times.append(time.perf_counter() - start)
+                stepper.remove(1000 + trial)
+            joined[label][n] = float(np.median(times))
+            print(f"{rows} rows + one {n}-token newcomer, {label}: {joined[label][n] * 1e3:.1f} ms "
+                  f"(decode step alone {decode[rows] * 1e3:.1f})", flush=True)
     record = {"machine": describe_machine(), "model": args.model, "engine": engine.info().details,
-              "columns": 70 + args.decoded, "decode_step_s": decode, "prefill_s": prefill}
+              "columns": 70 + args.decoded, "decode_step_s": decode, "prefill_s": prefill,
+              "join_step_s": joined, "join_rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2))
 

@@ -130,3 +130,54 @@ def test_grouped_decode_attention_equals_sdpa_with_repeated_heads(hf):
     want, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3)
     assert got.shape == want.shape == (rows, 1, heads, dim)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def gemma3(tmp_path_factory, tiny_gemma3_dir):
+    from slipstream.models.intake import import_model
+    from slipstream.store import Store
+
+    store = Store(tmp_path_factory.mktemp("gemma3-home"))
+    import_model(str(tiny_gemma3_dir), "tiny-gemma3", store=store)
+    return open_engine("tiny-gemma3", store=store, threads=1)
+
+
+@pytest.mark.parametrize("model", ["llama", "gemma3"])
+def test_fused_steps_give_generate_tokens_with_prefix_reuse_and_sliding_windows(hf, gemma3, model):
+    # newcomers' prompts ride in the running rows' decode pass; Gemma's 160-token prompt spans more than
+    # its 64-token sliding window
+    engine = hf if model == "llama" else gemma3
+    texts = TEXTS + [" ".join(TEXTS * 3), TEXTS[4] + " middle of a long show and"]
+    prompts = [engine.tokenizer.encode(t) for t in texts]
+    params = [SamplingParams(max_tokens=m) for m in (20, 6, 30, 12, 16, 25, 18)]
+    expected = [engine.generate([p], q)[0].token_ids for p, q in zip(prompts, params)]
+    stepper = engine.stepper(prefix_cache_tokens=4096, fused_prefill=True)
+    assert stepper.fused and not engine.stepper(fused_prefill=False).fused
+    got, reasons = run_staggered(stepper, prompts, params, joins=[0, 0, 3, 7, 7, 9, 12])
+    assert [got[i] for i in range(len(prompts))] == expected
+    stats = stepper.stats()
+    assert stats["prefix_hits"] >= 1 and stats["prefills"] == 5 and stats["peak_batch"] >= 4
+    assert stepper.active == 0
+
+
+def test_a_fused_newcomer_gets_the_logits_of_a_plain_forward_pass(gemma3):
+    # exact to float32 rounding, sliding window included (ignoring the window moves these logits by ~4)
+    import torch
+
+    running = [gemma3.tokenizer.encode(t) for t in TEXTS[:3]]
+    newcomer = gemma3.tokenizer.encode(" ".join(TEXTS * 3))
+    assert len(newcomer) > gemma3.model.config.sliding_window
+    stepper = gemma3.stepper(fused_prefill=True)
+    for i, p in enumerate(running):
+        stepper.add(i, p, SamplingParams(max_tokens=30))
+    for _ in range(3):
+        stepper.step()
+    seen = {}
+    choose = stepper._choose
+    stepper._choose = lambda s, logits: (seen.setdefault(s.seq_id, logits.clone()), choose(s, logits))[1]
+    stepper.add(9, newcomer, SamplingParams(max_tokens=30))
+    stepper.step()
+    assert set(seen) == {0, 1, 2, 9}
+    with torch.inference_mode():
+        want = gemma3.model(input_ids=torch.tensor([newcomer])).logits[0, -1].float()
+    torch.testing.assert_close(seen[9], want, atol=1e-4, rtol=1e-4)

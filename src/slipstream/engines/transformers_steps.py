@@ -14,7 +14,9 @@ Imported only by :meth:`TransformersEngine.stepper`, so torch is imported at mod
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import threading
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
@@ -27,6 +29,58 @@ from slipstream.engines.transformers import pick
 
 
 ROWS_ATTENTION = "slipstream_rows"
+# Architectures whose attention layers call the attention interface with every keyword the model was
+# given (the step plan travels that way) and whose only masks are causal and sliding-window: checked
+# token for token against generate() in tests/engines/test_stepping.py.
+FUSED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma3_text"})
+_fused = threading.local()  # set while a fused step runs on this thread: transformers' masks are skipped
+
+
+@dataclass
+class StepPlan:
+    """One fused step: decode tokens for rows ``0 .. decode-1`` first, then each newcomer's prompt
+    tokens (a segment) in the row it joins. Masks are built once here and read by every layer."""
+
+    decode: int
+    width: int  # columns the decode rows attend over (their longest length + 1)
+    decode_mask: Any  # [decode, width] bool: a row's own columns up to its new token
+    segments: list[tuple[int, int, int, int]] = field(default_factory=list)  # (row, first token, first col, end col)
+    segment_masks: list[Any] = field(default_factory=list)  # [tokens, end col] bool, causal from first col
+    positions: Any = None  # [decode + prompt tokens]: each token's position, which is also its column
+
+    def masks(self, window: int | None) -> tuple[Any, list[Any]]:
+        """The masks, narrowed to a sliding window (key column > query position - window) if any."""
+        if not window:
+            return self.decode_mask, self.segment_masks
+        cache = getattr(self, "_windowed", {})
+        if window not in cache:
+            cols = torch.arange(max([self.width] + [end for *_, end in self.segments]))
+            dec = self.decode_mask & (cols[None, : self.width] > self.positions[: self.decode, None] - window)
+            segs = [m & (cols[None, : end] > self.positions[first: first + end - start, None] - window)
+                    for m, (_, first, start, end) in zip(self.segment_masks, self.segments)]
+            cache[window] = (dec, segs)
+            self._windowed = cache
+        return cache[window]
+
+
+def _fused_attention(query: Any, key: Any, value: Any, plan: StepPlan, scaling: float | None,
+                     window: int | None) -> tuple[Any, None]:
+    """Attention for a :class:`StepPlan`: ``query`` is ``[1, heads, tokens, dim]``, ``key``/``value`` the
+    whole row buffers ``[rows, kv_heads, columns, dim]`` with this step's keys/values already written."""
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    decode_mask, segment_masks = plan.masks(window)
+    parts = []
+    if plan.decode:
+        q = query[0, :, : plan.decode].transpose(0, 1).unsqueeze(2)  # [rows, heads, 1, dim]
+        k, v = key[: plan.decode, :, : plan.width], value[: plan.decode, :, : plan.width]
+        out = sdpa(q, k, v, attn_mask=decode_mask[:, None, None, :], scale=scaling, enable_gqa=True)
+        parts.append(out[:, :, 0])  # [rows, heads, dim]
+    for (row, first, start, end), mask in zip(plan.segments, segment_masks):
+        q = query[:, :, first: first + end - start]  # [1, heads, tokens, dim]
+        k, v = key[row: row + 1, :, :end], value[row: row + 1, :, :end]
+        out = sdpa(q, k, v, attn_mask=mask[None, None], scale=scaling, enable_gqa=True)
+        parts.append(out[0].transpose(0, 1))  # [tokens, heads, dim]
+    return torch.cat(parts)[None], None
 
 
 def grouped_decode_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
@@ -45,6 +99,9 @@ def grouped_decode_attention(module: Any, query: Any, key: Any, value: Any, atte
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    plan = kwargs.get("slipstream_plan")
+    if plan is not None:
+        return _fused_attention(query, key, value, plan, scaling, kwargs.get("sliding_window"))
     if query.shape[2] != 1 or key.shape[1] == query.shape[1]:
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
@@ -54,15 +111,31 @@ def grouped_decode_attention(module: Any, query: Any, key: Any, value: Any, atte
     return out.transpose(1, 2).contiguous(), None
 
 
+def _rows_mask(*args: Any, **kwargs: Any) -> Any:
+    """transformers' SDPA masks, except in a fused step: its plan carries the masks."""
+    from transformers.masking_utils import sdpa_mask
+
+    return None if getattr(_fused, "active", False) else sdpa_mask(*args, **kwargs)
+
+
+def can_fuse(model: Any) -> bool:
+    """Whether newcomers' prompts can join a decode step's forward pass on this model."""
+    config = model.config.get_text_config(decoder=True)
+    return (getattr(model.config, "_attn_implementation", None) == ROWS_ATTENTION
+            and config.model_type in FUSED_MODEL_TYPES
+            and not getattr(config, "attn_logit_softcapping", None)
+            and not getattr(config, "use_bidirectional_attention", False))
+
+
 def _use_grouped_attention(model: Any) -> None:
     """Switch an SDPA model to :func:`grouped_decode_attention` (same masks, same prefill path)."""
     if getattr(model.config, "_attn_implementation", None) != "sdpa":
         return
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(ROWS_ATTENTION, grouped_decode_attention)
-    AttentionMaskInterface.register(ROWS_ATTENTION, sdpa_mask)
+    AttentionMaskInterface.register(ROWS_ATTENTION, _rows_mask)
     model.set_attn_implementation(ROWS_ATTENTION)
 
 
@@ -77,6 +150,10 @@ class _RowLayer(DynamicLayer):
     def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
         o = self.owner
         k, v = o.keys[self.index], o.values[self.index]
+        if o.plan is not None:  # a fused step: [1, kv_heads, tokens, dim], each token to its row and column
+            k[o.step_rows, :, o.step_cols, :] = key_states[0].transpose(0, 1)
+            v[o.step_rows, :, o.step_cols, :] = value_states[0].transpose(0, 1)
+            return k, v
         k[o.step_rows, :, o.step_cols, :] = key_states[:, :, 0, :]
         v[o.step_rows, :, o.step_cols, :] = value_states[:, :, 0, :]
         rows, width = len(o.step_rows), o.width + 1
@@ -97,6 +174,7 @@ class RowCache(Cache):
         self.width = 0  # columns in use before this step (the longest row)
         self.step_rows: Any = None
         self.step_cols: Any = None
+        self.plan: StepPlan | None = None
 
     def ensure(self, rows: int, cols: int, like: list[tuple[Any, Any]]) -> None:
         """Make room for ``rows`` x ``cols``; ``like`` gives each layer's (keys, values) shape and dtype."""
@@ -147,9 +225,13 @@ class _Seq:
 class TransformersStepper:
     """The :class:`~slipstream.engines.stepping.Stepper` of a :class:`TransformersEngine`."""
 
-    def __init__(self, engine: Any, *, prefix_cache_tokens: int = 0, prefill_tokens: int = 512):
+    def __init__(self, engine: Any, *, prefix_cache_tokens: int = 0, prefill_tokens: int = 512,
+                 fused_prefill: bool | None = None):
         self.model, self.device = engine.model, engine.device
         _use_grouped_attention(self.model)
+        if fused_prefill is None:  # SLIPSTREAM_FUSED_PREFILL=0: newcomers prefilled in a pass of their own
+            fused_prefill = os.environ.get("SLIPSTREAM_FUSED_PREFILL", "1") != "0"
+        self.fused = fused_prefill and can_fuse(self.model)
         self.max_context = engine.max_context
         self.eos = list(engine.tokenizer.eos_token_ids)
         self.prefill_tokens = prefill_tokens  # prompt tokens prefilled per step (at least one prompt)
@@ -196,9 +278,12 @@ class TransformersStepper:
     # one step -------------------------------------------------------------------------------
     def step(self) -> list[StepOutput]:
         with torch.inference_mode():
-            out = self._decode() if self.rows else []
-            if self.pending:
-                out += self._prefill()
+            if self.fused and self.pending:
+                out = self._fused_step()
+            else:
+                out = self._decode() if self.rows else []
+                if self.pending:
+                    out += self._prefill()
         self.counters["peak_batch"] = max(self.counters["peak_batch"], len(self.rows))
         return out
 
@@ -240,6 +325,71 @@ class TransformersStepper:
         for r in reversed(done):
             self._drop_row(r)
         return outs
+
+    def _fused_step(self) -> list[StepOutput]:
+        """Decode every row and prefill the newcomers in one forward pass (see :class:`StepPlan`)."""
+        rows, cache = self.rows, self.cache
+        joins = []  # (seq, reused prefix length, its keys/values)
+        for s in self._take_pending():
+            k, payload = self.prefixes.lookup(s.prompt) if self.prefixes is not None else (0, None)
+            joins.append((s, k if payload is not None else 0, payload))
+        decode, total = len(rows), len(rows) + len(joins)
+        lengths = torch.tensor([s.length for s in rows], dtype=torch.long)
+        width = int(lengths.max()) + 1 if decode else 0
+        cache.ensure(total, max([width] + [len(s.prompt) for s, _, _ in joins]), self._buffer_like())
+        cols, ids, segments, masks = [lengths], [s.next_token for s in rows], [], []
+        first = decode
+        for j, (s, k, payload) in enumerate(joins):
+            if payload is not None:
+                cache.put(decode + j, [(pk[:, :k], pv[:, :k]) for pk, pv in payload])
+            end = len(s.prompt)
+            segments.append((decode + j, first, k, end))
+            positions = torch.arange(k, end)
+            masks.append(torch.arange(end)[None, :] <= positions[:, None])
+            cols.append(positions)
+            ids += s.prompt[k:]
+            first += end - k
+        positions = torch.cat(cols)
+        plan = StepPlan(decode, width, torch.arange(width)[None, :] <= lengths[:, None], segments, masks, positions)
+        cache.width = width - 1 if decode else 0
+        cache.step_rows = torch.cat([torch.arange(decode)] + [torch.full((e - k,), r) for r, _, k, e in segments])
+        cache.step_cols, cache.plan = positions, plan
+        keep = torch.tensor(list(range(decode)) + [f + e - k - 1 for _, f, k, e in segments])
+        _fused.active = True
+        try:
+            logits = self.model(
+                input_ids=torch.tensor([ids], device=self.device), position_ids=positions[None].to(self.device),
+                past_key_values=cache, use_cache=True, logits_to_keep=keep.to(self.device), slipstream_plan=plan,
+            ).logits[0].float().cpu()
+        finally:
+            _fused.active, cache.plan = False, None
+        self.counters["decode_steps"] += bool(decode)
+        self.counters["prefills"] += 1
+        outs = []
+        for r, s in enumerate(rows):
+            s.length += 1
+            outs.append(self._choose(s, logits[r]))
+        for j, (s, k, payload) in enumerate(joins):
+            s.length = len(s.prompt)
+            if self.prefixes is not None:
+                row = decode + j
+                self.prefixes.insert(s.prompt, [(kb[row, :, : s.length].clone(), vb[row, :, : s.length].clone())
+                                                for kb, vb in zip(cache.keys, cache.values)])
+            outs.append(self._choose(s, logits[decode + j]))
+            rows.append(s)
+        done = [r for r, o in enumerate(outs) if o.finish_reason]
+        for r in reversed(done):
+            self._drop_row(r)
+        return outs
+
+    def _buffer_like(self) -> list[tuple[Any, Any]]:
+        """Each layer's key/value shape and dtype, for a cache that has no buffers yet."""
+        if self.cache.keys:
+            return list(zip(self.cache.keys, self.cache.values))
+        config = self.model.config.get_text_config(decoder=True)
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        like = torch.empty((1, config.num_key_value_heads, 0, head_dim), dtype=self.model.dtype, device=self.device)
+        return [(like, like)] * config.num_hidden_layers
 
     def _take_pending(self) -> list[_Seq]:
         taken, budget = [], self.prefill_tokens
