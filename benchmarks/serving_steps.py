@@ -36,6 +36,9 @@ def main() -> None:
     ap.add_argument("--rows", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--decoded", type=int, default=130, help="tokens each row decodes before the timed steps")
     ap.add_argument("--prompts", type=int, nargs="+", default=[1, 30, 70, 100], help="prefill lengths")
+    ap.add_argument("--replay", type=int, default=0, metavar="STREAMS",
+                    help="also replay the serving benchmark's workload on the stepper alone: STREAMS closed-loop "
+                         "streams of MT-bench chat prompts, 128 greedy tokens each, prefix reuse on")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "serving_steps.json")
     args = ap.parse_args()
 
@@ -89,11 +92,59 @@ def main() -> None:
             joined[label][n] = float(np.median(times))
             print(f"{rows} rows + one {n}-token newcomer, {label}: {joined[label][n] * 1e3:.1f} ms "
                   f"(decode step alone {decode[rows] * 1e3:.1f})", flush=True)
+    if args.replay:
+        replayed = replay(engine, args.replay)
+        print(f"replay at {args.replay} streams: {replayed['tokens_per_s']:.1f} tokens/s, mean step "
+              f"{replayed['mean_step_s'] * 1e3:.1f} ms, per-request TPOT p50 / p95 "
+              f"{replayed['tpot_s']['p50'] * 1e3:.1f} / {replayed['tpot_s']['p95'] * 1e3:.1f} ms", flush=True)
     record = {"machine": describe_machine(), "model": args.model, "engine": engine.info().details,
               "columns": 70 + args.decoded, "decode_step_s": decode, "prefill_s": prefill,
               "join_step_s": joined, "join_rows": rows}
+    if args.replay:
+        record["replay"] = replayed
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2))
+
+
+def replay(engine, streams: int, requests: int = 0, max_tokens: int = 128) -> dict:
+    """The serving benchmark's 16-stream level without the server: each stream submits its next MT-bench
+    chat prompt when its last one ends; TPOT per request as the benchmark measures it (first to last token)."""
+    from slipstream.benchmark.workloads import load_prompts
+    from slipstream.engines.protocol import SamplingParams
+
+    prompts = [engine.tokenizer.chat([{"role": "user", "content": p}]) for p in load_prompts("mt-bench", 80)]
+    requests = requests or 2 * streams
+    params = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
+    stepper = engine.stepper(prefix_cache_tokens=65536)
+    started, first, last, count = {}, {}, {}, {}
+    next_id, steps, step_time = 0, 0, 0.0
+
+    def submit() -> None:
+        nonlocal next_id
+        stepper.add(next_id, prompts[next_id % len(prompts)], params)
+        started[next_id], count[next_id] = time.perf_counter(), 0
+        next_id += 1
+
+    for _ in range(min(streams, requests)):
+        submit()
+    begin = time.perf_counter()
+    while stepper.active:
+        t0 = time.perf_counter()
+        outs = stepper.step()
+        now = time.perf_counter()
+        steps, step_time = steps + 1, step_time + (now - t0)
+        for o in outs:
+            if o.token is not None:
+                first.setdefault(o.seq_id, now)
+                last[o.seq_id] = now
+                count[o.seq_id] += 1
+            if o.finish_reason and next_id < requests:
+                submit()
+    wall = time.perf_counter() - begin
+    tpot = [(last[i] - first[i]) / (count[i] - 1) for i in count if count[i] > 1]
+    return {"streams": streams, "requests": requests, "tokens_per_s": sum(count.values()) / wall,
+            "mean_step_s": step_time / steps, "steps": steps,
+            "tpot_s": {"p50": float(np.percentile(tpot, 50)), "p95": float(np.percentile(tpot, 95))}}
 
 
 if __name__ == "__main__":

@@ -143,9 +143,15 @@ def gemma3(tmp_path_factory, tiny_gemma3_dir):
 
 
 @pytest.mark.parametrize("model", ["llama", "gemma3"])
-def test_fused_steps_give_generate_tokens_with_prefix_reuse_and_sliding_windows(hf, gemma3, model):
+def test_fused_steps_give_generate_tokens_with_prefix_reuse_and_sliding_windows(hf, gemma3, model, monkeypatch):
     # newcomers' prompts ride in the running rows' decode pass; Gemma's 160-token prompt spans more than
-    # its 64-token sliding window
+    # its 64-token sliding window; its row attends apart from the short ones (row groups)
+    from slipstream.engines.transformers_steps import StepPlan
+
+    groups = []
+    build = StepPlan.build.__func__
+    monkeypatch.setattr(StepPlan, "build", classmethod(
+        lambda cls, *a: (plan := build(cls, *a), groups.append(len(plan.groups)))[0]))
     engine = hf if model == "llama" else gemma3
     texts = TEXTS + [" ".join(TEXTS * 3), TEXTS[4] + " middle of a long show and"]
     prompts = [engine.tokenizer.encode(t) for t in texts]
@@ -157,7 +163,20 @@ def test_fused_steps_give_generate_tokens_with_prefix_reuse_and_sliding_windows(
     assert [got[i] for i in range(len(prompts))] == expected
     stats = stepper.stats()
     assert stats["prefix_hits"] >= 1 and stats["prefills"] == 5 and stats["peak_batch"] >= 4
-    assert stepper.active == 0
+    assert stepper.active == 0 and max(groups) >= 2
+
+
+def test_row_groups_isolate_long_rows_and_cover_every_row_once():
+    from slipstream.engines.transformers_steps import row_groups
+
+    assert row_groups([100] * 16) == [(0, 16)]
+    assert row_groups([100] * 7 + [400] + [100] * 8) == [(0, 7), (7, 8), (8, 16)]
+    assert row_groups([100] * 7 + [104] + [100] * 8) == [(0, 16)]  # a cut would cost more than it saves
+    lengths = [100, 300, 100, 290, 100, 120, 80, 400, 5, 7, 900, 3]
+    groups = row_groups(lengths, max_groups=5)
+    assert len(groups) <= 5 and [r for a, b in groups for r in range(a, b)] == list(range(len(lengths)))
+    cost = sum((b - a) * (max(lengths[a:b]) + 1) for a, b in groups)
+    assert cost < 0.5 * len(lengths) * (max(lengths) + 1)
 
 
 def test_a_fused_newcomer_gets_the_logits_of_a_plain_forward_pass(gemma3):

@@ -92,3 +92,6 @@ def test_metrics_report_requests_queue_latency_throughput_and_caches(engines):
     assert m['slipstream_cache_misses_total{cache="exact"}'] == 1  # the sampled chat request is not cacheable
     assert m['slipstream_cache_hits_total{cache="semantic"}'] == 0
     assert "slipstream_prefix_cache_hits_total" in m and m["slipstream_batch_size_count"] >= 20
+    # one step per generated token of the 20-token requests at least, each a positive time
+    assert m["slipstream_engine_step_seconds_count"] == m["slipstream_batch_size_count"]
+    assert 0 < m["slipstream_engine_step_seconds_sum"] / m["slipstream_engine_step_seconds_count"] < 1

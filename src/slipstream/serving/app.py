@@ -58,7 +58,7 @@ def make_scheduler(engine: Any, settings: DeploymentSettings, metrics: Metrics) 
     if mode == "continuous":
         prefix = settings.prefix_cache.max_tokens if settings.prefix_cache.enabled else 0
         stepper = engine.stepper(prefix_cache_tokens=prefix, prefill_tokens=settings.prefill_tokens)
-        return ContinuousScheduler(stepper, **common)
+        return ContinuousScheduler(stepper, on_step=metrics.step.observe, **common)
     if mode == "dynamic":
         return DynamicScheduler(engine, window_s=settings.batch_window_ms / 1000,
                                 prompt_spread=settings.max_prompt_spread, **common)

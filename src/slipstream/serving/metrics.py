@@ -15,6 +15,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_STEP_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5)
 
 
 class _Rate:
@@ -87,6 +88,9 @@ class Metrics:
                                  "token", buckets=_TTFT_BUCKETS, registry=r)
         self.batch = Histogram("slipstream_batch_size", "Sequences in each engine step (continuous) or "
                                "batch (dynamic)", buckets=_BATCH_BUCKETS, registry=r)
+        self.step = Histogram("slipstream_engine_step_seconds", "Wall time of each engine step (continuous "
+                              "batching: one token for every running sequence, newcomers' prompts included)",
+                              buckets=_STEP_BUCKETS, registry=r)
         self.cache_hits = Counter("slipstream_cache_hits", "Response cache hits", ["cache"], registry=r)
         self.cache_misses = Counter("slipstream_cache_misses", "Response cache misses", ["cache"], registry=r)
         for cache in ("exact", "semantic"):  # show zeros from the start

@@ -211,9 +211,10 @@ class Scheduler:
 class ContinuousScheduler(Scheduler):
     mode = "continuous"
 
-    def __init__(self, stepper: Stepper, **kwargs: Any):
+    def __init__(self, stepper: Stepper, on_step: Callable[[float], None] | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self.stepper = stepper
+        self.on_step = on_step or (lambda seconds: None)
 
     def _run_once(self) -> None:
         for t in [t for t in self.running.values() if t.cancelled]:
@@ -229,7 +230,10 @@ class ContinuousScheduler(Scheduler):
         if not self.running:
             return
         self._record_batch(self.stepper.active)
-        for out in self.stepper.step():
+        start = time.perf_counter()
+        outs = self.stepper.step()
+        self.on_step(time.perf_counter() - start)
+        for out in outs:
             t = self.running.get(out.seq_id)
             if t is None:
                 continue
