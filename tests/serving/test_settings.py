@@ -27,6 +27,7 @@ def test_yaml_file_then_overrides(tmp_path):
     ({"defaults.max_tokens": 99, "limits.max_tokens": 50}, "defaults.max_tokens (99) is above limits.max_tokens"),
     ({"batching": "magic"}, "batching"),
     ({"max_queue": -1}, "max_queue"),
+    ({"kv_cache_dtype": "int8"}, "kv_cache_dtype"),
 ])
 def test_bad_settings_are_one_clear_error(overrides, message):
     with pytest.raises(InvalidConfig, match="invalid deployment settings") as info:

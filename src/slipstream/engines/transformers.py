@@ -89,14 +89,15 @@ class TransformersEngine:
         self.model = None
 
     def stepper(self, *, prefix_cache_tokens: int = 0, prefill_tokens: int = 512,
-                fused_prefill: bool | None = None) -> Any:
+                fused_prefill: bool | None = None, kv_cache_dtype: str | None = None) -> Any:
         """A continuous batch over this engine's model (see :mod:`slipstream.engines.transformers_steps`).
         ``fused_prefill``: newcomers' prompts ride in the decode step's forward pass where the model allows
-        (None: yes unless ``SLIPSTREAM_FUSED_PREFILL=0``)."""
+        (None: yes unless ``SLIPSTREAM_FUSED_PREFILL=0``). ``kv_cache_dtype``: the cache's dtype (None: the
+        model's)."""
         from slipstream.engines.transformers_steps import TransformersStepper
 
         return TransformersStepper(self, prefix_cache_tokens=prefix_cache_tokens, prefill_tokens=prefill_tokens,
-                                   fused_prefill=fused_prefill)
+                                   fused_prefill=fused_prefill, kv_cache_dtype=kv_cache_dtype)
 
     # scoring --------------------------------------------------------------------------------
     def _log_softmax(self, batch: Sequence[Sequence[int]]) -> Any:

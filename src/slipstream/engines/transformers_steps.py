@@ -118,6 +118,8 @@ def _fused_attention(query: Any, key: Any, value: Any, plan: StepPlan, scaling: 
     whole row buffers ``[rows, kv_heads, columns, dim]`` with this step's keys/values already written."""
     sdpa = torch.nn.functional.scaled_dot_product_attention
     group_masks, segment_masks = plan.masks(window)
+    dtype = query.dtype
+    query = query.to(key.dtype)  # a cache kept in another dtype (kv_cache_dtype): attend in that dtype
     parts = []
     if plan.decode:
         q = query[0, :, : plan.decode].transpose(0, 1).unsqueeze(2)  # [rows, heads, 1, dim]
@@ -130,7 +132,7 @@ def _fused_attention(query: Any, key: Any, value: Any, plan: StepPlan, scaling: 
         k, v = key[row: row + 1, :, :end], value[row: row + 1, :, :end]
         out = sdpa(q, k, v, attn_mask=mask[None, None], scale=scaling, enable_gqa=True)
         parts.append(out[0].transpose(0, 1))  # [tokens, heads, dim]
-    return torch.cat(parts)[None], None
+    return (parts[0] if len(parts) == 1 else torch.cat(parts))[None].to(dtype), None
 
 
 def grouped_decode_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any,
@@ -201,8 +203,8 @@ class _RowLayer(DynamicLayer):
         o = self.owner
         k, v = o.keys[self.index], o.values[self.index]
         if o.plan is not None:  # a fused step: [1, kv_heads, tokens, dim], each token to its row and column
-            k[o.step_rows, :, o.step_cols, :] = key_states[0].transpose(0, 1)
-            v[o.step_rows, :, o.step_cols, :] = value_states[0].transpose(0, 1)
+            k[o.step_rows, :, o.step_cols, :] = key_states[0].transpose(0, 1).to(k.dtype)
+            v[o.step_rows, :, o.step_cols, :] = value_states[0].transpose(0, 1).to(v.dtype)
             return k, v
         k[o.step_rows, :, o.step_cols, :] = key_states[:, :, 0, :]
         v[o.step_rows, :, o.step_cols, :] = value_states[:, :, 0, :]
@@ -276,12 +278,17 @@ class TransformersStepper:
     """The :class:`~slipstream.engines.stepping.Stepper` of a :class:`TransformersEngine`."""
 
     def __init__(self, engine: Any, *, prefix_cache_tokens: int = 0, prefill_tokens: int = 512,
-                 fused_prefill: bool | None = None):
+                 fused_prefill: bool | None = None, kv_cache_dtype: str | None = None):
         self.model, self.device = engine.model, engine.device
         _use_grouped_attention(self.model)
         if fused_prefill is None:  # SLIPSTREAM_FUSED_PREFILL=0: newcomers prefilled in a pass of their own
             fused_prefill = os.environ.get("SLIPSTREAM_FUSED_PREFILL", "1") != "0"
         self.fused = fused_prefill and can_fuse(self.model)
+        self.kv_dtype = getattr(torch, kv_cache_dtype) if kv_cache_dtype else self.model.dtype
+        if self.kv_dtype != self.model.dtype and not self.fused:
+            raise ValueError(f"a {kv_cache_dtype} key/value cache needs the fused step (models of type "
+                             f"{', '.join(sorted(FUSED_MODEL_TYPES))}, SLIPSTREAM_FUSED_PREFILL not 0); this "
+                             f"model keeps its {self.model.dtype} cache")
         self.max_context = engine.max_context
         self.eos = list(engine.tokenizer.eos_token_ids)
         self.prefill_tokens = prefill_tokens  # prompt tokens prefilled per step (at least one prompt)
@@ -402,12 +409,14 @@ class TransformersStepper:
         cache.width = width - 1 if decode else 0
         cache.step_rows = torch.cat([torch.arange(decode)] + [torch.full((e - k,), r) for r, _, k, e in segments])
         cache.step_cols, cache.plan = positions, plan
-        keep = torch.tensor(list(range(decode)) + [f + e - k - 1 for _, f, k, e in segments])
+        # every token's logits when all are decode tokens; else the rows' and each prompt's last
+        keep = torch.tensor(list(range(decode)) + [f + e - k - 1 for _, f, k, e in segments]) if segments else 0
         _fused.active = True
         try:
             logits = self.model(
                 input_ids=torch.tensor([ids], device=self.device), position_ids=positions[None].to(self.device),
-                past_key_values=cache, use_cache=True, logits_to_keep=keep.to(self.device), slipstream_plan=plan,
+                past_key_values=cache, use_cache=True, slipstream_plan=plan,
+                logits_to_keep=keep.to(self.device) if segments else 0,
             ).logits[0].float().cpu()
         finally:
             _fused.active, cache.plan = False, None
@@ -436,7 +445,7 @@ class TransformersStepper:
             return list(zip(self.cache.keys, self.cache.values))
         config = self.model.config.get_text_config(decoder=True)
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        like = torch.empty((1, config.num_key_value_heads, 0, head_dim), dtype=self.model.dtype, device=self.device)
+        like = torch.empty((1, config.num_key_value_heads, 0, head_dim), dtype=self.kv_dtype, device=self.device)
         return [(like, like)] * config.num_hidden_layers
 
     def _take_pending(self) -> list[_Seq]:

@@ -57,7 +57,8 @@ def make_scheduler(engine: Any, settings: DeploymentSettings, metrics: Metrics) 
     mode = batching_mode(engine, settings)
     if mode == "continuous":
         prefix = settings.prefix_cache.max_tokens if settings.prefix_cache.enabled else 0
-        stepper = engine.stepper(prefix_cache_tokens=prefix, prefill_tokens=settings.prefill_tokens)
+        kv = {} if settings.kv_cache_dtype == "auto" else {"kv_cache_dtype": settings.kv_cache_dtype}
+        stepper = engine.stepper(prefix_cache_tokens=prefix, prefill_tokens=settings.prefill_tokens, **kv)
         return ContinuousScheduler(stepper, on_step=metrics.step.observe, **common)
     if mode == "dynamic":
         return DynamicScheduler(engine, window_s=settings.batch_window_ms / 1000,
