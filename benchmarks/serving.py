@@ -189,6 +189,8 @@ def main() -> None:
     ap.add_argument("--separate-prefill", action="store_true",
                     help="also a batched server that prefills arrivals in a pass of their own "
                          "(SLIPSTREAM_FUSED_PREFILL=0; role 'separate'), beside the default fused one")
+    ap.add_argument("--serve-args", default="", help="extra `slipstream serve` arguments for every slipstream "
+                    "server, baselines included, e.g. '--set kv_cache_dtype=bfloat16'")
     ap.add_argument("--also", action="append", default=[], metavar="ROLE=ARGS",
                     help="another batched server per engine with these extra `slipstream serve` arguments, "
                          "e.g. bf16kv='--set kv_cache_dtype=bfloat16'")
@@ -228,7 +230,8 @@ def main() -> None:
             for role, batch, role_env, extra in roles:
                 label = f"{engine}:{variant}:{role}"
                 print(f"starting {label} ...", flush=True)
-                servers.append(Server(label, slipstream_cmd(variant, engine, args.threads, batch, extra), role_env,
+                servers.append(Server(label, slipstream_cmd(variant, engine, args.threads, batch,
+                                                            args.serve_args.split() + extra), role_env,
                                       logs / f"{engine}-{variant}-{role}.log", variant))
                 print(f"  {servers[-1].url} ready in {servers[-1].startup_s:.1f} s", flush=True)
         if args.vllm_url:

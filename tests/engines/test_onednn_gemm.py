@@ -62,3 +62,24 @@ def test_auto_takes_onednn_for_the_float_layers_of_an_int8_model():
     assert blas.resolve("auto", "cuda", "float32", int8_model=True) == "torch"
     with pytest.raises(Unsupported, match="multiplies float32 on the CPU"):
         blas.resolve("onednn", "cpu", "bfloat16")
+
+
+def test_a_bfloat16_head_stays_close_to_float32_and_frees_an_untied_weight(pair, session_store):
+    # the tiny Llama's head is untied: its float32 weight is released, the rest of the model is unchanged
+    import torch
+
+    from slipstream.errors import InvalidConfig
+
+    torch_gemm, _ = pair
+    bf16 = open_engine("tiny", store=session_store, threads=1, gemm="onednn", head_dtype="bfloat16")
+    head = bf16.model.get_output_embeddings()
+    assert bf16.info().details["head_dtype"] == "bfloat16" and head.weight.numel() == 0
+    assert head._bf16_weight.dtype == torch.bfloat16
+    assert not hasattr(head, "_onednn_weight") and hasattr(bf16.model.model.layers[0].mlp.up_proj, "_onednn_weight")
+    prompts = [torch_gemm.tokenizer.encode(t) for t in TEXTS]
+    for a, b in zip(torch_gemm.logprobs(prompts), bf16.logprobs(prompts)):
+        kl = np.sum(np.exp(a) * (a - b), axis=-1)
+        assert kl.max() < 1e-2 and (a.argmax(-1) == b.argmax(-1)).mean() > 0.9
+        assert np.abs(a - b).max() > 1e-5  # it did run in bfloat16
+    with pytest.raises(InvalidConfig, match="head_dtype"):
+        open_engine("tiny", store=session_store, threads=1, head_dtype="float16")

@@ -108,8 +108,8 @@ def test_banner_then_sigterm_lets_requests_in_flight_finish(home):
         banner = server.text()
         assert re.search(r"listening on http://127\.0\.0\.1:\d+", banner)
         assert "model      tiny-served (context 256 tokens)" in banner
-        assert "engine     transformers (float32, cpu, 1 threads)" in banner
-        assert "batching   continuous, max_batch_size=1, max_queue=64" in banner
+        assert re.search(r"engine     transformers \(float32, cpu, 1 threads, gemm=\w+\)", banner)
+        assert "batching   continuous, max_batch_size=1, max_queue=64, kv_cache_dtype=auto" in banner
         assert "temperature=0.5" in banner and "api keys   1" in banner and "secret" not in banner
         assert "SIGTERM: 30 s grace" in banner
         url = server.url

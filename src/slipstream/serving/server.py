@@ -41,10 +41,12 @@ def banner(url: str, model_name: str, engine: Any, settings: DeploymentSettings)
     return [
         f"slipstream serve: listening on {url}",
         f"  model      {model_name} (context {engine.max_context} tokens)",
-        f"  engine     {info.engine} ({info.compute_type}, {info.device}, {info.threads} threads)",
+        f"  engine     {info.engine} ({info.compute_type}, {info.device}, {info.threads} threads"
+        + "".join(f", {k}={info.details[k]}" for k in ("gemm", "head_dtype") if k in info.details) + ")",
         f"  batching   {batching_mode(engine, s)}, max_batch_size={s.max_batch_size}, max_queue={s.max_queue}"
         + (f", window={s.batch_window_ms} ms, max_prompt_spread={s.max_prompt_spread}"
-           if batching_mode(engine, s) == "dynamic" else ""),
+           if batching_mode(engine, s) == "dynamic" else "")
+        + (f", kv_cache_dtype={s.kv_cache_dtype}" if batching_mode(engine, s) == "continuous" else ""),
         f"  defaults   temperature={d.temperature} top_p={d.top_p} top_k={d.top_k} max_tokens={d.max_tokens} "
         f"n={d.n} seed={d.seed} stop={d.stop}",
         f"  limits     max_tokens={s.limits.max_tokens} max_n={s.limits.max_n} "
