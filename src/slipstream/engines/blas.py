@@ -27,7 +27,7 @@ keep their own kernels); with gradients enabled a layer falls back to PyTorch's 
 from __future__ import annotations
 
 import types
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 Gemm = Literal["auto", "torch", "openblas", "onednn"]
 GEMMS: tuple[str, ...] = Gemm.__args__  # type: ignore[attr-defined]
@@ -107,14 +107,9 @@ def use_openblas(model: Any, threads: int | None) -> int:
             out += self.bias
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
-    shared = {m.weight.data_ptr() for m in model.modules() if isinstance(m, torch.nn.Embedding)}
     count = 0
-    for module in model.modules():
-        w = getattr(module, "weight", None)
-        if type(module) is not torch.nn.Linear or w is None or w.dtype != torch.float32 or w.device.type != "cpu" \
-                or getattr(module, "_slipstream_bfloat16", False):
-            continue
-        if w.data_ptr() in shared:  # tied to the embeddings, which look rows up: multiply by a view
+    for module, w, tied in _float32_linears(model):
+        if tied:  # tied to the embeddings, which look rows up: multiply by a view
             module._blas_weight = w.detach().numpy().T
         else:  # stored [in, out] once (about 10% faster to multiply), the layer's weight a view of it
             stored = w.detach().t().contiguous()
@@ -123,6 +118,26 @@ def use_openblas(model: Any, threads: int | None) -> int:
         module.forward = types.MethodType(forward, module)
         count += 1
     return count
+
+
+def _embedding_weights(model: Any) -> set[int]:
+    import torch
+
+    return {m.weight.data_ptr() for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+
+
+def _float32_linears(model: Any) -> Iterator[tuple[Any, Any, bool]]:
+    """``(layer, weight, tied to the embeddings)`` for each plain float32 CPU ``nn.Linear`` whose product
+    is still PyTorch's (a bfloat16 head is left alone)."""
+    import torch
+
+    shared = _embedding_weights(model)
+    for module in list(model.modules()):
+        w = getattr(module, "weight", None)
+        if type(module) is not torch.nn.Linear or w is None or w.dtype != torch.float32 or w.device.type != "cpu" \
+                or getattr(module, "_slipstream_bfloat16", False):
+            continue
+        yield module, w, w.data_ptr() in shared
 
 
 def use_bfloat16_head(model: Any) -> bool:
@@ -145,9 +160,8 @@ def use_bfloat16_head(model: Any) -> bool:
         return out.float().reshape(*x.shape[:-1], out.shape[-1])
 
     head.forward = types.MethodType(forward, head)
-    head._slipstream_bfloat16 = True  # use_onednn leaves it alone
-    shared = {m.weight.data_ptr() for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-    if head.weight.data_ptr() not in shared:  # an untied head's float32 weight is no longer read
+    head._slipstream_bfloat16 = True  # use_onednn and use_openblas leave it alone
+    if head.weight.data_ptr() not in _embedding_weights(model):  # an untied head's float32 weight is no longer read
         head.weight = torch.nn.Parameter(head.weight.new_empty((0, head.weight.shape[1])), requires_grad=False)
     return True
 
@@ -165,15 +179,10 @@ def use_onednn(model: Any) -> int:
         out = torch.ops.mkldnn._linear_pointwise(flat, self._onednn_weight, self.bias, "none", [], "")
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
-    shared = {m.weight.data_ptr() for m in model.modules() if isinstance(m, torch.nn.Embedding)}
     count = 0
-    for module in model.modules():
-        w = getattr(module, "weight", None)
-        if type(module) is not torch.nn.Linear or w is None or w.dtype != torch.float32 or w.device.type != "cpu" \
-                or getattr(module, "_slipstream_bfloat16", False):
-            continue
+    for module, w, tied in _float32_linears(model):
         module._onednn_weight = torch.ops.mkldnn._reorder_linear_weight(w.detach())
-        if w.data_ptr() not in shared:
+        if not tied:
             module.weight = torch.nn.Parameter(w.new_empty((0, w.shape[1])), requires_grad=False)
         module.forward = types.MethodType(forward, module)
         count += 1
