@@ -41,12 +41,14 @@ MODEL = "smollm2-135m"  # --model: any model in the store (the bundled gemma3-27
 
 VARIANTS = [  # (label, technique, options[, steps before it: [(technique, options), ...]])
     ("bnb nf4", "bitsandbytes", {"quant_type": "nf4"}),
-    ("bnb int8", "bitsandbytes", {"quant_type": "int8"}),
-    ("bnb int8, threshold 2", "bitsandbytes", {"quant_type": "int8", "int8_threshold": 2.0}),
+    ("bnb int8", "bitsandbytes", {"quant_type": "int8", "int8_threshold": 6.0}),  # bitsandbytes' default
+    ("bnb int8, threshold 2", "bitsandbytes", {"quant_type": "int8"}),  # slipstream's default
     ("fp16 cast", "cast", {"dtype": "float16"}),
     ("bf16 cast", "cast", {"dtype": "bfloat16"}),
     ("ONNX fp32", "onnx", {"quantization": "float32"}),
-    ("ONNX int8 dynamic", "onnx", {"quantization": "int8_dynamic"}),  # one activation scale per token
+    # one activation scale per token; 16 outlier channels per input in float (the default since 2026-12-02)
+    ("ONNX int8 dynamic", "onnx", {"quantization": "int8_dynamic"}),
+    ("ONNX int8 dynamic, no outlier channels", "onnx", {"quantization": "int8_dynamic", "outlier_channels": 0}),
     ("ONNX int8 dynamic, per-tensor activations", "onnx", {"quantization": "int8_dynamic", "activations": "per_tensor"}),
     ("SmoothQuant 0.8, then ONNX int8 dynamic, down_proj and lm_head in float", "onnx",
      {"quantization": "int8_dynamic", "keep_float": ["down_proj", "lm_head"]}, [("smoothquant", {"alpha": 0.8})]),

@@ -25,11 +25,12 @@ SOURCES = {  # model -> ([llm-compressor results], [bitsandbytes/ONNX/GGUF eval 
     "smollm2-135m": (["quantize_llmc.json", "quantize_llmc-w8a8-int8.json"], ["quantize_rt-quiet-eval.json", "quantize_rt-quiet-speed.json",
                                               "quantize_rt-bnb-threshold-eval.json",
                                               "quantize_rt-bnb-threshold-speed.json",
-                                              "quantize_rt-smollm2-per-token.json"]),
+                                              "quantize_rt-smollm2-per-token.json",
+                                              "quantize_rt-smollm2-outliers.json"]),
     "gemma3-270m": (["quantize_llmc-gemma3-270m.json", "quantize_llmc-gemma3-270m-amd.json"],
                     ["quantize_rt-gemma3-270m-eval.json", "quantize_rt-gemma3-270m-eval-amd.json",
                      "quantize_rt-gemma3-270m-speed.json", "quantize_rt-gemma3-270m-per-token-eval.json",
-                     "quantize_rt-gemma3-270m-per-token-speed.json"]),
+                     "quantize_rt-gemma3-270m-per-token-speed.json", "quantize_rt-gemma3-270m-outliers.json"]),
 }
 LLMC_LABELS = {"rtn-w8": "RTN int8, per channel", "rtn-w4g128": "RTN int4, group 128", "rtn-w4g64": "RTN int4, group 64",
                "awq-w4g128": "AWQ W4A16, group 128", "awq-w4g128-all": "AWQ W4A16, group 128, all mappings",
@@ -66,6 +67,21 @@ def _machines(names: list[str]) -> str:
             cpu = f"{m.get('cpu')} ({'AVX-512, VNNI' if 'avx512_vnni' in m.get('cpu_flags', []) else 'AVX2, no VNNI'})"
             seen.append(f"{name}: {cpu}")
     return "; ".join(seen)
+
+
+# quantize_rt labels whose meaning a later default changed: bitsandbytes int8's outlier threshold
+# was 6.0 (bitsandbytes' own default) until 2026-12-02, then 2.0
+RELABEL = {"bnb int8": "bnb int8, threshold 6 (bitsandbytes' default)",
+           "bnb int8, threshold 2": "bnb int8, threshold 2 (slipstream's default)"}
+# ONNX int8 variants measured before outlier channels existed (2026-12-02): none split out
+OUTLIER_CHANNELS_FROM = {"quantize_rt-smollm2-outliers.json", "quantize_rt-gemma3-270m-outliers.json"}
+
+
+def relabel(label: str, file: str) -> str:
+    if label.startswith(("ONNX int8 dynamic", "ONNX int8 static", "SmoothQuant 0.8, then ONNX int8")) \
+            and file not in OUTLIER_CHANNELS_FROM and not label.endswith("no outlier channels"):
+        return label + ", no outlier channels"
+    return RELABEL.get(label, label)
 
 
 def _label(model: str, name: str) -> str:
@@ -123,8 +139,13 @@ def rt_rows(model: str, runs: list[dict]) -> tuple[dict, list[dict]]:
         return [t["output_tokens_per_s"]["median"] for r in rounds for t in r["throughput"] if t["batch_size"] == batch]
 
     for run in runs:
+        # the same variant name measured before and after a default changed names two variants
+        tag = "#outliers" if run.get("_file") in OUTLIER_CHANNELS_FROM else ""
         for label, v in run.get("variants", {}).items():
+            label = relabel(label, run.get("_file", ""))
             variants.setdefault(label, {}).update({k: x for k, x in v.items() if x is not None})
+            if "name" in v:
+                variants[label]["_speed_key"] = v["name"] + tag
         by_name = (run.get("speed") or {}).get("runs", {})
         base = by_name.get(model, [])
         for name, rounds in by_name.items():
@@ -136,7 +157,7 @@ def rt_rows(model: str, runs: list[dict]) -> tuple[dict, list[dict]]:
             if name == model:
                 original.setdefault("b1", figures.get("b1"))  # the first speed run's original
                 original.setdefault("b8", figures.get("b8"))
-            speed[name] = figures | {"engine": rounds[0]["engine"]["engine"]}
+            speed[name + (tag if name != model else "")] = figures | {"engine": rounds[0]["engine"]["engine"]}
         # a full run (--stage all) keeps comparison.compare's rows: medians over its interleaved rounds
         for row in (run.get("comparison") or {}).get("rows", []):
             figures = {"b1": row["decode_tokens_per_s"], "x1": row["speedup"], "b8": row.get("batch_tokens_per_s"),
@@ -145,13 +166,13 @@ def rt_rows(model: str, runs: list[dict]) -> tuple[dict, list[dict]]:
                 original.setdefault("b1", figures["b1"])
                 original.setdefault("b8", figures["b8"])
             else:
-                speed[row["name"]] = figures
+                speed[row["name"] + tag] = figures
     rows = []
     for label, v in variants.items():
         if "name" not in v:  # refused before any work
             rows.append({"variant": label, "engine": "refused", "note": v.get("refused", "")})
             continue
-        e, sp = v.get("evaluation") or {}, speed.get(v["name"], {})
+        e, sp = v.get("evaluation") or {}, speed.get(v.get("_speed_key", v["name"]), {})
         if e.get("reference_metrics"):
             original["perplexity"] = e["reference_metrics"]["perplexity"]
         rows.append({"variant": label, "size_bytes": v["size_bytes"], "quantize_s": v.get("quantize_seconds"),
@@ -178,7 +199,7 @@ def table(models: list[str]) -> str:
         llmc_files, rt_files = SOURCES[model]
         llmc = _merged(llmc_files)
         notes.append(f"- {model}, measured on: {_machines(llmc_files + rt_files)}")
-        rt = [r for r in map(_load, rt_files) if r]
+        rt = [r | {"_file": name} for name, r in zip(rt_files, map(_load, rt_files)) if r]
         if not llmc and not rt:
             lines.append(f"| {model} | (no results yet) |" + " |" * 10)
             continue

@@ -98,7 +98,9 @@ def test_bitsandbytes_config_and_missing_extra(qstore, monkeypatch):
         BitsAndBytes("int8", double_quant=True)
     config = make_config("bitsandbytes", {"quant_type": "nf4", "double_quant": "true"})
     assert config.slug() == "bnb-nf4-dq"
-    assert BitsAndBytes("int8").slug() == "bnb-int8"  # the default outlier threshold, 6
+    assert BitsAndBytes("int8").slug() == "bnb-int8"  # slipstream's default outlier threshold, 2
+    assert BitsAndBytes("int8").int8_threshold == 2.0
+    assert BitsAndBytes("int8", int8_threshold=6.0).slug() == "bnb-int8-t6"  # bitsandbytes' own default
     assert make_config("bitsandbytes", {"quant_type": "int8", "int8_threshold": "3"}).slug() == "bnb-int8-t3"
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)
     with pytest.raises(MissingExtra) as err:

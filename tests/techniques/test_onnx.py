@@ -53,7 +53,8 @@ def test_dynamic_int8_is_smaller_and_close(onnx_store, reference):
     assert not any(f.endswith(".tmp") or "float.tmp" in f for f in files)
     facts = manifest.extra["facts"]
     assert facts["layers"] == 2 and facts["seconds"] > 0 and facts["peak_rss_bytes"] > 0
-    assert "calibration" not in facts
+    # 16 outlier channels per input (the default) found on the calibration text stay float
+    assert facts["outlier_channels"]["per_input"] == 16 and facts["outlier_channels"]["calibration"]["samples"] == 32
     parent = onnx_store.get("tiny").size_bytes
     assert variant.size_bytes < 0.75 * parent  # int8 matrices; embeddings and norms stay float
     engine = open_engine(variant, store=onnx_store, threads=1)
@@ -65,7 +66,7 @@ def test_dynamic_int8_is_smaller_and_close(onnx_store, reference):
     assert ops["MatMulInteger"] == 15  # 7 per layer and the head
     # one per-token scale per distinct input: q/k/v share one, gate/up one, o_proj, down_proj; the head
     assert ops["ReduceMax"] == 2 * 4 + 1 and "DynamicQuantizeLinear" not in ops
-    assert ops["MatMul"] == 5  # between activations: left in float
+    assert ops["MatMul"] == 5 + 15  # 5 between activations, left in float; a float outlier product per weight
 
 
 def test_per_tensor_activations_are_onnx_runtimes_own(onnx_store, reference):
@@ -124,6 +125,77 @@ def test_an_outlier_token_does_not_coarsen_the_others(tmp_path, reduce_range):
     assert ops["MatMulInteger"] == 1 and "MatMul" not in ops
 
 
+@pytest.mark.parametrize("quantizer", ["per_token", "static"])
+def test_outlier_channels_split_out_keep_the_rest_precise(tmp_path, quantizer):
+    # Two input channels carry values 300x the others in every token (as a Llama's massive activations
+    # do): one scale per token, or one per tensor, then gives the other channels a few levels at most.
+    # Split out into a float product, they no longer set the scale, and the split graph is exact.
+    import numpy as np
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from slipstream.exporters.onnx import _reader
+    from slipstream.exporters.onnx_outliers import channel_maxima, matmul_inputs, outlier_channels, split_outliers
+    from slipstream.exporters.onnx_per_token import quantize_per_token
+
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((64, 48)) * 0.1).astype(np.float32)
+
+    def sample(n):
+        x = rng.standard_normal((1, n, 64)).astype(np.float32)
+        x[..., [5, 40]] *= 300
+        return x
+
+    one_matmul(tmp_path / "f.onnx", w)
+    groups = matmul_inputs(tmp_path / "f.onnx", ["mm"])
+    assert groups == {"x": ["mm"]}
+    maxima = channel_maxima(tmp_path / "f.onnx", ["x"], ({"x": sample(16)} for _ in range(3)))
+    assert maxima["x"].shape == (64,)
+    channels = outlier_channels(maxima["x"], 2)
+    assert channels.tolist() == [5, 40]
+    assert split_outliers(tmp_path / "f.onnx", tmp_path / "s.onnx", groups, {"x": channels}) == 2
+    x = sample(9)
+    exact = x @ w
+    split = ort.InferenceSession(str(tmp_path / "s.onnx")).run(None, {"x": x})[0]
+    assert np.allclose(split, exact, rtol=1e-5, atol=1e-4)  # still float: the same product
+    assert op_counts(tmp_path / "s.onnx") == {"Gather": 1, "Mul": 1, "MatMul": 2, "Add": 1}
+
+    def quantized(src, dst):
+        if quantizer == "per_token":
+            quantize_per_token(src, dst, ["mm"], per_channel=True, reduce_range=False)
+        else:
+            quantize_static(str(src), str(dst), _reader(iter([{"x": sample(16)} for _ in range(4)])),
+                            quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"], nodes_to_quantize=["mm"],
+                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax)
+        y = ort.InferenceSession(str(dst)).run(None, {"x": x})[0]
+        return np.abs(y - exact).max() / np.abs(exact).max()
+
+    plain, with_split = quantized(tmp_path / "f.onnx", tmp_path / "q.onnx"), quantized(tmp_path / "s.onnx", tmp_path / "qs.onnx")
+    assert with_split < 0.02 and plain > 3 * with_split
+
+
+def test_outlier_channels_in_a_variant(onnx_store, reference):
+    config = ONNX("int8_dynamic", outlier_channels=4, samples=2, sequence_length=32)
+    variant = optimize("tiny", config, store=onnx_store)
+    assert variant.name == "tiny-onnx-int8-dynamic-oc4"
+    facts = onnx_store.manifest(variant.name).extra["facts"]
+    assert facts["outlier_channels"]["per_input"] == 4 and facts["outlier_channels"]["inputs"] == 9
+    assert facts["outlier_channels"]["total"] == 36 and facts["outlier_channels"]["calibration"]["samples"] == 2
+    ops = op_counts(variant.path)
+    # every quantized product keeps its int8 MatMul and gains a 4-row float one; a Gather per input
+    assert ops["MatMulInteger"] == 15 and ops["MatMul"] == 5 + 15 and ops["Gather"] >= 9
+    kl, top1 = distance(reference, open_engine(variant, store=onnx_store, threads=1))
+    assert 1e-6 < kl < 0.02 and top1 >= 0.8
+    static = optimize("tiny", ONNX("int8_static", outlier_channels=4, samples=2, sequence_length=32), store=onnx_store)
+    assert static.name == "tiny-onnx-int8-static-oc4"
+    kl, top1 = distance(reference, open_engine(static, store=onnx_store, threads=1))
+    assert 1e-6 < kl < 0.1 and top1 >= 0.6
+    for bad in (ONNX("int8_blockwise").to_dict() | {"outlier_channels": 4}, {"outlier_channels": -1}):
+        with pytest.raises(InvalidConfig, match="outlier_channels"):
+            make_config("onnx", bad)
+
+
 def test_weights_are_symmetric_per_column():
     import numpy as np
 
@@ -146,7 +218,7 @@ def test_keep_float_leaves_the_named_modules_in_float(onnx_store, reference):
     facts = onnx_store.manifest(variant.name).extra["facts"]
     assert facts["float_matmuls"] == 3 and facts["quantized_matmuls"] == 12  # 2 down projections, head
     ops = op_counts(variant.path)
-    assert ops["MatMulInteger"] == 12 and ops["MatMul"] == 5 + 3
+    assert ops["MatMulInteger"] == 12 and ops["MatMul"] == 5 + 3 + 12
     import onnx
 
     stored = onnx.load(str(variant.path / "model.onnx")).graph.initializer

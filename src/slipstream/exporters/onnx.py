@@ -17,9 +17,11 @@ activations, with activation ranges measured on calibration samples streamed fro
 ``MatMulNBits`` 8-bit (``int8_blockwise``: weights in blocks of 32 with a scale each, the kernel
 quantizing activations per block too). One scale per tensor is coarse for a prompt: a single
 outlier token sets it for every token of the prefill (measured on SmolLM2: BENCHMARKS.md), which is
-why dynamic int8 scales each token apart by default; ``keep_float`` leaves the modules it names (the
-MLP down projections and the output head hurt most) in float32, found by matching each MatMul's weight to
-the checkpoint's.
+why dynamic int8 scales each token apart by default. A few input channels with outlier values then
+still set each token's scale; dynamic and static int8 split the 16 largest channels of each MatMul input
+(found on the calibration text) out into float32 products by default (``outlier_channels``,
+:mod:`slipstream.exporters.onnx_outliers`). ``keep_float`` leaves whole modules (the MLP down projections
+and the output head hurt most) in float32, found by matching each MatMul's weight to the checkpoint's.
 
 The variant directory holds ``model.onnx`` (plus ``model.onnx.data`` for models over 2 GB) and a
 ``tokenizer/`` folder with the parent's tokenizer and config.json.
@@ -48,6 +50,7 @@ TOKENIZER_DIR = "tokenizer"
 OPSET = 18
 # Decoders whose attention reads a plain DynamicCache and whose logits need nothing else.
 ARCHITECTURES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3"})
+DEFAULT_OUTLIER_CHANNELS = 16  # int8_dynamic and int8_static, per distinct MatMul input
 _EXTERNAL_BYTES = 1_800_000_000  # protobuf caps a file at 2 GB; bigger models keep weights beside it
 
 
@@ -57,7 +60,7 @@ class ONNX(TechniqueConfig):
 
     technique = "onnx"
     quantization: Quantization = "int8_dynamic"
-    calibration: str = "wikitext2-valid"  # static int8 only
+    calibration: str = "wikitext2-valid"  # static int8, and outlier_channels
     samples: int = 32
     sequence_length: int = 256
     per_channel: bool = True  # dynamic/static: one weight scale per output channel (else one per tensor)
@@ -78,6 +81,12 @@ class ONNX(TechniqueConfig):
     # holds every calibration activation in memory until the end (ONNX Runtime's HistogramCalibrater)
     ranges: Ranges = "minmax"
     percentile: float = 99.999
+    # dynamic/static: per distinct MatMul input, this many input channels (those with the largest
+    # values on the calibration text) stay float32 and the rest are quantized, so that a few outlier
+    # channels no longer set every token's scale (slipstream.exporters.onnx_outliers). None: 16 for
+    # int8_dynamic and int8_static (SmolLM2 dynamic: +3.38% perplexity with none, +0.57% with 16;
+    # BENCHMARKS.md), 0 for the others; 0: none
+    outlier_channels: int | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -100,10 +109,21 @@ class ONNX(TechniqueConfig):
             from slipstream.errors import InvalidConfig
 
             raise InvalidConfig(f"onnx: percentile must be in [90, 100), got {self.percentile}")
+        if self.outlier_channels is None:  # resolved here, so equal configs make the same variant
+            object.__setattr__(self, "outlier_channels", self.default_outlier_channels())
+        if self.outlier_channels < 0 or (self.outlier_channels
+                                          and self.quantization not in ("int8_dynamic", "int8_static")):
+            from slipstream.errors import InvalidConfig
+
+            raise InvalidConfig("onnx: outlier_channels must be >= 0 and applies to int8_dynamic and "
+                                f"int8_static only, got {self.outlier_channels} with {self.quantization}")
         if self.block_size < 16 or self.block_size & (self.block_size - 1):
             from slipstream.errors import InvalidConfig
 
             raise InvalidConfig(f"onnx: block_size must be a power of two >= 16, got {self.block_size}")
+
+    def default_outlier_channels(self) -> int:
+        return DEFAULT_OUTLIER_CHANNELS if self.quantization in ("int8_dynamic", "int8_static") else 0
 
     def calibration_settings(self) -> Calibration:
         return Calibration(self.calibration, self.samples, self.sequence_length)
@@ -116,6 +136,7 @@ class ONNX(TechniqueConfig):
         return (f"onnx-{short[self.quantization]}" + ("" if self.per_channel else "-pertensor")
                 + ("" if self.activations == "per_token" else "-act-pertensor")
                 + ("" if self.ranges == "minmax" else f"-p{self.percentile:g}")
+                + ("" if self.outlier_channels == self.default_outlier_channels() else f"-oc{self.outlier_channels}")
                 + {None: "", True: "-rr", False: "-fullrange"}[self.reduce_range]
                 + "".join(f"-keep-{name.replace('.', '_')}" for name in self.keep_float))
 
@@ -361,6 +382,26 @@ def kept_float(firsts: dict[str, tuple[tuple[int, ...], Any]], src: Path, patter
     return keep
 
 
+def split_outlier_channels(path: Path, nodes: list[str], config: ONNX, src: Path, shape: dict[str, Any],
+                           external: bool, progress: Progress | None = None) -> dict[str, Any]:
+    """Find each quantized MatMul input's ``config.outlier_channels`` largest channels on the
+    calibration text and split them out into float32 products (rewriting ``path``)."""
+    from slipstream.exporters.onnx_outliers import channel_maxima, matmul_inputs, outlier_channels, split_outliers
+
+    groups = matmul_inputs(path, nodes)
+    calibration = config.calibration_settings()
+    with or_null(progress).task(f"finding outlier channels on {calibration.source}",
+                                total=calibration.samples) as bar:
+        feeds = calibration_feeds(src, calibration, shape["layers"], shape["kv_heads"], shape["head_dim"],
+                                  bar.advance)
+        maxima = channel_maxima(path, list(groups), feeds)
+    channels = {x: outlier_channels(m, config.outlier_channels) for x, m in maxima.items()}
+    split = split_outliers(path, path, groups, channels, external)
+    return {"outlier_channels": {"per_input": config.outlier_channels, "inputs": len(groups), "total": split,
+                                 "calibration": {"source": calibration.source, "samples": calibration.samples,
+                                                 "sequence_length": calibration.sequence_length}}}
+
+
 def quantize(inp: Path, out: Path, config: ONNX, src: Path, shape: dict[str, Any],
              progress: Progress | None = None) -> dict[str, Any]:
     require("onnxruntime", "onnx", "ONNX Runtime quantization")
@@ -369,19 +410,20 @@ def quantize(inp: Path, out: Path, config: ONNX, src: Path, shape: dict[str, Any
     external = bool(shape["external_data"])
     nodes, kept = weight_matmuls(inp, external, src, config.keep_float)
     reduce_range = config.resolved_reduce_range()
+    facts: dict[str, Any] = {"quantized_matmuls": len(nodes), "float_matmuls": len(kept), "reduce_range": reduce_range}
+    if config.outlier_channels:
+        facts |= split_outlier_channels(inp, nodes, config, src, shape, external, progress)
     if config.quantization == "int8_dynamic" and config.activations == "per_token":
         from slipstream.exporters.onnx_per_token import quantize_per_token
 
         quantize_per_token(inp, out, nodes, per_channel=config.per_channel, reduce_range=reduce_range,
                            external=external)
-        return {"quantized_matmuls": len(nodes), "float_matmuls": len(kept), "reduce_range": reduce_range,
-                "activations": "per_token"}
+        return facts | {"activations": "per_token"}
     if config.quantization == "int8_dynamic":
         quantize_dynamic(str(inp), str(out), op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes,
                          per_channel=config.per_channel, reduce_range=reduce_range, weight_type=QuantType.QInt8,
                          use_external_data_format=external)
-        return {"quantized_matmuls": len(nodes), "float_matmuls": len(kept), "reduce_range": reduce_range,
-                "activations": "per_tensor"}
+        return facts | {"activations": "per_tensor"}
     if config.quantization == "int8_blockwise":
         import onnx
         from onnxruntime.quantization.matmul_nbits_quantizer import (
@@ -412,7 +454,7 @@ def quantize(inp: Path, out: Path, config: ONNX, src: Path, shape: dict[str, Any
                         calibrate_method=CalibrationMethod.MinMax if config.ranges == "minmax" else
                         CalibrationMethod.Percentile, use_external_data_format=external,
                         extra_options={"CalibPercentile": config.percentile, **strided})
-    return {"quantized_matmuls": len(nodes), "float_matmuls": len(kept), "reduce_range": reduce_range,
+    return facts | {
             "calibration": {"source": calibration.source, "samples": calibration.samples,
                             "sequence_length": calibration.sequence_length},
             "ranges": config.ranges if config.ranges == "minmax" else f"percentile {config.percentile:g}"}
