@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
+from slipstream.engines import decode_attention
 from slipstream.engines.prefix_cache import PrefixStore
 from slipstream.engines.protocol import SamplingParams
 from slipstream.engines.stepping import StepOutput
@@ -121,7 +122,13 @@ def _fused_attention(query: Any, key: Any, value: Any, plan: StepPlan, scaling: 
     dtype = query.dtype
     query = query.to(key.dtype)  # a cache kept in another dtype (kv_cache_dtype): attend in that dtype
     parts = []
-    if plan.decode:
+    if plan.decode and key.dtype == torch.float32 and decode_attention.available():
+        pos = plan.positions[: plan.decode]
+        lo = (pos - window + 1).clamp(min=0) if window else torch.zeros_like(pos)
+        parts.append(decode_attention.decode_attention(
+            query[0, :, : plan.decode].transpose(0, 1), key, value, torch.arange(plan.decode), lo, pos + 1,
+            scaling if scaling is not None else query.shape[-1] ** -0.5))  # [rows, heads, dim]
+    elif plan.decode:
         q = query[0, :, : plan.decode].transpose(0, 1).unsqueeze(2)  # [rows, heads, 1, dim]
         for (a, b, width), mask in zip(plan.groups, group_masks):
             out = sdpa(q[a:b], key[a:b, :, :width], value[a:b, :, :width], attn_mask=mask[:, None, None, :],
