@@ -87,6 +87,8 @@ def split_outliers(path: Path, out: Path, groups: dict[str, list[str]], channels
     import onnx
     from onnx import helper, numpy_helper
 
+    from slipstream.exporters.onnx_per_token import save_rewritten
+
     model = onnx.load(str(path))
     graph = model.graph
     weights = {i.name: i for i in graph.initializer}
@@ -127,11 +129,5 @@ def split_outliers(path: Path, out: Path, groups: dict[str, list[str]], channels
                                        name=f"{n}/Outliers"),
                       helper.make_node("Add", [f"{n}.rest_out", f"{n}.outlier_out"], [y], name=f"{n}/AddOutliers")]
     graph.initializer.extend(added)
-    used = {i for nd in new_nodes for i in nd.input} | {o.name for o in graph.output}
-    kept = [i for i in graph.initializer if i.name in used]  # the whole float weights, now split, go
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    del graph.node[:]
-    graph.node.extend(new_nodes)
-    onnx.save(model, str(out), save_as_external_data=external)
+    save_rewritten(model, new_nodes, out, external)  # the whole float weights, now split, go
     return split

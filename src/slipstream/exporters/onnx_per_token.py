@@ -95,11 +95,20 @@ def quantize_per_token(inp: Path, out: Path, nodes: list[str], *, per_channel: b
         missing = sorted(wanted - {n.name for n in graph.node})
         raise ValueError(f"MatMul nodes not in the graph: {missing[:5]}")
     graph.initializer.extend(consts)
-    used = {i for nd in new_nodes for i in nd.input} | {o.name for o in graph.output}
-    kept = [i for i in graph.initializer if i.name in used]  # the float weights now quantized are dropped
+    save_rewritten(model, new_nodes, out, external)  # the float weights now quantized are dropped
+    return rewritten
+
+
+def save_rewritten(model: Any, nodes: list[Any], out: Path, external: bool = False) -> None:
+    """Give ``model``'s graph ``nodes`` in place of its own, drop the stored tensors no node reads any
+    more (the weights a rewrite replaced), and save it at ``out``."""
+    import onnx
+
+    graph = model.graph
+    used = {i for nd in nodes for i in nd.input} | {o.name for o in graph.output}
+    kept = [i for i in graph.initializer if i.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)
     del graph.node[:]
-    graph.node.extend(new_nodes)
+    graph.node.extend(nodes)
     onnx.save(model, str(out), save_as_external_data=external)
-    return rewritten
