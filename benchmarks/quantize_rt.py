@@ -52,7 +52,10 @@ VARIANTS = [  # (label, technique, options[, steps before it: [(technique, optio
     ("ONNX int8 dynamic, per-tensor activations", "onnx", {"quantization": "int8_dynamic", "activations": "per_tensor"}),
     ("SmoothQuant 0.8, then ONNX int8 dynamic, down_proj and lm_head in float", "onnx",
      {"quantization": "int8_dynamic", "keep_float": ["down_proj", "lm_head"]}, [("smoothquant", {"alpha": 0.8})]),
+    # int8 inputs, float32 outputs, the MLP down projections in float (the defaults since 2026-12-02, later)
     ("ONNX int8 static", "onnx", {"quantization": "int8_static", "samples": 32, "sequence_length": 256}),
+    ("ONNX int8 static, every MatMul in int8", "onnx",
+     {"quantization": "int8_static", "samples": 32, "sequence_length": 256, "keep_float": []}),
     ("ONNX int8 blockwise", "onnx", {"quantization": "int8_blockwise"}),
     ("GGUF Q8_0", "gguf", {"quantization": "Q8_0"}),
     ("GGUF Q5_K_M", "gguf", {"quantization": "Q5_K_M"}),

@@ -26,11 +26,13 @@ SOURCES = {  # model -> ([llm-compressor results], [bitsandbytes/ONNX/GGUF eval 
                                               "quantize_rt-bnb-threshold-eval.json",
                                               "quantize_rt-bnb-threshold-speed.json",
                                               "quantize_rt-smollm2-per-token.json",
-                                              "quantize_rt-smollm2-outliers.json"]),
+                                              "quantize_rt-smollm2-outliers.json",
+                                              "quantize_rt-smollm2-static.json"]),
     "gemma3-270m": (["quantize_llmc-gemma3-270m.json", "quantize_llmc-gemma3-270m-amd.json"],
                     ["quantize_rt-gemma3-270m-eval.json", "quantize_rt-gemma3-270m-eval-amd.json",
                      "quantize_rt-gemma3-270m-speed.json", "quantize_rt-gemma3-270m-per-token-eval.json",
-                     "quantize_rt-gemma3-270m-per-token-speed.json", "quantize_rt-gemma3-270m-outliers.json"]),
+                     "quantize_rt-gemma3-270m-per-token-speed.json", "quantize_rt-gemma3-270m-outliers.json",
+                     "quantize_rt-gemma3-270m-static-eval.json", "quantize_rt-gemma3-270m-static-speed.json"]),
 }
 LLMC_LABELS = {"rtn-w8": "RTN int8, per channel", "rtn-w4g128": "RTN int4, group 128", "rtn-w4g64": "RTN int4, group 64",
                "awq-w4g128": "AWQ W4A16, group 128", "awq-w4g128-all": "AWQ W4A16, group 128, all mappings",
@@ -77,11 +79,24 @@ RELABEL = {"bnb int8": "bnb int8, threshold 6 (bitsandbytes' default)",
 OUTLIER_CHANNELS_FROM = {"quantize_rt-smollm2-outliers.json", "quantize_rt-gemma3-270m-outliers.json"}
 
 
+# ONNX static int8 measured before its MatMul outputs stayed float32 and its down projections float32 by
+# default (2026-12-02, later): every weight MatMul in int8, each output requantized to uint8
+STATIC_FLOAT_OUTPUTS_FROM = {"quantize_rt-smollm2-static.json", "quantize_rt-gemma3-270m-static-eval.json",
+                             "quantize_rt-gemma3-270m-static-speed.json"}
+
+
 def relabel(label: str, file: str) -> str:
     if label.startswith(("ONNX int8 dynamic", "ONNX int8 static", "SmoothQuant 0.8, then ONNX int8")) \
-            and file not in OUTLIER_CHANNELS_FROM and not label.endswith("no outlier channels"):
-        return label + ", no outlier channels"
+            and file not in OUTLIER_CHANNELS_FROM | STATIC_FLOAT_OUTPUTS_FROM and not label.endswith("no outlier channels"):
+        label += ", no outlier channels"
+    if label.startswith("ONNX int8 static") and file not in STATIC_FLOAT_OUTPUTS_FROM:
+        return label + ", every MatMul in int8, outputs requantized"
     return RELABEL.get(label, label)
+
+
+def _tag(file: str) -> str:
+    """The same variant name measured before and after a default changed names two variants."""
+    return "#static" if file in STATIC_FLOAT_OUTPUTS_FROM else "#outliers" if file in OUTLIER_CHANNELS_FROM else ""
 
 
 def _label(model: str, name: str) -> str:
@@ -139,8 +154,7 @@ def rt_rows(model: str, runs: list[dict]) -> tuple[dict, list[dict]]:
         return [t["output_tokens_per_s"]["median"] for r in rounds for t in r["throughput"] if t["batch_size"] == batch]
 
     for run in runs:
-        # the same variant name measured before and after a default changed names two variants
-        tag = "#outliers" if run.get("_file") in OUTLIER_CHANNELS_FROM else ""
+        tag = _tag(run.get("_file", ""))
         for label, v in run.get("variants", {}).items():
             label = relabel(label, run.get("_file", ""))
             variants.setdefault(label, {}).update({k: x for k, x in v.items() if x is not None})

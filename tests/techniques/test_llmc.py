@@ -107,6 +107,24 @@ def test_time_peak_memory_and_calibration_are_recorded(llmc_store):
     assert _facts(llmc_store, "tiny-rtn-w4g32")["group_sizes"] == {"32": 14}  # 2 layers x 7 projections
 
 
+def test_w8a8_keeps_the_named_modules_in_full_precision(llmc_store):
+    from slipstream.pipeline import optimize
+
+    variant = optimize("tiny", "w8a8", {**CAL, "smoothing": "none", "weights": "rtn", "keep_float": "down_proj"},
+                       store=llmc_store)
+    assert variant.name == "tiny-w8a8-rtn-keep-down_proj"
+    facts = _facts(llmc_store, variant.name)
+    assert facts["unquantized"] == ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"]
+    assert facts["group_sizes"] == {"channel": 12}  # 2 layers x 6 other projections
+    q = _quant_config(llmc_store, variant.name)
+    (group,) = q["config_groups"].values()
+    assert "re:.*\\.down_proj$" not in group["targets"] and "re:.*\\.q_proj$" in group["targets"]
+    m = _kl(llmc_store, [variant.name], "tiny")[variant.name]
+    assert 0 < m["kl_mean"] < 0.02
+    with pytest.raises(InvalidConfig, match="names no linear layer"):
+        optimize("tiny", "w8a8", {**CAL, "keep_float": "ffn_down"}, store=llmc_store)
+
+
 def test_rtn_int8_and_w8a8_are_close_to_the_original(llmc_store):
     m = _kl(llmc_store, ["tiny-rtn-w8", "tiny-w8a8-sq0.8-gptq", "tiny-rtn-w4g32"], "tiny")
     w8, w8a8, w4 = m["tiny-rtn-w8"], m["tiny-w8a8-sq0.8-gptq"], m["tiny-rtn-w4g32"]

@@ -21,7 +21,10 @@ why dynamic int8 scales each token apart by default. A few input channels with o
 still set each token's scale; dynamic and static int8 split the 16 largest channels of each MatMul input
 (found on the calibration text) out into float32 products by default (``outlier_channels``,
 :mod:`slipstream.exporters.onnx_outliers`). ``keep_float`` leaves whole modules (the MLP down projections
-and the output head hurt most) in float32, found by matching each MatMul's weight to the checkpoint's.
+and the output head hurt most) in float32, found by matching each MatMul's weight to the checkpoint's;
+static int8 leaves the down projections in float32 by default, since one range fixed at calibration
+cannot follow their inputs from token to token. Static int8 multiplies int8 inputs into a float32
+output (ONNX Runtime's QDQ default would also requantize every MatMul's output, the logits included).
 
 The variant directory holds ``model.onnx`` (plus ``model.onnx.data`` for models over 2 GB) and a
 ``tokenizer/`` folder with the parent's tokenizer and config.json.
@@ -74,8 +77,10 @@ class ONNX(TechniqueConfig):
     # dynamic/static: modules whose MatMuls stay float32, by name or its last parts ("down_proj",
     # "lm_head", "layers.0.mlp.down_proj"): int8 activations cost most where a few channels or tokens
     # carry outliers (the MLP down projections) and at the output head, whose error goes straight into
-    # the logits; after `smoothquant`, per-token int8 keeping these two is within 1% (BENCHMARKS.md)
-    keep_float: tuple[str, ...] = ()
+    # the logits. None: ("down_proj",) for int8_static, whose one fixed range per tensor cannot follow
+    # the down projections' inputs from token to token (SmolLM2: +3.58% perplexity with them in int8,
+    # +0.72% with them in float; BENCHMARKS.md), () otherwise; (): every weight MatMul in int8
+    keep_float: tuple[str, ...] | None = None
     # static: how calibration sets each activation range: the min and max seen (ONNX Runtime's
     # default), or the given percentile of the absolute values seen (clips rare outliers); percentile
     # holds every calibration activation in memory until the end (ONNX Runtime's HistogramCalibrater)
@@ -91,6 +96,8 @@ class ONNX(TechniqueConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.calibration_settings()  # a bad source or count fails here, before any work
+        if self.keep_float is None:  # resolved here, so equal configs make the same variant
+            object.__setattr__(self, "keep_float", self.default_keep_float())
         if self.keep_float and self.quantization not in ("int8_dynamic", "int8_static"):
             from slipstream.errors import InvalidConfig
 
@@ -122,6 +129,9 @@ class ONNX(TechniqueConfig):
 
             raise InvalidConfig(f"onnx: block_size must be a power of two >= 16, got {self.block_size}")
 
+    def default_keep_float(self) -> tuple[str, ...]:
+        return ("down_proj",) if self.quantization == "int8_static" else ()
+
     def default_outlier_channels(self) -> int:
         return DEFAULT_OUTLIER_CHANNELS if self.quantization in ("int8_dynamic", "int8_static") else 0
 
@@ -138,7 +148,14 @@ class ONNX(TechniqueConfig):
                 + ("" if self.ranges == "minmax" else f"-p{self.percentile:g}")
                 + ("" if self.outlier_channels == self.default_outlier_channels() else f"-oc{self.outlier_channels}")
                 + {None: "", True: "-rr", False: "-fullrange"}[self.reduce_range]
-                + "".join(f"-keep-{name.replace('.', '_')}" for name in self.keep_float))
+                + self._keep_slug())
+
+    def _keep_slug(self) -> str:
+        if self.keep_float == self.default_keep_float():
+            return ""
+        if not self.keep_float:
+            return "-keep-none"
+        return "".join(f"-keep-{name.replace('.', '_')}" for name in self.keep_float)
 
     def resolved_reduce_range(self) -> bool:
         from slipstream.machine import has_int8_dot_product
@@ -453,7 +470,12 @@ def quantize(inp: Path, out: Path, config: ONNX, src: Path, shape: dict[str, Any
                         reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax if config.ranges == "minmax" else
                         CalibrationMethod.Percentile, use_external_data_format=external,
-                        extra_options={"CalibPercentile": config.percentile, **strided})
+                        extra_options={"CalibPercentile": config.percentile, **strided,
+                                       # int8 inputs, float32 output (MatMulIntegerToFloat): ONNX Runtime's
+                                       # QDQ default also requantizes each MatMul's output to uint8 with
+                                       # one scale per tensor, the logits included (SmolLM2: KL 0.065 of
+                                       # the 0.098 its static int8 lost; BENCHMARKS.md)
+                                       "OpTypesToExcludeOutputQuantization": ["MatMul"]})
     return facts | {
             "calibration": {"source": calibration.source, "samples": calibration.samples,
                             "sequence_length": calibration.sequence_length},

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import types
 import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
@@ -81,6 +82,13 @@ def spec_for(config: TechniqueConfig) -> TechniqueSpec:
     return get(config.technique)
 
 
+def _holds_tuple(hint: Any) -> bool:
+    """Whether a field annotated ``hint`` (``tuple[...]``, or a union with one) takes a tuple."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_holds_tuple(h) for h in typing.get_args(hint))
+    return typing.get_origin(hint) is tuple
+
+
 def make_config(name: str, options: dict[str, Any] | None = None) -> TechniqueConfig:
     """Build a technique's config from options given as strings (CLI) or values (Python, files)."""
     spec = get(name)
@@ -96,7 +104,7 @@ def make_config(name: str, options: dict[str, Any] | None = None) -> TechniqueCo
             )
         if isinstance(value, str):
             value = coerce(value, fields[key][0])
-        elif isinstance(value, list) and typing.get_origin(fields[key][0]) is tuple:
+        elif isinstance(value, list) and _holds_tuple(fields[key][0]):
             value = tuple(value)  # JSON (manifests, recipe files) has lists; frozen configs hold tuples
         kwargs[key] = value
     try:

@@ -33,6 +33,10 @@ class W8A8(TechniqueConfig):
     calibration: str = "wikitext2-valid"
     samples: int = 128
     sequence_length: int = 512
+    # modules left in full precision (listed under compressed-tensors' ignore), by name or its last
+    # parts ("down_proj", "layers.0.mlp.down_proj"): the MLP down projections' inputs carry the largest
+    # outliers that change from token to token (BENCHMARKS.md, Gemma-3-270m); the head always is
+    keep_float: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -41,7 +45,21 @@ class W8A8(TechniqueConfig):
         Calibration(self.calibration, self.samples, self.sequence_length)
 
     def slug(self) -> str:
-        return "w8a8" + (f"-sq{self.smoothing:g}" if self.smoothing is not None else "") + f"-{self.weights}"
+        return ("w8a8" + (f"-sq{self.smoothing:g}" if self.smoothing is not None else "") + f"-{self.weights}"
+                + "".join(f"-keep-{name.replace('.', '_')}" for name in self.keep_float))
+
+
+def keep_in_float(plan: dict[str, int | None], patterns: tuple[str, ...]) -> dict[str, int | None]:
+    """``plan`` with the modules ``patterns`` name marked 0 (full precision); a pattern naming none is an error."""
+    out = dict(plan)
+    for pattern in patterns:
+        hits = [n for n in plan if n == pattern or n.endswith("." + pattern)]
+        if not hits:
+            kinds = sorted({n.rsplit(".", 1)[-1] for n in plan})
+            raise InvalidConfig(f"w8a8: keep_float {pattern!r} names no linear layer of this model "
+                                f"(their names end in: {', '.join(kinds)})")
+        out.update(dict.fromkeys(hits, 0))
+    return out
 
 
 ACTIVATIONS = {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "token", "dynamic": True}
@@ -62,7 +80,7 @@ def apply(src: Path, out: Path, config: W8A8, device: str = "cpu", progress: Pro
     calibration = Calibration(config.calibration, config.samples, config.sequence_length)
     if config.smoothing is not None:
         calibrate_and_smooth(model, src, calibration, config.smoothing, progress)
-    plan = llmc.plan_groups(model, None)  # per-channel weights: no group size to fit
+    plan = keep_in_float(llmc.plan_groups(model, None), config.keep_float)  # per-channel weights
     groups = llmc.scheme_groups(plan, weight_args(8, True), ACTIVATIONS)
     quantizer = GPTQModifier if config.weights == "gptq" else QuantizationModifier
     modifiers = [quantizer(config_groups=groups, ignore=list(llmc.IGNORE))]
