@@ -56,6 +56,8 @@ VARIANTS = [  # (label, technique, options[, steps before it: [(technique, optio
     ("ONNX int8 static", "onnx", {"quantization": "int8_static", "samples": 32, "sequence_length": 256}),
     ("ONNX int8 static, every MatMul in int8", "onnx",
      {"quantization": "int8_static", "samples": 32, "sequence_length": 256, "keep_float": []}),
+    ("ONNX int8 static, down_proj and q/k/v in float", "onnx",  # Gemma's attention inputs lose most
+     {"quantization": "int8_static", "keep_float": ["down_proj", "q_proj", "k_proj", "v_proj"]}),
     ("ONNX int8 blockwise", "onnx", {"quantization": "int8_blockwise"}),
     ("GGUF Q8_0", "gguf", {"quantization": "Q8_0"}),
     ("GGUF Q5_K_M", "gguf", {"quantization": "Q5_K_M"}),

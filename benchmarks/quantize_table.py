@@ -32,7 +32,8 @@ SOURCES = {  # model -> ([llm-compressor results], [bitsandbytes/ONNX/GGUF eval 
                     ["quantize_rt-gemma3-270m-eval.json", "quantize_rt-gemma3-270m-eval-amd.json",
                      "quantize_rt-gemma3-270m-speed.json", "quantize_rt-gemma3-270m-per-token-eval.json",
                      "quantize_rt-gemma3-270m-per-token-speed.json", "quantize_rt-gemma3-270m-outliers.json",
-                     "quantize_rt-gemma3-270m-static-eval.json", "quantize_rt-gemma3-270m-static-speed.json"]),
+                     "quantize_rt-gemma3-270m-static-eval.json", "quantize_rt-gemma3-270m-static-speed.json",
+                     "quantize_rt-gemma3-270m-static-qkv.json"]),
 }
 LLMC_LABELS = {"rtn-w8": "RTN int8, per channel", "rtn-w4g128": "RTN int4, group 128", "rtn-w4g64": "RTN int4, group 64",
                "awq-w4g128": "AWQ W4A16, group 128", "awq-w4g128-all": "AWQ W4A16, group 128, all mappings",
@@ -82,7 +83,7 @@ OUTLIER_CHANNELS_FROM = {"quantize_rt-smollm2-outliers.json", "quantize_rt-gemma
 # ONNX static int8 measured before its MatMul outputs stayed float32 and its down projections float32 by
 # default (2026-12-02, later): every weight MatMul in int8, each output requantized to uint8
 STATIC_FLOAT_OUTPUTS_FROM = {"quantize_rt-smollm2-static.json", "quantize_rt-gemma3-270m-static-eval.json",
-                             "quantize_rt-gemma3-270m-static-speed.json"}
+                             "quantize_rt-gemma3-270m-static-speed.json", "quantize_rt-gemma3-270m-static-qkv.json"}
 
 
 def relabel(label: str, file: str) -> str:
