@@ -1,7 +1,8 @@
 """Where ONNX Runtime's static int8 loses its accuracy: each quantized activation's share of the KL.
 
 Quantizes an ONNX float32 variant from the store exactly as the onnx technique does (``--set`` for
-its fields; static int8 with the default 16 outlier channels unless told otherwise), then rewrites the
+its fields; static int8 at its defaults unless told otherwise: 16 outlier channels, the MLP down
+projections in float32, ``--set keep_float=`` for every weight MatMul in int8), then rewrites the
 QDQ graph so that every quantized activation (one ``QuantizeLinear``/``DequantizeLinear`` pair per
 distinct MatMul input: q/k/v share one, gate/up share one) passes through a switch,
 

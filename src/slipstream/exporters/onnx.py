@@ -385,18 +385,11 @@ def matmul_modules(firsts: dict[str, tuple[tuple[int, ...], Any]], src: Path) ->
 
 def kept_float(firsts: dict[str, tuple[tuple[int, ...], Any]], src: Path, patterns: tuple[str, ...]) -> set[str]:
     """The MatMul nodes of the modules ``patterns`` name; a pattern that names none is an error."""
-    modules = matmul_modules(firsts, src)
-    keep: set[str] = set()
-    for pattern in patterns:
-        hits = {n for n, m in modules.items() if m == pattern or m.endswith("." + pattern)}
-        if not hits:
-            from slipstream.errors import InvalidConfig
+    from slipstream.techniques.config import modules_named
 
-            kinds = sorted({m.rsplit(".", 1)[-1] for m in modules.values()})
-            raise InvalidConfig(f"onnx: keep_float {pattern!r} names no weight MatMul of this model "
-                                f"(module names end in: {', '.join(kinds)})")
-        keep |= hits
-    return keep
+    modules = matmul_modules(firsts, src)
+    named = modules_named(set(modules.values()), patterns, "onnx")
+    return {node for node, module in modules.items() if module in named}
 
 
 def split_outlier_channels(path: Path, nodes: list[str], config: ONNX, src: Path, shape: dict[str, Any],

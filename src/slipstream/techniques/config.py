@@ -104,3 +104,19 @@ def coerce(text: str, hint: Any) -> Any:
         (inner, *_) = get_args(hint) or (str,)
         return tuple(coerce(t.strip(), inner) for t in text.split(",") if t.strip())
     return text
+
+
+def modules_named(names: typing.Iterable[str], patterns: typing.Iterable[str], owner: str) -> set[str]:
+    """The module ``names`` that ``patterns`` name, each pattern a whole name or its last dotted parts
+    (``down_proj``, ``layers.0.mlp.down_proj``); a pattern that names none is an error listing what the
+    module names end in, so that a typo never silently quantizes everything."""
+    names = list(names)
+    found: set[str] = set()
+    for pattern in patterns:
+        hits = {n for n in names if n == pattern or n.endswith("." + pattern)}
+        if not hits:
+            kinds = sorted({n.rsplit(".", 1)[-1] for n in names})
+            raise InvalidConfig(f"{owner}: keep_float {pattern!r} names no weight of this model "
+                                f"(module names end in: {', '.join(kinds)})")
+        found |= hits
+    return found

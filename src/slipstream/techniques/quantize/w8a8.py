@@ -20,7 +20,7 @@ from typing import Literal
 from slipstream.calibration import Calibration
 from slipstream.errors import InvalidConfig
 from slipstream.progress import Progress
-from slipstream.techniques.config import TechniqueConfig
+from slipstream.techniques.config import TechniqueConfig, modules_named
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,16 +50,8 @@ class W8A8(TechniqueConfig):
 
 
 def keep_in_float(plan: dict[str, int | None], patterns: tuple[str, ...]) -> dict[str, int | None]:
-    """``plan`` with the modules ``patterns`` name marked 0 (full precision); a pattern naming none is an error."""
-    out = dict(plan)
-    for pattern in patterns:
-        hits = [n for n in plan if n == pattern or n.endswith("." + pattern)]
-        if not hits:
-            kinds = sorted({n.rsplit(".", 1)[-1] for n in plan})
-            raise InvalidConfig(f"w8a8: keep_float {pattern!r} names no linear layer of this model "
-                                f"(their names end in: {', '.join(kinds)})")
-        out.update(dict.fromkeys(hits, 0))
-    return out
+    """``plan`` with the modules ``patterns`` name marked 0 (full precision)."""
+    return plan | dict.fromkeys(modules_named(plan, patterns, "w8a8"), 0)
 
 
 ACTIVATIONS = {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "token", "dynamic": True}
