@@ -35,14 +35,28 @@ def kl_top1(reference: list[np.ndarray], other: list[np.ndarray]) -> tuple[float
     return float(np.concatenate(kls).mean()), float(np.concatenate(agree).mean())
 
 
+def float_reference(fp32_name: str, src_name: str | None, tokens: int, window: int) -> tuple:
+    """(store, the float32 variant, its checkpoint's path, the sequences, their log-probabilities): the
+    first ``tokens`` WikiText-2 test tokens in windows of ``window``, through the float32 ONNX graph."""
+    from slipstream.engines.onnxruntime import OnnxRuntimeEngine
+    from slipstream.evaluation.data import text_set
+    from slipstream.store import Store
+
+    store = Store()
+    fp32 = store.get(fp32_name)
+    src = Path(store.get(src_name or fp32.parent).path)
+    reference = OnnxRuntimeEngine(Path(fp32.path), threads=1)
+    ids = reference.tokenizer.encode(text_set("wikitext2"))[:tokens]
+    seqs = [ids[i : i + window] for i in range(0, len(ids), window)]
+    return store, fp32, src, seqs, reference.logprobs(seqs)
+
+
 def main() -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from slipstream.engines.onnxruntime import OnnxRuntimeEngine
     from slipstream.exporters.onnx import MODEL_FILE, ONNX, weight_matmuls
     from slipstream.exporters.onnx_per_token import quantize_per_token
-    from slipstream.evaluation.data import text_set
-    from slipstream.store import Store
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--fp32", required=True, help="an onnx float32 variant in the store")
@@ -54,13 +68,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "onnx_keep_float.json")
     args = ap.parse_args()
 
-    store = Store()
-    fp32 = store.get(args.fp32)
-    src = Path(store.get(args.src or fp32.parent).path)
-    reference = OnnxRuntimeEngine(Path(fp32.path), threads=1)
-    ids = reference.tokenizer.encode(text_set("wikitext2"))[: args.tokens]
-    seqs = [ids[i : i + 1024] for i in range(0, len(ids), 1024)]
-    ref = reference.logprobs(seqs)
+    store, fp32, src, seqs, ref = float_reference(args.fp32, args.src, args.tokens, 1024)
     reduce_range = ONNX("int8_dynamic").resolved_reduce_range()
     rows = []
     for keep in args.keep:
@@ -85,11 +93,11 @@ def main() -> None:
                "model_bytes": size, "kl_mean": kl, "top1_agreement": top1, "quantize_seconds": seconds}
         rows.append(row)
         print(row, flush=True)
-    record = {"machine": describe_machine(), "fp32": args.fp32, "src": str(src.name), "tokens": len(ids),
+    record = {"machine": describe_machine(), "fp32": args.fp32, "src": str(src.name), "tokens": sum(map(len, seqs)),
               "reduce_range": reduce_range, "activations": args.activations, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2))
-    print(f"\n{args.fp32}, activations {args.activations}, {len(ids)} WikiText-2 test tokens, "
+    print(f"\n{args.fp32}, activations {args.activations}, {sum(map(len, seqs))} WikiText-2 test tokens, "
           "against the float32 graph\n")
     print("| keep_float | MatMuls in float | model.onnx MB | KL | top-1 |")
     print("|---|---|---|---|---|")

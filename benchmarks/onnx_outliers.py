@@ -24,12 +24,11 @@ from slipstream.machine import describe_machine
 
 
 def main() -> None:
-    from onnx_keep_float import kl_top1
+    from onnx_keep_float import float_reference, kl_top1
 
     from slipstream.engines.onnxruntime import OnnxRuntimeEngine
-    from slipstream.evaluation.data import text_set
-    from slipstream.exporters.onnx import MODEL_FILE, ONNX, quantize
-    from slipstream.store import Store
+    from slipstream.exporters.onnx import MODEL_FILE, quantize
+    from slipstream.techniques.registry import make_config
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--fp32", required=True, help="an onnx float32 variant in the store")
@@ -42,22 +41,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
 
-    store = Store()
-    fp32 = store.get(args.fp32)
-    src = Path(store.get(args.src or fp32.parent).path)
+    store, fp32, src, seqs, ref = float_reference(args.fp32, args.src, args.tokens, 1024)
     shape = json.loads((Path(fp32.path) / "slipstream.json").read_text())["extra"]["facts"]
-    reference = OnnxRuntimeEngine(Path(fp32.path), threads=1)
-    ids = reference.tokenizer.encode(text_set("wikitext2"))[: args.tokens]
-    seqs = [ids[i : i + 1024] for i in range(0, len(ids), 1024)]
-    ref = reference.logprobs(seqs)
-    extra = {}
-    for item in args.set:
-        key, value = item.split("=", 1)
-        extra[key] = float(value) if value.replace(".", "", 1).isdigit() else value
+    extra = dict(item.split("=", 1) for item in args.set)  # typed by make_config, as on the command line
     rows = []
     for k in args.channels:
-        config = ONNX(args.quantization, keep_float=tuple(p for p in args.keep.split(",") if p),
-                      outlier_channels=k, **extra)
+        config = make_config("onnx", {"quantization": args.quantization, "keep_float": args.keep,
+                                      "outlier_channels": k, **extra})
         with tempfile.TemporaryDirectory(dir=store.home) as tmp:
             work = Path(tmp) / "variant"
             shutil.copytree(fp32.path, work, ignore=shutil.ignore_patterns(MODEL_FILE))
@@ -73,11 +63,11 @@ def main() -> None:
         rows.append(row)
         print({key: row[key] for key in ("config", "kl_mean", "top1_agreement", "model_bytes", "quantize_seconds")},
               flush=True)
-    record = {"machine": describe_machine(), "fp32": args.fp32, "src": src.name, "tokens": len(ids),
+    record = {"machine": describe_machine(), "fp32": args.fp32, "src": src.name, "tokens": sum(map(len, seqs)),
               "quantization": args.quantization, "keep_float": args.keep, "set": args.set, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2))
-    print(f"\n{args.fp32}, {args.quantization}, keep_float={args.keep or '(none)'}, {len(ids)} WikiText-2 test "
+    print(f"\n{args.fp32}, {args.quantization}, keep_float={args.keep or '(none)'}, {sum(map(len, seqs))} WikiText-2 test "
           "tokens, against the float32 graph\n")
     print("| outlier channels per input | model.onnx MB | KL | top-1 |")
     print("|---|---|---|---|")

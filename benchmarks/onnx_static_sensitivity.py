@@ -120,13 +120,11 @@ def gated(qdq: Path, out: Path, modules: dict[str, str]) -> list[dict[str, Any]]
 
 def main() -> None:
     import onnxruntime as ort
-    from onnx_keep_float import kl_top1
+    from onnx_keep_float import float_reference, kl_top1
 
-    from slipstream.engines.onnxruntime import OnnxRuntimeEngine
     from slipstream.engines.sampling import log_softmax
-    from slipstream.evaluation.data import text_set
-    from slipstream.exporters.onnx import MODEL_FILE, ONNX, quantize
-    from slipstream.store import Store
+    from slipstream.exporters.onnx import MODEL_FILE, quantize
+    from slipstream.techniques.registry import make_config
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--fp32", required=True, help="an onnx float32 variant in the store")
@@ -137,22 +135,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
 
-    store = Store()
-    fp32 = store.get(args.fp32)
-    src = Path(store.get(args.src or fp32.parent).path)
+    store, fp32, src, seqs, ref = float_reference(args.fp32, args.src, args.tokens, 512)
     shape = json.loads((Path(fp32.path) / "slipstream.json").read_text())["extra"]["facts"]
-    reference = OnnxRuntimeEngine(Path(fp32.path), threads=1)
-    ids = reference.tokenizer.encode(text_set("wikitext2"))[: args.tokens]
-    seqs = [ids[i : i + 512] for i in range(0, len(ids), 512)]
-    ref = reference.logprobs(seqs)
-    del reference
-    fields: dict[str, Any] = {"quantization": "int8_static"}
-    for item in args.set:
-        key, value = item.split("=", 1)
-        fields[key] = (float(value) if "." in value else int(value)) if value.replace(".", "", 1).isdigit() else value
-    if isinstance(fields.get("keep_float"), str):
-        fields["keep_float"] = tuple(p for p in fields["keep_float"].split(",") if p)
-    config = ONNX(**fields)
+    # typed by make_config, as on the command line
+    config = make_config("onnx", {"quantization": "int8_static", **dict(item.split("=", 1) for item in args.set)})
     modules = module_names(Path(fp32.path) / MODEL_FILE, src)
     with tempfile.TemporaryDirectory(dir=store.home) as tmp:
         staged, qdq, switched = (Path(tmp) / n for n in ("float.onnx", "qdq.onnx", "switched.onnx"))
@@ -198,7 +184,7 @@ def main() -> None:
         curve.append({"left_float": len(off), "added": switches[i]["modules"], "kl": kl(every - off)})
         print(f"  float: {len(off):2d} (+{', '.join(switches[i]['modules'])}): KL {curve[-1]['kl']:.4f}", flush=True)
     record = {"machine": describe_machine(), "fp32": args.fp32, "config": config.slug(), "set": args.set,
-              "tokens": len(ids), "kl_all": full, "kl_weights_only": none, "by_kind": by_kind,
+              "tokens": sum(map(len, seqs)), "kl_all": full, "kl_weights_only": none, "by_kind": by_kind,
               "switches": switches, "greedy_float": curve, "facts": facts}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2, default=str))
