@@ -2,7 +2,7 @@
 
 Quantizes an ONNX float32 variant from the store exactly as the onnx technique does (``--set`` for
 its fields; static int8 at its defaults unless told otherwise: 16 outlier channels, the MLP down
-projections in float32, ``--set keep_float=`` for every weight MatMul in int8), then rewrites the
+projections and q/k/v in float32, ``--set keep_float=`` for every weight MatMul in int8), then rewrites the
 QDQ graph so that every quantized activation (one ``QuantizeLinear``/``DequantizeLinear`` pair per
 distinct MatMul input: q/k/v share one, gate/up share one) passes through a switch,
 

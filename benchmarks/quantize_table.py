@@ -27,7 +27,8 @@ SOURCES = {  # model -> ([llm-compressor results], [bitsandbytes/ONNX/GGUF eval 
                                               "quantize_rt-bnb-threshold-speed.json",
                                               "quantize_rt-smollm2-per-token.json",
                                               "quantize_rt-smollm2-outliers.json",
-                                              "quantize_rt-smollm2-static.json"]),
+                                              "quantize_rt-smollm2-static.json",
+                                              "quantize_rt-smollm2-static-qkv.json"]),
     "gemma3-270m": (["quantize_llmc-gemma3-270m.json", "quantize_llmc-gemma3-270m-amd.json"],
                     ["quantize_rt-gemma3-270m-eval.json", "quantize_rt-gemma3-270m-eval-amd.json",
                      "quantize_rt-gemma3-270m-speed.json", "quantize_rt-gemma3-270m-per-token-eval.json",
@@ -83,7 +84,12 @@ OUTLIER_CHANNELS_FROM = {"quantize_rt-smollm2-outliers.json", "quantize_rt-gemma
 # ONNX static int8 measured before its MatMul outputs stayed float32 and its down projections float32 by
 # default (2026-12-02, later): every weight MatMul in int8, each output requantized to uint8
 STATIC_FLOAT_OUTPUTS_FROM = {"quantize_rt-smollm2-static.json", "quantize_rt-gemma3-270m-static-eval.json",
-                             "quantize_rt-gemma3-270m-static-speed.json", "quantize_rt-gemma3-270m-static-qkv.json"}
+                             "quantize_rt-gemma3-270m-static-speed.json", "quantize_rt-gemma3-270m-static-qkv.json",
+                             "quantize_rt-smollm2-static-qkv.json"}
+# ... all of them while static int8 kept only the down projections in float by default (until 2026-12-03;
+# q/k/v too since): their labels as the defaults of now name them
+STATIC_DOWN_ONLY_DEFAULT = {"ONNX int8 static": "ONNX int8 static, down_proj in float",
+                            "ONNX int8 static, down_proj and q/k/v in float": "ONNX int8 static"}
 
 
 def relabel(label: str, file: str) -> str:
@@ -92,6 +98,8 @@ def relabel(label: str, file: str) -> str:
         label += ", no outlier channels"
     if label.startswith("ONNX int8 static") and file not in STATIC_FLOAT_OUTPUTS_FROM:
         return label + ", every MatMul in int8, outputs requantized"
+    if file in STATIC_FLOAT_OUTPUTS_FROM:
+        return STATIC_DOWN_ONLY_DEFAULT.get(label, label)
     return RELABEL.get(label, label)
 
 

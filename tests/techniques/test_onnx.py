@@ -268,9 +268,9 @@ def test_static_int8_calibrates_and_stays_close(onnx_store, reference):
     matmul_outputs = {o for n in graph.node if n.op_type == "MatMul" for o in n.output}
     quantized = {n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
     assert not quantized & matmul_outputs
-    # one activation range per distinct weight-MatMul input: 2 layers x (q/k/v, o, gate/up), and the head;
-    # the down projections stay float32 by default (static int8's keep_float)
-    assert len(quantized) == 2 * 3 + 1 and facts["float_matmuls"] == 2
+    # one activation range per distinct weight-MatMul input: 2 layers x (o, gate/up), and the head; the
+    # down projections and q/k/v stay float32 by default (static int8's keep_float)
+    assert len(quantized) == 2 * 2 + 1 and facts["float_matmuls"] == 2 * 4
 
 
 def test_static_percentile_ranges_clip_what_minmax_keeps(onnx_store):
@@ -294,11 +294,13 @@ def test_static_percentile_ranges_clip_what_minmax_keeps(onnx_store):
     assert pct.name == "tiny-onnx-int8-static-p99.9-oc0"
     assert onnx_store.manifest(pct.name).extra["facts"]["ranges"] == "percentile 99.9"
     a, b = activation_scales(minmax), activation_scales(pct)
-    assert a.keys() == b.keys() and len(a) == 7  # 2 layers x 3 distinct quantized MatMul inputs, and the head
+    assert a.keys() == b.keys() and len(a) == 5  # 2 layers x (o, gate/up) quantized inputs, and the head
     assert all(b[k] <= a[k] * (1 + 1e-6) for k in a) and sum(b[k] < 0.9 * a[k] for k in a) >= len(a) // 2
     with pytest.raises(InvalidConfig, match="applies to int8_static only"):
         ONNX("int8_dynamic", ranges="percentile")
-    assert ONNX("int8_static", keep_float=("down_proj",)) == ONNX("int8_static") and ONNX("int8_dynamic").keep_float == ()
+    assert ONNX("int8_static", keep_float=("down_proj", "q_proj", "k_proj", "v_proj")) == ONNX("int8_static")
+    assert ONNX("int8_static", keep_float=("down_proj",)).slug() == "onnx-int8-static-keep-down_proj"
+    assert ONNX("int8_dynamic").keep_float == ()
     assert ONNX("int8_static", keep_float=()).slug() == "onnx-int8-static-keep-none"
     assert make_config("onnx", {"quantization": "int8_static", "keep_float": ""}) == ONNX("int8_static", keep_float=())
     with pytest.raises(InvalidConfig, match="percentile must be in"):

@@ -22,8 +22,9 @@ still set each token's scale; dynamic and static int8 split the 16 largest chann
 (found on the calibration text) out into float32 products by default (``outlier_channels``,
 :mod:`slipstream.exporters.onnx_outliers`). ``keep_float`` leaves whole modules (the MLP down projections
 and the output head hurt most) in float32, found by matching each MatMul's weight to the checkpoint's;
-static int8 leaves the down projections in float32 by default, since one range fixed at calibration
-cannot follow their inputs from token to token. Static int8 multiplies int8 inputs into a float32
+static int8 leaves the down projections and q/k/v in float32 by default: one range fixed at
+calibration cannot follow the down projections' inputs from token to token, and on Gemma-3-270m the
+attention's input holds most of what remains (BENCHMARKS.md). Static int8 multiplies int8 inputs into a float32
 output (ONNX Runtime's QDQ default would also requantize every MatMul's output, the logits included).
 
 The variant directory holds ``model.onnx`` (plus ``model.onnx.data`` for models over 2 GB) and a
@@ -57,6 +58,9 @@ DEFAULT_OUTLIER_CHANNELS = 16  # int8_dynamic and int8_static, per distinct MatM
 _EXTERNAL_BYTES = 1_800_000_000  # protobuf caps a file at 2 GB; bigger models keep weights beside it
 
 
+STATIC_KEEP_FLOAT = ("down_proj", "q_proj", "k_proj", "v_proj")  # static int8's default keep_float
+
+
 @dataclasses.dataclass(frozen=True)
 class ONNX(TechniqueConfig):
     """Export to ONNX for ONNX Runtime with ``quantization``; static int8 calibrates on ``calibration``."""
@@ -77,9 +81,10 @@ class ONNX(TechniqueConfig):
     # dynamic/static: modules whose MatMuls stay float32, by name or its last parts ("down_proj",
     # "lm_head", "layers.0.mlp.down_proj"): int8 activations cost most where a few channels or tokens
     # carry outliers (the MLP down projections) and at the output head, whose error goes straight into
-    # the logits. None: ("down_proj",) for int8_static, whose one fixed range per tensor cannot follow
-    # the down projections' inputs from token to token (SmolLM2: +3.58% perplexity with them in int8,
-    # +0.72% with them in float; BENCHMARKS.md), () otherwise; (): every weight MatMul in int8
+    # the logits. None: down_proj and q/k/v for int8_static, whose one fixed range per tensor cannot
+    # follow the down projections' inputs from token to token (SmolLM2: +3.58% perplexity with every
+    # MatMul in int8, +0.72% with down_proj in float, +0.45% with q/k/v too; Gemma-3-270m +6.24%,
+    # +1.39%, +0.31%; BENCHMARKS.md), () otherwise; (): every weight MatMul in int8
     keep_float: tuple[str, ...] | None = None
     # static: how calibration sets each activation range: the min and max seen (ONNX Runtime's
     # default), or the given percentile of the absolute values seen (clips rare outliers); percentile
@@ -130,7 +135,7 @@ class ONNX(TechniqueConfig):
             raise InvalidConfig(f"onnx: block_size must be a power of two >= 16, got {self.block_size}")
 
     def default_keep_float(self) -> tuple[str, ...]:
-        return ("down_proj",) if self.quantization == "int8_static" else ()
+        return STATIC_KEEP_FLOAT if self.quantization == "int8_static" else ()
 
     def default_outlier_channels(self) -> int:
         return DEFAULT_OUTLIER_CHANNELS if self.quantization in ("int8_dynamic", "int8_static") else 0
