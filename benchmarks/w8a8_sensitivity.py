@@ -1,0 +1,142 @@
+"""Where W8A8 int8 loses its accuracy: each module kind's share, simulated in float32.
+
+Loads a model from the store, smooths it as the w8a8 technique does (SmoothQuant, ``--alpha``, on the
+same calibration text: WikiText-2 *valid*), then simulates W8A8 in float32: each linear's weights
+rounded to int8 with one scale per output channel (round to nearest; the technique's GPTQ does a
+little better) and its input rounded to int8 with one scale per token at run time, the scheme
+compressed-tensors' W8A8 checkpoints run with. The head stays float, as in the technique.
+
+For each ``--keep`` set (with ``--weights float``, weights all in float: the activations' share alone) (module kinds left entirely in float, weights and input: what ``w8a8 -o
+keep_float=...`` does), and with weights only in int8 (``weights-only``), it reports on the first
+``--tokens`` tokens of WikiText-2 test, against the float32 model in the same windows (1,024 tokens,
+stride 512, BOS first, as ``slipstream evaluate`` scores): KL, top-1 agreement and the perplexity
+change with its paired 95% interval.
+
+Usage (prints a table, writes --out):
+    SLIPSTREAM_HOME=/tmp/home taskset -c 0 .venv/bin/python benchmarks/w8a8_sensitivity.py --model gemma3-270m \\
+        --out benchmarks/results/w8a8_sensitivity-gemma3-270m.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from slipstream.machine import describe_machine
+
+KINDS = {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "o_proj": "o", "gate_proj": "gate/up",
+         "up_proj": "gate/up", "down_proj": "down"}
+
+
+def fake_int8(x, dim: int):
+    """Symmetric int8 round trip with one scale per slice along ``dim`` (the rest reduced)."""
+    scale = x.abs().amax(dim=dim, keepdim=True).clamp(min=1e-8) / 127.0
+    return (x / scale).round().clamp(-127, 127) * scale
+
+
+class Simulator:
+    """The model's linears switchable between float and simulated W8A8, per module kind."""
+
+    def __init__(self, model) -> None:
+        import torch
+
+        self.linears = {name: m for name, m in model.named_modules()
+                        if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in KINDS}
+        self.float_w = {n: m.weight.detach().clone() for n, m in self.linears.items()}
+        self.int8_w = {n: fake_int8(w, dim=1) for n, w in self.float_w.items()}
+        self.quantized: dict[str, bool] = {}  # input rounded to int8 per token
+        for name, m in self.linears.items():
+            m.register_forward_pre_hook(lambda _m, args, name=name: (
+                (fake_int8(args[0], dim=-1),) if self.quantized.get(name) else None))
+
+    def set(self, keep: set[str], activations: bool = True, weights: bool = True) -> None:
+        import torch
+
+        with torch.no_grad():
+            for name, m in self.linears.items():
+                kept = KINDS[name.rsplit(".", 1)[-1]] in keep
+                m.weight.copy_(self.float_w[name] if kept or not weights else self.int8_w[name])
+                self.quantized[name] = not kept and activations
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="gemma3-270m")
+    ap.add_argument("--alpha", type=float, default=0.8, help="SmoothQuant's alpha; 0: no smoothing")
+    ap.add_argument("--samples", type=int, default=128, help="calibration samples (the w8a8 default)")
+    ap.add_argument("--tokens", type=int, default=4096)
+    ap.add_argument("--keep", nargs="*", default=["", "qkv", "o", "gate/up", "down", "qkv,down", "qkv,o"],
+                    help="comma-separated kinds left in float per row ('' : none)")
+    ap.add_argument("--weights", choices=["rtn", "float"], default="rtn",
+                    help="the --keep rows' weights: int8 by round to nearest, or float (activations alone)")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+
+    import torch
+
+    from slipstream.calibration import Calibration
+    from slipstream.engines.tokenizer import Tokenizer
+    from slipstream.evaluation.data import text_set
+    from slipstream.evaluation.perplexity import (DivergenceAccumulator, NLLAccumulator, paired_change,
+                                                  plan_windows, scored_rows)
+    from slipstream.store import Store
+    from slipstream.techniques.hf_io import load_model
+    from slipstream.techniques.quantize.smoothquant import calibrate_and_smooth
+
+    src = Path(Store().get(args.model).path)
+    tokenizer = Tokenizer.from_dir(src)
+    prefix = tokenizer.bos_prefix()
+    tokens = tokenizer.encode(text_set("wikitext2"), add_special_tokens=False)[: args.tokens]
+    windows = plan_windows(len(tokens), 1024 - len(prefix), 512)
+    reference = load_model(src)
+    model = load_model(src)
+    start = time.perf_counter()
+    if args.alpha:
+        calibrate_and_smooth(model, src, Calibration("wikitext2-valid", args.samples, 512), args.alpha)
+    smoothing_s = time.perf_counter() - start
+    sim = Simulator(model)
+    rtn = args.weights == "rtn"
+    rows = [("weights-only", set(), False, True), ("activations-only", set(), True, False)] + \
+        [(k or "none", set(filter(None, k.split(","))), True, rtn) for k in args.keep]
+    ref_nll, nll = NLLAccumulator(), {label: NLLAccumulator() for label, *_ in rows}
+    div = {label: DivergenceAccumulator() for label, *_ in rows}
+
+    def logprobs(m, ids):
+        with torch.inference_mode():
+            return torch.log_softmax(m(input_ids=torch.tensor([ids])).logits[0].float(), -1).numpy()
+
+    for i, w in enumerate(windows):
+        ids = prefix + tokens[w.begin:w.end]
+        targets = tokens[w.begin:w.end]
+        ref = logprobs(reference, ids)[len(prefix):]
+        ref_rows, ref_tok = scored_rows(w, ref, targets)
+        ref_nll.add(ref_tok)
+        for label, keep, activations, weights in rows:
+            sim.set(keep, activations, weights)
+            cand_rows, cand_tok = scored_rows(w, logprobs(model, ids)[len(prefix):], targets)
+            nll[label].add(cand_tok)
+            div[label].add(ref_rows, cand_rows)
+        print(f"window {i + 1}/{len(windows)}", flush=True)
+
+    results = []
+    for label, keep, activations, weights in rows:
+        change = paired_change(nll[label], ref_nll)
+        d = div[label].result()
+        results.append({"keep_float": sorted(keep), "activations_int8": activations, "weights_int8": weights, "label": label,
+                        "kl": d["kl_mean"], "top1_agreement": d["top1_agreement"],
+                        "perplexity_change": change["perplexity_ratio"] - 1,
+                        "perplexity_change_ci95": [r - 1 for r in change["perplexity_ratio_ci95"]]})
+        lo, hi = results[-1]["perplexity_change_ci95"]
+        print(f"{label:>14}  KL {d['kl_mean']:.4f}  top-1 {d['top1_agreement']:.1%}  "
+              f"ppl {results[-1]['perplexity_change']:+.2%} ({lo:+.2%} to {hi:+.2%})")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "model": args.model, "weights": args.weights, "alpha": args.alpha, "calibration_samples": args.samples, "tokens": len(tokens),
+        "reference_perplexity": ref_nll.result()["perplexity"], "smoothing_seconds": round(smoothing_s, 1),
+        "machine": describe_machine(), "rows": results}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
