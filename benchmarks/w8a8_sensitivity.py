@@ -4,7 +4,8 @@ Loads a model from the store, smooths it as the w8a8 technique does (SmoothQuant
 same calibration text: WikiText-2 *valid*), then simulates W8A8 in float32: each linear's weights
 rounded to int8 with one scale per output channel (round to nearest; the technique's GPTQ does a
 little better) and its input rounded to int8 with one scale per token at run time, the scheme
-compressed-tensors' W8A8 checkpoints run with. The head stays float, as in the technique.
+compressed-tensors' W8A8 checkpoints run with (scales max|x| / 127 here, symmetric; compressed-tensors
+divides by 127.5 and clamps to -128..127, 0.4% apart). The head stays float, as in the technique.
 
 For each ``--keep`` set (with ``--weights float``, weights all in float: the activations' share alone) (module kinds left entirely in float, weights and input: what ``w8a8 -o
 keep_float=...`` does), and with weights only in int8 (``weights-only``), it reports on the first
