@@ -7,8 +7,10 @@ little better) and its input rounded to int8 with one scale per token at run tim
 compressed-tensors' W8A8 checkpoints run with (scales max|x| / 127 here, symmetric; compressed-tensors
 divides by 127.5 and clamps to -128..127, 0.4% apart). The head stays float, as in the technique.
 
-For each ``--keep`` set (with ``--weights float``, weights all in float: the activations' share alone) (module kinds left entirely in float, weights and input: what ``w8a8 -o
-keep_float=...`` does), and with weights only in int8 (``weights-only``), it reports on the first
+For each ``--keep`` set (module kinds left entirely in float, weights and input: what ``w8a8 -o
+keep_float=...`` does; with ``--weights float`` every weight stays float, the activations' share alone),
+with only the weights in int8 (``weights-only``) and with only the activations (``activations-only``),
+it reports on the first
 ``--tokens`` tokens of WikiText-2 test, against the float32 model in the same windows (1,024 tokens,
 stride 512, BOS first, as ``slipstream evaluate`` scores): KL, top-1 agreement and the perplexity
 change with its paired 95% interval.
@@ -27,8 +29,9 @@ from pathlib import Path
 
 from slipstream.machine import describe_machine
 
-KINDS = {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "o_proj": "o", "gate_proj": "gate/up",
-         "up_proj": "gate/up", "down_proj": "down"}
+from onnx_static_sensitivity import kind_of  # benchmarks/onnx_static_sensitivity.py: q/k/v -> "qkv", ...
+
+KINDS = ("qkv", "o", "gate/up", "down")  # the decoder linears W8A8 quantizes (the head stays float)
 
 
 def fake_int8(x, dim: int):
@@ -44,7 +47,7 @@ class Simulator:
         import torch
 
         self.linears = {name: m for name, m in model.named_modules()
-                        if isinstance(m, torch.nn.Linear) and name.rsplit(".", 1)[-1] in KINDS}
+                        if isinstance(m, torch.nn.Linear) and kind_of(name) in KINDS}
         self.float_w = {n: m.weight.detach().clone() for n, m in self.linears.items()}
         self.int8_w = {n: fake_int8(w, dim=1) for n, w in self.float_w.items()}
         self.quantized: dict[str, bool] = {}  # input rounded to int8 per token
@@ -57,7 +60,7 @@ class Simulator:
 
         with torch.no_grad():
             for name, m in self.linears.items():
-                kept = KINDS[name.rsplit(".", 1)[-1]] in keep
+                kept = kind_of(name) in keep
                 m.weight.copy_(self.float_w[name] if kept or not weights else self.int8_w[name])
                 self.quantized[name] = not kept and activations
 
