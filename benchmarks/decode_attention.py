@@ -11,7 +11,7 @@
 
 Usage (prints and writes --out):
     SLIPSTREAM_HOME=/tmp/home OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/decode_attention.py \\
-        --model smollm2-135m-w8a8-sq0.8-gptq --out benchmarks/results/decode_attention-zen4.json
+        --model smollm2-135m-w8a8-sq0.8-gptq-keep-none --out benchmarks/results/decode_attention-zen4.json
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def attention_alone(rows: int, width: int, layers: int, repeats: int = 5) -> dic
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="smollm2-135m-w8a8-sq0.8-gptq")
+    ap.add_argument("--model", default="smollm2-135m-w8a8-sq0.8-gptq-keep-none")
     ap.add_argument("--rows", type=int, default=16)
     ap.add_argument("--widths", type=int, nargs="+", default=[100, 200])
     ap.add_argument("--layers", type=int, default=30)

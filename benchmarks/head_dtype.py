@@ -8,7 +8,7 @@ step at 1 and 16 rows (70-token prompts, then ``--decoded`` tokens), each head, 
 
 Usage (prints and writes benchmarks/results/head_dtype.json):
     SLIPSTREAM_HOME=/tmp/home OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/head_dtype.py \\
-        --model smollm2-135m-w8a8-sq0.8-gptq --reference smollm2-135m --max-tokens 8192
+        --model smollm2-135m-w8a8-sq0.8-gptq-keep-none --reference smollm2-135m --max-tokens 8192
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def main() -> None:
     from slipstream.evaluation.tasks import get_task
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="smollm2-135m-w8a8-sq0.8-gptq")
+    ap.add_argument("--model", default="smollm2-135m-w8a8-sq0.8-gptq-keep-none")
     ap.add_argument("--reference", default="smollm2-135m")
     ap.add_argument("--max-tokens", type=int, default=8192)
     ap.add_argument("--window", type=int, default=512)

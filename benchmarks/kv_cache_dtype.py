@@ -9,7 +9,7 @@ each cache dtype, in the same process, one after the other.
 
 Usage (prints and writes benchmarks/results/kv_cache_dtype.json):
     SLIPSTREAM_HOME=/tmp/home OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/kv_cache_dtype.py \\
-        --model smollm2-135m-w8a8-sq0.8-gptq --dtype bfloat16
+        --model smollm2-135m-w8a8-sq0.8-gptq-keep-none --dtype bfloat16
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def main() -> None:
     from slipstream.engines.loading import open_engine
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="smollm2-135m-w8a8-sq0.8-gptq")
+    ap.add_argument("--model", default="smollm2-135m-w8a8-sq0.8-gptq-keep-none")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=64)

@@ -22,14 +22,15 @@ from statistics import median
 RESULTS = Path(__file__).parent / "results"
 SOURCES = {  # model -> ([llm-compressor results], [bitsandbytes/ONNX/GGUF eval and speed results]); later files
     # add to (and for the same variant replace) earlier ones
-    "smollm2-135m": (["quantize_llmc.json", "quantize_llmc-w8a8-int8.json"], ["quantize_rt-quiet-eval.json", "quantize_rt-quiet-speed.json",
+    "smollm2-135m": (["quantize_llmc.json", "quantize_llmc-w8a8-int8.json", "quantize_llmc-w8a8-auto.json"], ["quantize_rt-quiet-eval.json", "quantize_rt-quiet-speed.json",
                                               "quantize_rt-bnb-threshold-eval.json",
                                               "quantize_rt-bnb-threshold-speed.json",
                                               "quantize_rt-smollm2-per-token.json",
                                               "quantize_rt-smollm2-outliers.json",
                                               "quantize_rt-smollm2-static.json",
                                               "quantize_rt-smollm2-static-qkv.json"]),
-    "gemma3-270m": (["quantize_llmc-gemma3-270m.json", "quantize_llmc-gemma3-270m-amd.json"],
+    "gemma3-270m": (["quantize_llmc-gemma3-270m.json", "quantize_llmc-gemma3-270m-amd.json",
+                     "quantize_llmc-gemma3-270m-w8a8-auto.json"],
                     ["quantize_rt-gemma3-270m-eval.json", "quantize_rt-gemma3-270m-eval-amd.json",
                      "quantize_rt-gemma3-270m-speed.json", "quantize_rt-gemma3-270m-per-token-eval.json",
                      "quantize_rt-gemma3-270m-per-token-speed.json", "quantize_rt-gemma3-270m-outliers.json",
@@ -41,9 +42,29 @@ LLMC_LABELS = {"rtn-w8": "RTN int8, per channel", "rtn-w4g128": "RTN int4, group
                "gptq-w4g128": "GPTQ W4A16, group 128"}
 
 
+# llm-compressor files measured before W8A8's keep_float="auto" default (2026-12-03): their W8A8 variants
+# had every linear in int8, what "-keep-none" names now
+W8A8_ALL_INT8_FROM = {"quantize_llmc.json", "quantize_llmc-w8a8-int8.json", "quantize_llmc-gemma3-270m.json",
+                      "quantize_llmc-gemma3-270m-amd.json"}
+
+
 def _load(name: str) -> dict:
     path = RESULTS / name
-    return json.loads(path.read_text()) if path.exists() else {}
+    data = json.loads(path.read_text()) if path.exists() else {}
+    return _renamed(data, _all_int8_name) if name in W8A8_ALL_INT8_FROM else data
+
+
+def _all_int8_name(name: str) -> str:
+    return name + "-keep-none" if "-w8a8-" in name and "-keep-" not in name else name
+
+
+def _renamed(value, rename):
+    """``value`` with every dict key passed through ``rename`` (variant names are keys at any depth)."""
+    if isinstance(value, dict):
+        return {rename(k): _renamed(v, rename) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_renamed(v, rename) for v in value]
+    return value
 
 
 def _merged(names: list[str]) -> dict:
@@ -52,9 +73,9 @@ def _merged(names: list[str]) -> dict:
     out: dict = {}
     for data in map(_load, names):
         for key, value in data.items():
-            if key in ("make",):
+            if key in ("make", "make_int8"):
                 out.setdefault(key, {}).update(value)
-            elif key in ("eval", "speed", "vllm") and isinstance(value, dict):
+            elif key in ("eval", "speed", "vllm", "eval_int8", "speed_int8") and isinstance(value, dict):
                 merged = out.setdefault(key, {})
                 merged.update({k: v for k, v in value.items() if k != "variants"})
                 merged.setdefault("variants", {}).update(value.get("variants", {}))
@@ -108,10 +129,18 @@ def _tag(file: str) -> str:
     return "#static" if file in STATIC_FLOAT_OUTPUTS_FROM else "#outliers" if file in OUTLIER_CHANNELS_FROM else ""
 
 
-def _label(model: str, name: str) -> str:
+def _label(model: str, name: str, made: dict | None = None) -> str:
     short = name.removeprefix(model + "-")
     if short.startswith("w8a8"):
-        return "SmoothQuant " + short.split("-sq")[1].split("-")[0] + " + W8A8 int8" if "-sq" in short else "W8A8 int8"
+        label = "SmoothQuant " + short.split("-sq")[1].split("-")[0] + " + W8A8 int8" if "-sq" in short else "W8A8 int8"
+        kept = short.split("-keep-")[1:]
+        if kept == ["none"]:
+            return label + ", every linear in int8"
+        if kept:
+            return label + ", " + "/".join(k.removesuffix("_proj") for k in kept) + " in float"
+        chosen = (made or {}).get("keep_float_auto")
+        return label + (f", auto (the default): {'/'.join(k.removesuffix('_proj') for k in chosen) or 'none'} in float"
+                        if chosen is not None else "")
     return LLMC_LABELS.get(short, short)
 
 
@@ -134,7 +163,7 @@ def llmc_rows(model: str, data: dict) -> tuple[dict, list[dict]]:
     sp8 = data.get("speed_int8", {}).get("variants", {})
     for name, made in data.get("make_int8", {}).items():
         e, s = data.get("eval_int8", {}).get("variants", {}).get(name, {}), sp8.get(name, {})
-        rows.append({"variant": _label(model, name), "engine": "transformers (int8 products, oneDNN)",
+        rows.append({"variant": _label(model, name, made), "engine": "transformers (int8 products, oneDNN)",
                      "size_bytes": made["size_bytes"], "quantize_s": made["seconds"], "peak_rss": made["peak_rss_bytes"],
                      "ppl": e.get("perplexity"), "ratio": e.get("perplexity_ratio"), "kl": e.get("kl_mean"),
                      "greedy": s.get("greedy"), "b1": s.get("decode_tok_s_b1"), "x1": s.get("speedup_b1"),

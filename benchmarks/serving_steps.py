@@ -11,7 +11,7 @@ prompt fused into the decode step's forward pass (the default) or prefilled in a
 
 Usage (prints and writes benchmarks/results/serving_steps.json):
     SLIPSTREAM_HOME=/tmp/home OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/serving_steps.py \\
-        --model smollm2-135m-w8a8-sq0.8-gptq --rows 1 16 --decoded 130
+        --model smollm2-135m-w8a8-sq0.8-gptq-keep-none --rows 1 16 --decoded 130
 """
 
 from __future__ import annotations

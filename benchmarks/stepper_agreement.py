@@ -9,7 +9,7 @@ from slipstream.engines.loading import open_engine
 from slipstream.engines.protocol import SamplingParams
 from slipstream.benchmark.workloads import load_prompts
 from engines.test_stepping import run_staggered
-for name in ("smollm2-135m", "smollm2-135m-w8a8-sq0.8-gptq"):
+for name in ("smollm2-135m", "smollm2-135m-w8a8-sq0.8-gptq-keep-none"):
     e = open_engine(name, engine="transformers", threads=1)
     prompts = [e.tokenizer.chat([{"role": "user", "content": p}]) for p in load_prompts("mt-bench", 8)]
     params = [SamplingParams(max_tokens=24)] * 8

@@ -29,40 +29,9 @@ from pathlib import Path
 
 from slipstream.machine import describe_machine
 
-from onnx_static_sensitivity import kind_of  # benchmarks/onnx_static_sensitivity.py: q/k/v -> "qkv", ...
-
-KINDS = ("qkv", "o", "gate/up", "down")  # the decoder linears W8A8 quantizes (the head stays float)
-
-
-def fake_int8(x, dim: int):
-    """Symmetric int8 round trip with one scale per slice along ``dim`` (the rest reduced)."""
-    scale = x.abs().amax(dim=dim, keepdim=True).clamp(min=1e-8) / 127.0
-    return (x / scale).round().clamp(-127, 127) * scale
-
-
-class Simulator:
-    """The model's linears switchable between float and simulated W8A8, per module kind."""
-
-    def __init__(self, model) -> None:
-        import torch
-
-        self.linears = {name: m for name, m in model.named_modules()
-                        if isinstance(m, torch.nn.Linear) and kind_of(name) in KINDS}
-        self.float_w = {n: m.weight.detach().clone() for n, m in self.linears.items()}
-        self.int8_w = {n: fake_int8(w, dim=1) for n, w in self.float_w.items()}
-        self.quantized: dict[str, bool] = {}  # input rounded to int8 per token
-        for name, m in self.linears.items():
-            m.register_forward_pre_hook(lambda _m, args, name=name: (
-                (fake_int8(args[0], dim=-1),) if self.quantized.get(name) else None))
-
-    def set(self, keep: set[str], activations: bool = True, weights: bool = True) -> None:
-        import torch
-
-        with torch.no_grad():
-            for name, m in self.linears.items():
-                kept = kind_of(name) in keep
-                m.weight.copy_(self.float_w[name] if kept or not weights else self.int8_w[name])
-                self.quantized[name] = not kept and activations
+# the decoder linears W8A8 quantizes (the head stays float), by kind: the name suffixes each covers
+KINDS = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",), "gate/up": ("gate_proj", "up_proj"),
+         "down": ("down_proj",)}
 
 
 def main() -> None:
@@ -87,6 +56,7 @@ def main() -> None:
                                                   plan_windows, scored_rows)
     from slipstream.store import Store
     from slipstream.techniques.hf_io import load_model
+    from slipstream.techniques.quantize.int8_sensitivity import Int8Simulation
     from slipstream.techniques.quantize.smoothquant import calibrate_and_smooth
 
     src = Path(Store().get(args.model).path)
@@ -100,7 +70,8 @@ def main() -> None:
     if args.alpha:
         calibrate_and_smooth(model, src, Calibration("wikitext2-valid", args.samples, 512), args.alpha)
     smoothing_s = time.perf_counter() - start
-    sim = Simulator(model)
+    sim = Int8Simulation(model, [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+                                 and any(n.endswith("." + s) for kind in KINDS.values() for s in kind)])
     rtn = args.weights == "rtn"
     rows = [("weights-only", set(), False, True), ("activations-only", set(), True, False)] + \
         [(k or "none", set(filter(None, k.split(","))), True, rtn) for k in args.keep]
@@ -118,7 +89,7 @@ def main() -> None:
         ref_rows, ref_tok = scored_rows(w, ref, targets)
         ref_nll.add(ref_tok)
         for label, keep, activations, weights in rows:
-            sim.set(keep, activations, weights)
+            sim.set([s for kind in keep for s in KINDS[kind]], activations, weights)
             cand_rows, cand_tok = scored_rows(w, logprobs(model, ids)[len(prefix):], targets)
             nll[label].add(cand_tok)
             div[label].add(ref_rows, cand_rows)

@@ -45,8 +45,15 @@ class Calibration:
             with (resources.files("slipstream") / "data" / BUNDLED[self.source]).open(encoding="utf-8") as f:
                 yield from f
 
-    def batches(self, tokenizer: Tokenizer) -> Iterator[list[int]]:
-        """``samples`` sequences of exactly ``sequence_length`` tokens, consecutive in the text."""
+    def batches(self, tokenizer: Tokenizer, bos: bool = False) -> Iterator[list[int]]:
+        """``samples`` sequences of exactly ``sequence_length`` tokens, consecutive in the text; with
+        ``bos``, each starts with the model's BOS token where its tokenizer adds one (as the model runs
+        and as evaluation text is scored: Gemma without it is off its training distribution)."""
+        if bos:
+            prefix = tokenizer.bos_prefix()
+            for ids in self.batches(tokenizer):
+                yield prefix + ids[: len(ids) - len(prefix)]
+            return
         buffer: list[int] = []
         made = 0
         for line in self.lines():

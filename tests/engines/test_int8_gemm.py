@@ -12,7 +12,7 @@ from tests.engines.test_stepping import TEXTS, run_staggered
 
 pytest.importorskip("llmcompressor", reason="the llmcompressor extra is not installed")
 
-CAL = {"samples": 16, "sequence_length": 128, "weights": "rtn"}
+CAL = {"samples": 16, "sequence_length": 128, "weights": "rtn", "keep_float": ""}  # every linear in int8
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def w8a8_store(tmp_path_factory, tiny_llama_dir):
 def pair(w8a8_store):
     from slipstream.engines.loading import open_engine
 
-    name = "tiny-w8a8-sq0.8-rtn"
+    name = "tiny-w8a8-sq0.8-rtn-keep-none"
     return (open_engine(name, store=w8a8_store, threads=1, int8_gemm=False),
             open_engine(name, store=w8a8_store, threads=1))
 
@@ -43,7 +43,7 @@ def test_each_layer_equals_compressed_tensors_float_path(w8a8_store):
 
     from slipstream.engines.int8_gemm import int8_forward, use_int8_gemm
 
-    path = w8a8_store.get("tiny-w8a8-sq0.8-rtn").path
+    path = w8a8_store.get("tiny-w8a8-sq0.8-rtn-keep-none").path
     reference = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     assert use_int8_gemm(model) == 14  # 2 layers x 7 projections; lm_head stays float
@@ -119,7 +119,7 @@ def test_without_an_int8_dot_product_the_float_path_stays(w8a8_store, monkeypatc
 
     monkeypatch.setattr("slipstream.machine.has_int8_dot_product", lambda: False)
     assert "saturate" in int8_gemm.available()
-    model = AutoModelForCausalLM.from_pretrained(w8a8_store.get("tiny-w8a8-sq0.8-rtn").path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(w8a8_store.get("tiny-w8a8-sq0.8-rtn-keep-none").path, dtype=torch.float32)
     assert int8_gemm.use_int8_gemm(model) == 0
     with torch.inference_mode():
         model(torch.tensor([[1, 2, 3]]))
@@ -130,5 +130,5 @@ def test_the_float_path_on_request(w8a8_store, monkeypatch):
     from slipstream.engines.loading import open_engine
 
     monkeypatch.setenv("SLIPSTREAM_INT8_GEMM", "0")
-    engine = open_engine("tiny-w8a8-sq0.8-rtn", store=w8a8_store, threads=1)
+    engine = open_engine("tiny-w8a8-sq0.8-rtn-keep-none", store=w8a8_store, threads=1)
     assert "int8_gemm_layers" not in engine.info().details and engine.info().details["gemm"] != "onednn"

@@ -59,6 +59,8 @@ def llmc_store(tmp_path_factory, tiny_llama_dir):
     optimize("tiny", "rtn", {"bits": 8, "group_size": "none"}, store=store)
     optimize("tiny", "gptq", {"group_size": 32, **CAL}, store=store)
     optimize("tiny", "w8a8", CAL, store=store)
+    for keep in ("auto", ""):  # the outlier model unsmoothed: keep_float chosen, and every linear in int8
+        optimize("outl", "w8a8", {**CAL, "smoothing": "none", "weights": "rtn", "keep_float": keep}, store=store)
     return store
 
 
@@ -125,6 +127,41 @@ def test_w8a8_keeps_the_named_modules_in_full_precision(llmc_store):
         optimize("tiny", "w8a8", {**CAL, "keep_float": "ffn_down"}, store=llmc_store)
 
 
+def test_w8a8_auto_keeps_the_inputs_with_outliers_in_float(llmc_store):
+    """Unsmoothed, the outlier model's q/k/v and gate/up inputs carry channels 40x the rest: auto keeps
+    those kinds in float, and only those, and lands far closer to the original than every linear in int8."""
+    from slipstream.pipeline import optimize
+
+    auto = _facts(llmc_store, "outl-w8a8-rtn")
+    chosen = auto["keep_float_auto"]
+    assert sorted(chosen["keep"]) == ["gate_proj", "k_proj", "q_proj", "up_proj", "v_proj"]
+    assert chosen["simulated_kl"] <= chosen["kl_budget"] == 0.005
+    assert {tuple(t["keep"]) for t in chosen["tried"]} >= {(), ("down_proj",), ("o_proj",)}
+    assert auto["unquantized"] == sorted(f"model.layers.{i}.{n}" for i in range(2) for n in
+                                         ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                          "mlp.gate_proj", "mlp.up_proj"))
+    assert "keep_float_auto" not in _facts(llmc_store, "outl-w8a8-rtn-keep-none")
+    m = _kl(llmc_store, ["outl-w8a8-rtn", "outl-w8a8-rtn-keep-none"], "outl")
+    assert m["outl-w8a8-rtn"]["kl_mean"] < 0.1 * m["outl-w8a8-rtn-keep-none"]["kl_mean"]
+    assert abs(m["outl-w8a8-rtn"]["perplexity_ratio"] - 1) < 0.01
+    # a budget nothing short of full precision meets is an error, not a checkpoint with no int8 in it
+    with pytest.raises(Unsupported, match="w8a8: even with every linear in float"):
+        optimize("outl", "w8a8", {**CAL, "smoothing": "none", "kl_budget": 1e-9}, store=llmc_store)
+
+
+def test_w8a8_slugs_name_what_differs_from_the_default():
+    from slipstream.techniques.quantize.w8a8 import W8A8
+
+    assert W8A8().slug() == "w8a8-sq0.8-gptq"  # keep_float="auto"
+    assert W8A8(keep_float=()).slug() == "w8a8-sq0.8-gptq-keep-none"
+    assert W8A8(keep_float=("down_proj",)).slug() == "w8a8-sq0.8-gptq-keep-down_proj"
+    assert W8A8(kl_budget=0.01).slug() == "w8a8-sq0.8-gptq-auto-kl0.01-n8"
+    with pytest.raises(InvalidConfig, match="apply to keep_float=auto only"):
+        W8A8(keep_float=(), kl_budget=0.01)
+    with pytest.raises(InvalidConfig, match="kl_budget must be > 0"):
+        W8A8(kl_budget=0)
+
+
 def test_rtn_int8_and_w8a8_are_close_to_the_original(llmc_store):
     m = _kl(llmc_store, ["tiny-rtn-w8", "tiny-w8a8-sq0.8-gptq", "tiny-rtn-w4g32"], "tiny")
     w8, w8a8, w4 = m["tiny-rtn-w8"], m["tiny-w8a8-sq0.8-gptq"], m["tiny-rtn-w4g32"]
@@ -143,10 +180,10 @@ def test_w8a8_on_gemma3_smooths_the_right_norms(store, tiny_gemma3_dir):
     from slipstream.pipeline import optimize
 
     import_model(str(tiny_gemma3_dir), "gem", store=store)
-    optimize("gem", "w8a8", CAL, store=store)
-    optimize("gem", "w8a8", {**CAL, "smoothing": "none"}, store=store)
-    m = _kl(store, ["gem-w8a8-sq0.8-gptq", "gem-w8a8-gptq"], "gem")
-    smoothed, plain = m["gem-w8a8-sq0.8-gptq"], m["gem-w8a8-gptq"]
+    optimize("gem", "w8a8", {**CAL, "keep_float": ""}, store=store)
+    optimize("gem", "w8a8", {**CAL, "smoothing": "none", "keep_float": ""}, store=store)
+    m = _kl(store, ["gem-w8a8-sq0.8-gptq-keep-none", "gem-w8a8-gptq-keep-none"], "gem")
+    smoothed, plain = m["gem-w8a8-sq0.8-gptq-keep-none"], m["gem-w8a8-gptq-keep-none"]
     assert 0 < smoothed["kl_mean"] < 0.02 and abs(smoothed["perplexity_ratio"] - 1) < 0.01
     assert smoothed["kl_mean"] < 2 * plain["kl_mean"]
 

@@ -93,7 +93,8 @@ register(
         config=W8A8,
         function=f"{_LLMC}.w8a8:apply",
         output_format="hf",
-        summary="SmoothQuant + W8A8 int8: smoothed, int8 weights (GPTQ or RTN) and per-token int8 activations; "
+        summary="SmoothQuant + W8A8 int8: smoothed, int8 weights (GPTQ or RTN) and per-token int8 activations, "
+        "the module kinds whose int8 inputs cost the most left in float (chosen per model, or named); "
         "compressed-tensors for vLLM's int8 kernels, via llm-compressor",
         extra="llmcompressor",
         needs_calibration=True,

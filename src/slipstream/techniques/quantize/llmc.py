@@ -119,13 +119,11 @@ def calibration_loader(src: Path, calibration: Calibration, on_sample=lambda: No
     from slipstream.engines.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.from_dir(src)
-    probe = tokenizer.encode("a")
-    prefix = probe[:1] if len(probe) > len(tokenizer.encode("a", add_special_tokens=False)) else []
 
     class Stream(IterableDataset):
         def __iter__(self) -> Iterator[dict]:
-            for ids in calibration.batches(tokenizer):
-                t = torch.tensor(prefix + ids[: len(ids) - len(prefix)], dtype=torch.long)
+            for ids in calibration.batches(tokenizer, bos=True):
+                t = torch.tensor(ids, dtype=torch.long)
                 on_sample()
                 yield {"input_ids": t, "attention_mask": torch.ones_like(t)}
 

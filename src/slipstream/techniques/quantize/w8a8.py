@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 from slipstream.calibration import Calibration
-from slipstream.errors import InvalidConfig
+from slipstream.errors import InvalidConfig, Unsupported
 from slipstream.progress import Progress
 from slipstream.techniques.config import TechniqueConfig, modules_named
 
@@ -34,20 +34,41 @@ class W8A8(TechniqueConfig):
     samples: int = 128
     sequence_length: int = 512
     # modules left in full precision (listed under compressed-tensors' ignore), by name or its last
-    # parts ("down_proj", "layers.0.mlp.down_proj"); the head always is. The MLP down projections' inputs
-    # carry the largest outliers that change from token to token, then q/k/v's: on Gemma-3-270m
-    # ("down_proj", "q_proj", "k_proj", "v_proj") cuts W8A8's KL from 0.0140 to 0.0024 (BENCHMARKS.md)
-    keep_float: tuple[str, ...] = ()
+    # parts ("down_proj", "layers.0.mlp.down_proj"); the head always is. "auto": chosen per model on the
+    # calibration text (slipstream.techniques.quantize.int8_sensitivity): W8A8 simulated in float32, the
+    # module kinds whose int8 inputs cost the most kept in float until the simulated KL from the original
+    # is within kl_budget. SmolLM2-135M keeps its down projections (+0.47% perplexity, where every linear
+    # in int8 is +0.82%), Gemma-3-270m its down projections and q/k/v (+0.16%, against +2.69%; BENCHMARKS.md).
+    # (): every linear in int8
+    kl_budget: float = 0.005  # "auto": the simulated KL (nats per token) allowed
+    auto_samples: int = 8  # "auto": calibration samples the simulation is measured on
+    keep_float: Literal["auto"] | tuple[str, ...] = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.smoothing is not None and not 0.0 < self.smoothing < 1.0:
             raise InvalidConfig(f"w8a8: smoothing must be in (0, 1) or none, got {self.smoothing}")
         Calibration(self.calibration, self.samples, self.sequence_length)
+        if not self.kl_budget > 0 or self.auto_samples < 1:
+            raise InvalidConfig(f"w8a8: kl_budget must be > 0 and auto_samples >= 1, got {self.kl_budget} "
+                                f"and {self.auto_samples}")
+        if self.keep_float != "auto" and not self._auto_defaults():
+            raise InvalidConfig("w8a8: kl_budget and auto_samples apply to keep_float=auto only")
 
     def slug(self) -> str:
         return ("w8a8" + (f"-sq{self.smoothing:g}" if self.smoothing is not None else "") + f"-{self.weights}"
-                + "".join(f"-keep-{name.replace('.', '_')}" for name in self.keep_float))
+                + self._keep_slug())
+
+    def _auto_defaults(self) -> bool:
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        return (self.kl_budget, self.auto_samples) == (defaults["kl_budget"], defaults["auto_samples"])
+
+    def _keep_slug(self) -> str:
+        if self.keep_float == "auto":
+            return "" if self._auto_defaults() else f"-auto-kl{self.kl_budget:g}-n{self.auto_samples}"
+        if not self.keep_float:
+            return "-keep-none"
+        return "".join(f"-keep-{name.replace('.', '_')}" for name in self.keep_float)
 
 
 def keep_in_float(plan: dict[str, int | None], patterns: tuple[str, ...]) -> dict[str, int | None]:
@@ -73,10 +94,30 @@ def apply(src: Path, out: Path, config: W8A8, device: str = "cpu", progress: Pro
     calibration = Calibration(config.calibration, config.samples, config.sequence_length)
     if config.smoothing is not None:
         calibrate_and_smooth(model, src, calibration, config.smoothing, progress)
-    plan = keep_in_float(llmc.plan_groups(model, None), config.keep_float)  # per-channel weights
+    plan = llmc.plan_groups(model, None)  # per-channel weights
+    facts: dict = {}
+    keep = config.keep_float
+    if keep == "auto":
+        choice = auto_keep_float(model, src, plan, config, progress)
+        keep, facts = choice.keep, choice.facts()
+    plan = keep_in_float(plan, keep)
+    if all(g == 0 for g in plan.values()):
+        raise Unsupported(f"w8a8: even with every linear in float the simulated KL is above kl_budget="
+                          f"{config.kl_budget}; nothing left to quantize")
     groups = llmc.scheme_groups(plan, weight_args(8, True), ACTIVATIONS)
     quantizer = GPTQModifier if config.weights == "gptq" else QuantizationModifier
     modifiers = [quantizer(config_groups=groups, ignore=list(llmc.IGNORE))]
-    facts = llmc.run(src, out, modifiers, label=f"W8A8 {config.slug()}", calibration=calibration, device=device,
-                     progress=progress, model=model)
-    return facts | llmc.plan_facts(plan)
+    run_facts = llmc.run(src, out, modifiers, label=f"W8A8 {config.slug()}", calibration=calibration,
+                         device=device, progress=progress, model=model)
+    return facts | run_facts | llmc.plan_facts(plan)
+
+
+def auto_keep_float(model, src: Path, plan: dict[str, int | None], config: W8A8, progress: Progress | None):
+    """keep_float="auto": the module kinds to leave in float, from W8A8 simulated on the first
+    ``auto_samples`` calibration samples (after smoothing, as it will be quantized)."""
+    from slipstream.engines.tokenizer import Tokenizer
+    from slipstream.techniques.quantize.int8_sensitivity import choose_keep_float
+
+    calibration = Calibration(config.calibration, config.auto_samples, config.sequence_length)
+    samples = list(calibration.batches(Tokenizer.from_dir(src), bos=True))
+    return choose_keep_float(model, list(plan), samples, config.kl_budget, progress)
