@@ -1,16 +1,16 @@
 """Which module kinds W8A8 int8 should leave in float, measured on calibration text.
 
 W8A8 quantizes each linear's weights (one scale per output channel) and its input (one scale per
-token, at run time). How much that costs depends on the model: on SmolLM2-135M every linear in int8
-stays within 1% of the original's perplexity, on Gemma-3-270m it does not, because a few of its
-inputs (the MLP down projections', then q/k/v's) carry outliers that change from token to token
-(BENCHMARKS.md). ``keep_float="auto"`` decides per model, the way Intel Neural Compressor's
-accuracy-aware tuning falls back to float op by op: it simulates W8A8 in float32 (weights rounded to
-int8 per output channel, inputs rounded to int8 per token: the scheme compressed-tensors' W8A8
-checkpoints run with, round to nearest where the technique's GPTQ does a little better, so the
-estimate errs on the safe side), measures the KL divergence from the full-precision model on a few
-calibration samples with every kind in int8 and with each kind alone in float, then keeps kinds in
-float, the most harmful first, until the KL is within the budget.
+token, at run time). How much that costs depends on the model and on a few module kinds whose inputs
+carry outliers that change from token to token: with every linear in int8, SmolLM2-135M is +0.82%
+perplexity and Gemma-3-270m +2.69%; with the down projections in float SmolLM2 is +0.47%, with them and
+q/k/v Gemma is +0.16% (BENCHMARKS.md). ``keep_float="auto"`` decides per model, the way Intel Neural
+Compressor's accuracy-aware tuning falls back to float op by op: it simulates W8A8 in float32 (weights
+rounded to int8 per output channel, inputs rounded to int8 per token: the scheme compressed-tensors'
+W8A8 checkpoints run with; round to nearest where the technique uses GPTQ, so the estimate errs on the
+safe side: 1.3-2.2x the real checkpoints' KL on those two models), measures the KL divergence from
+the full-precision model on a few calibration samples with every kind in int8 and with each kind alone
+in float, then keeps kinds in float, the most harmful first, until the KL is within the budget.
 
 A kind is the linears that read one input (q/k/v; gate/up) or share a name (o_proj, down_proj):
 keeping q in float but not k would leave that input's int8 rounding in place. The reference is the
