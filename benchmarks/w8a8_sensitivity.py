@@ -5,7 +5,8 @@ same calibration text: WikiText-2 *valid*), then simulates W8A8 in float32: each
 rounded to int8 with one scale per output channel (round to nearest; the technique's GPTQ does a
 little better) and its input rounded to int8 with one scale per token at run time, the scheme
 compressed-tensors' W8A8 checkpoints run with (scales max|x| / 127 here, symmetric; compressed-tensors
-divides by 127.5 and clamps to -128..127, 0.4% apart). The head stays float, as in the technique.
+divides by 127.5 and clamps to -128..127, 0.4% apart). The head stays float, as in the technique,
+unless ``--head`` (CTranslate2's int8 quantizes it too).
 
 For each ``--keep`` set (module kinds left entirely in float, weights and input: what ``w8a8 -o
 keep_float=...`` does; with ``--weights float`` every weight stays float, the activations' share alone),
@@ -44,6 +45,9 @@ def main() -> None:
                     help="comma-separated kinds left in float per row ('' : none)")
     ap.add_argument("--weights", choices=["rtn", "float"], default="rtn",
                     help="the --keep rows' weights: int8 by round to nearest, or float (activations alone)")
+    ap.add_argument("--head", action="store_true",
+                    help="simulate the output head in int8 too, as CTranslate2's int8 runs it (kind 'head'; "
+                         "where the head is tied to the embedding, the embedding's weights are rounded with it)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
 
@@ -70,8 +74,9 @@ def main() -> None:
     if args.alpha:
         calibrate_and_smooth(model, src, Calibration("wikitext2-valid", args.samples, 512), args.alpha)
     smoothing_s = time.perf_counter() - start
+    kinds = KINDS | ({"head": ("lm_head",)} if args.head else {})
     sim = Int8Simulation(model, [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
-                                 and any(n.endswith("." + s) for kind in KINDS.values() for s in kind)])
+                                 and any(n == s or n.endswith("." + s) for kind in kinds.values() for s in kind)])
     rtn = args.weights == "rtn"
     rows = [("weights-only", set(), False, True), ("activations-only", set(), True, False)] + \
         [(k or "none", set(filter(None, k.split(","))), True, rtn) for k in args.keep]
@@ -89,7 +94,7 @@ def main() -> None:
         ref_rows, ref_tok = scored_rows(w, ref, targets)
         ref_nll.add(ref_tok)
         for label, keep, activations, weights in rows:
-            sim.set([s for kind in keep for s in KINDS[kind]], activations, weights)
+            sim.set([s for kind in keep for s in kinds[kind]], activations, weights)
             cand_rows, cand_tok = scored_rows(w, logprobs(model, ids)[len(prefix):], targets)
             nll[label].add(cand_tok)
             div[label].add(ref_rows, cand_rows)
@@ -108,7 +113,8 @@ def main() -> None:
               f"ppl {results[-1]['perplexity_change']:+.2%} ({lo:+.2%} to {hi:+.2%})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
-        "model": args.model, "weights": args.weights, "alpha": args.alpha, "calibration_samples": args.samples, "tokens": len(tokens),
+        "model": args.model, "weights": args.weights, "head_int8": args.head, "alpha": args.alpha,
+        "calibration_samples": args.samples, "tokens": len(tokens),
         "reference_perplexity": ref_nll.result()["perplexity"], "smoothing_seconds": round(smoothing_s, 1),
         "machine": describe_machine(), "rows": results}, indent=2) + "\n")
 
