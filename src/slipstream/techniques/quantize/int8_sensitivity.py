@@ -86,6 +86,7 @@ def divergence(model: Any, sim: Int8Simulation, samples: list[list[int]], settin
     """Per setting (suffixes kept in float): the mean KL(float || simulated) per token and the change
     in mean next-token log-loss on ``samples``, against the model with every linear in float."""
     import torch
+    import torch.nn.functional as F
 
     every = sorted({n.rsplit(".", 1)[-1] for n in sim.linears})
     kl = [0.0] * len(settings)
@@ -102,11 +103,10 @@ def divergence(model: Any, sim: Int8Simulation, samples: list[list[int]], settin
             sim.set(keep=every)
             ref = logprobs(ids)
             ref_nll = -ref.gather(-1, targets).sum().item()
-            p = ref.exp()
             for i, keep in enumerate(settings):
                 sim.set(keep=keep)
                 cand = logprobs(ids)
-                kl[i] += (p * (ref - cand)).sum().item()
+                kl[i] += F.kl_div(cand, ref, log_target=True, reduction="sum").item()
                 nll[i] += -cand.gather(-1, targets).sum().item() - ref_nll
                 del cand
             count += targets.numel()
