@@ -38,7 +38,9 @@ KINDS = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",), "gate/up": ("g
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="gemma3-270m")
-    ap.add_argument("--alpha", type=float, default=0.8, help="SmoothQuant's alpha; 0: no smoothing")
+    ap.add_argument("--alpha", type=lambda v: v if v == "auto" else float(v), default=0.8,
+                    help="SmoothQuant's alpha; 0: no smoothing; auto: chosen per group (smoothquant alpha=auto)")
+    ap.add_argument("--search-samples", type=int, default=8, help="with --alpha auto: the samples searched on")
     ap.add_argument("--samples", type=int, default=128, help="calibration samples (the w8a8 default)")
     ap.add_argument("--tokens", type=int, default=4096)
     ap.add_argument("--keep", nargs="*", default=["", "qkv", "o", "gate/up", "down", "qkv,down", "qkv,o"],
@@ -71,8 +73,10 @@ def main() -> None:
     reference = load_model(src)
     model = load_model(src)
     start = time.perf_counter()
+    chosen = {}
     if args.alpha:
-        calibrate_and_smooth(model, src, Calibration("wikitext2-valid", args.samples, 512), args.alpha)
+        chosen = calibrate_and_smooth(model, src, Calibration("wikitext2-valid", args.samples, 512), args.alpha,
+                                      search_samples=args.search_samples)
     smoothing_s = time.perf_counter() - start
     kinds = KINDS | ({"head": ("lm_head",)} if args.head else {})
     sim = Int8Simulation(model, [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
@@ -116,7 +120,7 @@ def main() -> None:
         "model": args.model, "weights": args.weights, "head_int8": args.head, "alpha": args.alpha,
         "calibration_samples": args.samples, "tokens": len(tokens),
         "reference_perplexity": ref_nll.result()["perplexity"], "smoothing_seconds": round(smoothing_s, 1),
-        "machine": describe_machine(), "rows": results}, indent=2) + "\n")
+        "machine": describe_machine(), "rows": results} | chosen, indent=2) + "\n")
 
 
 if __name__ == "__main__":

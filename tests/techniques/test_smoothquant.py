@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +89,100 @@ def test_smoothing_reduces_int8_error(outlier_store):
     assert kl_smooth < 0.5 * kl_plain, (kl_smooth, kl_plain)
 
 
+def test_auto_alpha_is_exact_and_loses_no_more_than_a_fixed_one(outlier_store):
+    """alpha=auto smooths each group at its own alpha: still exact in full precision, the choice recorded
+    per group, and CTranslate2's int8 after it loses no more than after the fixed default."""
+    pytest.importorskip("ctranslate2")
+    from slipstream.engines.loading import open_engine
+    from slipstream.evaluation.run import EvalSettings, evaluate
+    from slipstream.pipeline import build
+
+    calib = {"samples": 8, "sequence_length": 64}
+    auto = build("outl", [make_config("smoothquant", calib | {"alpha": "auto", "search_samples": 4})],
+                 store=outlier_store)
+    assert auto.name == "outl-sq-auto-n4"
+    a, b = open_engine("outl", store=outlier_store, threads=1), open_engine(auto, store=outlier_store, threads=1)
+    ids = [a.tokenizer.encode("The game was released in Japan in 2011 and sold")]
+    np.testing.assert_allclose(a.logprobs(ids)[0], b.logprobs(ids)[0], atol=2e-4)
+    from slipstream.store.manifest import Manifest
+
+    chosen = Manifest.read(Path(outlier_store.get(auto.name).path)).extra["facts"]["smoothquant_auto"]["groups"]
+    config = json.loads((Path(outlier_store.get("outl").path) / "config.json").read_text())
+    assert len(chosen) == 4 * config["num_hidden_layers"]
+    for name, g in chosen.items():
+        best = min(g["relative_error"].values())
+        assert g["relative_error"][str(g["alpha"])] == best
+        if "input_layernorm" in name:  # x40 outliers on 3 channels: smoothing them pays
+            assert g["alpha"] != "none" and best < 0.5 * g["relative_error"]["none"], (name, g)
+
+    settings = EvalSettings(window=128, stride=128, max_tokens=2048, threads=1)
+    kl = {}
+    for alpha in (0.7, "auto"):
+        extra = {"search_samples": 4} if alpha == "auto" else {}
+        variant = build("outl", [make_config("smoothquant", calib | {"alpha": alpha} | extra),
+                                 make_config("ctranslate2", {"quantization": "int8"})], store=outlier_store)
+        kl[alpha] = evaluate(variant.name, reference="outl", settings=settings, store=outlier_store).metrics["kl_mean"]
+    assert kl["auto"] <= 1.05 * kl[0.7], kl
+
+
+def test_search_finds_the_outliers_a_down_projection_reads(tiny_llama_dir):
+    """A model rewritten exactly so that 4 channels of each down projection's input are 60x the rest:
+    the search smooths that group, to a fraction of the unsmoothed int8 error."""
+    from slipstream.techniques.hf_io import load_model
+    from slipstream.techniques.quantize.smoothquant import activation_maxima, search_alphas, smoothing_groups
+
+    model = load_model(tiny_llama_dir)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.mlp.up_proj.weight[:4] *= 60
+            layer.mlp.down_proj.weight[:, :4] /= 60
+    g = torch.Generator().manual_seed(0)
+    samples = [torch.randint(3, model.config.vocab_size, (64,), generator=g).tolist() for _ in range(4)]
+    groups = smoothing_groups(model)
+    maxima = activation_maxima(model, groups, samples)
+    chosen, relative = search_alphas(model, groups, maxima, samples)
+    for group, alpha, row in zip(groups, chosen, relative):
+        if group.name.endswith("up_proj->down_proj"):  # row[0]: no smoothing
+            assert alpha is not None and row[0] > 5 * min(row), (group.name, row)
+
+
+def test_auto_smoothing_of_a_tied_head_is_exact(store, tiny_gemma3_dir):
+    """``lm_head=true`` unties Gemma's head from its embedding and smooths the final norm into it: the
+    function is unchanged, and the head's alpha is chosen with the others."""
+    from slipstream.engines.loading import open_engine
+    from slipstream.models.intake import import_model
+    from slipstream.pipeline import optimize
+    from slipstream.store.manifest import Manifest
+
+    import_model(str(tiny_gemma3_dir), "gem", store=store)
+    smoothed = optimize("gem", "smoothquant", {"samples": 4, "sequence_length": 64, "alpha": "auto",
+                                               "search_samples": 2, "lm_head": True}, store=store)
+    assert smoothed.name == "gem-sq-auto-n2-head"
+    a, b = open_engine("gem", store=store, threads=1), open_engine(smoothed, store=store, threads=1)
+    ids = [a.tokenizer.encode("The game was released in Japan in 2011 and sold")]
+    np.testing.assert_allclose(a.logprobs(ids)[0], b.logprobs(ids)[0], atol=2e-4)
+    groups = Manifest.read(Path(store.get(smoothed.name).path)).extra["facts"]["smoothquant_auto"]["groups"]
+    assert "norm->lm_head" in groups
+
+
+def test_a_head_is_searched_on_a_sample_of_its_rows(tiny_llama_dir, monkeypatch):
+    """Past SEARCH_ROWS output rows (a large vocabulary) the search measures a fixed sample of them:
+    the relative errors stay close to those over every row."""
+    from slipstream.techniques.hf_io import load_model
+    from slipstream.techniques.quantize import smoothquant
+
+    model = load_model(tiny_llama_dir)
+    g = torch.Generator().manual_seed(0)
+    samples = [torch.randint(3, model.config.vocab_size, (64,), generator=g).tolist() for _ in range(2)]
+    head = smoothquant.smoothing_groups(model, lm_head=True)[-1:]
+    maxima = smoothquant.activation_maxima(model, head, samples)
+    _, every = smoothquant.search_alphas(model, head, maxima, samples)
+    monkeypatch.setattr(smoothquant, "SEARCH_ROWS", model.config.vocab_size // 4)
+    _, sampled = smoothquant.search_alphas(model, head, maxima, samples)
+    assert sampled[0] != every[0]  # a different estimate ...
+    np.testing.assert_allclose(sampled[0], every[0], rtol=0.25)  # ... of the same errors
+
+
 def test_recipe_reuses_finished_steps(outlier_store):
     from slipstream.pipeline import build
 
@@ -103,3 +198,8 @@ def test_bad_settings():
         make_config("smoothquant", {"alpha": "1.5"})
     with pytest.raises(InvalidConfig, match="evaluation text"):
         make_config("smoothquant", {"calibration": "wikitext2"})
+    with pytest.raises(InvalidConfig, match="alpha=auto only"):
+        make_config("smoothquant", {"search_samples": "4"})
+    with pytest.raises(InvalidConfig, match="search_samples must be >= 1"):
+        make_config("smoothquant", {"alpha": "auto", "search_samples": "0"})
+    assert make_config("smoothquant", {"alpha": "auto"}).slug() == "sq-auto"

@@ -36,7 +36,7 @@ register(
         function="slipstream.techniques.quantize.smoothquant:apply",
         output_format="hf",
         summary="SmoothQuant smoothing: move activation outliers into weights (exact in full precision) "
-        "so W8A8 engines such as CTranslate2 int8 lose less accuracy",
+        "so W8A8 engines such as CTranslate2 int8 lose less accuracy; alpha=auto picks alpha per layer",
         needs_calibration=True,
     )
 )
