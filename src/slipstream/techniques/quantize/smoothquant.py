@@ -235,7 +235,7 @@ def calibrate_and_smooth(model: Any, src: Path, calibration: Calibration, alpha:
 
     def stream(what: str, samples: int):
         with or_null(progress).task(what, total=samples) as bar:
-            for ids in Calibration(calibration.source, samples, calibration.sequence_length).batches(tokenizer):
+            for ids in dataclasses.replace(calibration, samples=samples).batches(tokenizer):
                 yield ids
                 bar.advance()
 
@@ -248,11 +248,11 @@ def calibrate_and_smooth(model: Any, src: Path, calibration: Calibration, alpha:
     chosen, relative = search_alphas(model, groups, maxima, stream("SmoothQuant: searching alpha per group",
                                                                    search_samples))
     smooth(model, groups, maxima, chosen)
-    none, *alphas = AUTO_ALPHAS
+    candidates = ["none" if a is None else a for a in AUTO_ALPHAS]
     return {"smoothquant_auto": {
-        "candidates": ["none", *alphas], "search_samples": search_samples,
+        "candidates": candidates, "search_samples": search_samples,
         "groups": {g.name: {"alpha": "none" if a is None else a,
-                            "relative_error": dict(zip(["none", *map(str, alphas)], row))}
+                            "relative_error": dict(zip(map(str, candidates), row))}
                    for g, a, row in zip(groups, chosen, relative)}}}
 
 
