@@ -5,7 +5,7 @@ Shared by every engine so that all of them report the same tokens, text and fini
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 from slipstream.engines.protocol import Completion, SamplingParams
 from slipstream.engines.tokenizer import Tokenizer
@@ -28,6 +28,34 @@ def finish(tokenizer: Tokenizer, prompt_len: int, generated: Sequence[int], para
             ids = _tokens_covering(tokenizer, ids, text)
             reason = "stop"
     return Completion(token_ids=ids, text=text, finish_reason=reason, prompt_tokens=prompt_len)
+
+
+# an engine's own decode loop: for a group of prompts, each step's chosen token per prompt (None once done)
+Steps = Callable[[Sequence[Sequence[int]], SamplingParams], Iterator[list[int | None]]]
+
+
+def generate_by_steps(steps: Steps, tokenizer: Tokenizer, prompts: Sequence[Sequence[int]],
+                      params: SamplingParams, batch_size: int) -> list[Completion]:
+    """``Engine.generate`` for an engine that decodes ``batch_size`` prompts at a time with ``steps``."""
+    out: list[Completion] = []
+    for start in range(0, len(prompts), batch_size):
+        group = prompts[start : start + batch_size]
+        produced: list[list[int]] = [[] for _ in group]
+        for step in steps(group, params):
+            for i, tok in enumerate(step):
+                if tok is not None:
+                    produced[i].append(tok)
+        out.extend(finish(tokenizer, len(p), ids, params) for p, ids in zip(group, produced))
+    return out
+
+
+def stream_by_steps(steps: Steps, tokenizer: Tokenizer, prompt: Sequence[int], params: SamplingParams) -> Iterator[int]:
+    """``Engine.stream`` over ``steps``: one prompt's tokens as they come, up to end of sequence."""
+    eos = tokenizer.eos_token_ids
+    for (tok,) in steps([prompt], params):
+        if tok is None or (tok in eos and not params.ignore_eos):
+            return
+        yield tok
 
 
 def first_stop(text: str, stops: Sequence[str]) -> int | None:

@@ -16,7 +16,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from slipstream.engines.finishing import finish
+from slipstream.engines.finishing import generate_by_steps, stream_by_steps
 from slipstream.engines.protocol import Completion, EngineInfo, SamplingParams
 from slipstream.engines.sampling import log_softmax, pick
 from slipstream.engines.tokenizer import Tokenizer
@@ -200,23 +200,10 @@ class LlamaCppEngine:
             self._clear()
 
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Completion]:
-        out: list[Completion] = []
-        for start in range(0, len(prompts), self.batch_size):
-            group = prompts[start : start + self.batch_size]
-            produced: list[list[int]] = [[] for _ in group]
-            for step in self._steps(group, params):
-                for s, tok in enumerate(step):
-                    if tok is not None:
-                        produced[s].append(tok)
-            out.extend(finish(self._tokenizer, len(p), ids, params) for p, ids in zip(group, produced))
-        return out
+        return generate_by_steps(self._steps, self._tokenizer, prompts, params, self.batch_size)
 
     def stream(self, prompt: Sequence[int], params: SamplingParams) -> Iterator[int]:
-        eos = self._tokenizer.eos_token_ids
-        for (tok,) in self._steps([prompt], params):
-            if tok is None or (tok in eos and not params.ignore_eos):
-                return
-            yield tok
+        return stream_by_steps(self._steps, self._tokenizer, prompt, params)
 
 
 def _stored_quantization(path: Path) -> str | None:
