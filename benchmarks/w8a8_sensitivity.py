@@ -41,6 +41,8 @@ def main() -> None:
     ap.add_argument("--alpha", type=lambda v: v if v == "auto" else float(v), default=0.8,
                     help="SmoothQuant's alpha; 0: no smoothing; auto: chosen per group (smoothquant alpha=auto)")
     ap.add_argument("--search-samples", type=int, default=8, help="with --alpha auto: the samples searched on")
+    ap.add_argument("--smooth-head", action="store_true",
+                    help="smooth the head's input too (smoothquant lm_head=true; unties a tied head)")
     ap.add_argument("--samples", type=int, default=128, help="calibration samples (the w8a8 default)")
     ap.add_argument("--tokens", type=int, default=4096)
     ap.add_argument("--keep", nargs="*", default=["", "qkv", "o", "gate/up", "down", "qkv,down", "qkv,o"],
@@ -76,7 +78,7 @@ def main() -> None:
     chosen = {}
     if args.alpha:
         chosen = calibrate_and_smooth(model, src, Calibration("wikitext2-valid", args.samples, 512), args.alpha,
-                                      search_samples=args.search_samples)
+                                      lm_head=args.smooth_head, search_samples=args.search_samples)
     smoothing_s = time.perf_counter() - start
     kinds = KINDS | ({"head": ("lm_head",)} if args.head else {})
     sim = Int8Simulation(model, [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
@@ -118,6 +120,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "model": args.model, "weights": args.weights, "head_int8": args.head, "alpha": args.alpha,
+        "head_smoothed": args.smooth_head,
         "calibration_samples": args.samples, "tokens": len(tokens),
         "reference_perplexity": ref_nll.result()["perplexity"], "smoothing_seconds": round(smoothing_s, 1),
         "machine": describe_machine(), "rows": results} | chosen, indent=2) + "\n")

@@ -11,6 +11,7 @@ from slipstream.techniques.quantize.bnb import BitsAndBytes
 from slipstream.techniques.quantize.cast import Cast
 from slipstream.techniques.quantize.fp8 import FP8
 from slipstream.techniques.quantize.gptq import GPTQ
+from slipstream.techniques.quantize.int8_rows import Int8Rows
 from slipstream.techniques.quantize.rtn import RTN
 from slipstream.techniques.quantize.smoothquant import SmoothQuant
 from slipstream.techniques.quantize.w8a8 import W8A8
@@ -37,6 +38,19 @@ register(
         output_format="hf",
         summary="SmoothQuant smoothing: move activation outliers into weights (exact in full precision) "
         "so W8A8 engines such as CTranslate2 int8 lose less accuracy; alpha=auto picks alpha per layer",
+        needs_calibration=True,
+    )
+)
+
+register(
+    TechniqueSpec(
+        name="int8-rows",
+        kind="transform",
+        config=Int8Rows,
+        function="slipstream.techniques.quantize.int8_rows:apply",
+        output_format="hf",
+        summary="GPTQ onto CTranslate2 int8's grid (one scale per weight row), kept in float: converting "
+        "with ctranslate2 int8 afterwards stores GPTQ's rounding instead of round to nearest",
         needs_calibration=True,
     )
 )
