@@ -7,9 +7,10 @@ not yet rounded, weighted by the inverse of the layer's input Hessian ``H = X^T 
 calibration text, so the layer's outputs on that text stay closest to the float ones. This technique
 keeps each row's scale at CTranslate2's (the row's largest weight stays the row's largest code, 127)
 and writes the rounded weights back in float: ``ctranslate2 -q int8`` afterwards recovers exactly
-the same codes, so the int8 model holds GPTQ's weights instead of its own rounding. A row whose
-largest code would drop below 127 (GPTQ moved its largest weight down) keeps its float weights,
-rounded by CTranslate2 as before; their count is in the facts.
+the same codes, so the int8 model holds GPTQ's weights instead of its own rounding. Where GPTQ's
+updates moved a row's largest weight below code 127 (CTranslate2 would then derive a smaller scale
+and round again), that weight is pinned back to its grid point; a row that GPTQ leaves no closer to
+the float outputs than rounding to nearest is rounded to nearest (their count is in the facts).
 
 Every linear of the decoder is rounded, each on the Hessian of its own input in the float model (one
 calibration pass, not layer after layer as GPTQ's reference does: at 8 bits the inputs barely move),
