@@ -34,11 +34,12 @@ def _correlated_layer(rows=96, columns=256, tokens=2048, seed=0):
 
 def test_gptq_rows_beats_rounding_to_nearest_and_ctranslate2_keeps_it():
     pytest.importorskip("ctranslate2")
-    from slipstream.techniques.quantize.int8_rows import gptq_rows, output_error, round_rows
+    from slipstream.techniques.quantize.int8_rows import gptq_rows, output_error
+    from slipstream.techniques.quantize.int8_sensitivity import fake_int8
 
     w, h = _correlated_layer()
     rounded, figures = gptq_rows(w, h, block_size=64, chunk_rows=40)  # several row chunks and column blocks
-    rtn = round_rows(w)
+    rtn = fake_int8(w, dim=1)
     assert output_error(rounded - w, h) < 0.5 * output_error(rtn - w, h)
     np.testing.assert_allclose(figures["error_gptq"], output_error(rounded - w, h), rtol=1e-3)
     np.testing.assert_allclose(figures["error_rtn"], output_error(rtn - w, h), rtol=1e-3)
@@ -54,7 +55,8 @@ def test_every_row_keeps_its_scale_and_none_is_worse_than_rounding_to_nearest():
     """GPTQ's updates can move a row's largest weight below code 127, which would change the scale
     CTranslate2 derives: such rows get their largest weight pinned back; and a row where GPTQ ends up
     no closer than rounding to nearest is rounded to nearest."""
-    from slipstream.techniques.quantize.int8_rows import gptq_rows, round_rows, row_errors
+    from slipstream.techniques.quantize.int8_rows import gptq_rows, row_errors
+    from slipstream.techniques.quantize.int8_sensitivity import fake_int8
 
     w, h = _correlated_layer(rows=64, columns=128, seed=1)
     w[:, 5] = w.abs().amax(1) * 0.999  # a second near-maximum in every row, in a column GPTQ updates
@@ -63,7 +65,7 @@ def test_every_row_keeps_its_scale_and_none_is_worse_than_rounding_to_nearest():
     codes = rounded / scale
     torch.testing.assert_close(codes, codes.round(), atol=1e-4, rtol=0)  # on the grid ...
     assert torch.all(codes.abs().amax(1).round() == 127)  # ... with the row's scale
-    assert torch.all(row_errors(rounded - w, h) <= row_errors(round_rows(w) - w, h) * (1 + 1e-6))
+    assert torch.all(row_errors(rounded - w, h) <= row_errors(fake_int8(w, dim=1) - w, h) * (1 + 1e-6))
     assert figures["error_gptq"] < figures["error_rtn"]
 
 
@@ -78,7 +80,7 @@ def test_int8_rows_then_ctranslate2_int8_loses_less(tiny_llama_dir, store):
     from slipstream.pipeline import build
     from slipstream.store.manifest import Manifest
     from slipstream.techniques.hf_io import load_model
-    from slipstream.techniques.quantize.int8_rows import round_rows
+    from slipstream.techniques.quantize.int8_sensitivity import fake_int8
 
     import_model(str(tiny_llama_dir), "tiny", store=store)
     calib = {"samples": 8, "sequence_length": 64}
@@ -97,7 +99,7 @@ def test_int8_rows_then_ctranslate2_int8_loses_less(tiny_llama_dir, store):
     with torch.no_grad():
         for m in nearest.modules():
             if isinstance(m, torch.nn.Linear):
-                m.weight.copy_(round_rows(m.weight))
+                m.weight.copy_(fake_int8(m.weight, dim=1))
         rtn = torch.log_softmax(nearest(input_ids=torch.tensor(ids)).logits[0].float(), -1)
     ours = torch.tensor(open_engine(gptq, store=store, threads=1).logprobs(ids)[0])
     kl = {name: float((ref.exp() * (ref - lp)).sum(-1).mean()) for name, lp in (("rtn", rtn), ("gptq", ours))}

@@ -60,12 +60,6 @@ class Int8Rows(TechniqueConfig):
         return "gptq-rows"
 
 
-def round_rows(w: Any) -> Any:
-    """CTranslate2's int8 rounding of a weight matrix, back in float (one scale per row)."""
-    scale = w.abs().amax(1, keepdim=True).clamp(min=1e-30) / LEVELS
-    return (w / scale).round() * scale
-
-
 def gptq_rows(weight: Any, hessian: Any, dampening: float = 0.01, block_size: int = 128,
               chunk_rows: int = 16384) -> tuple[Any, dict[str, float]]:
     """GPTQ of ``weight`` (rows x columns) on CTranslate2's per-row int8 grid, given its input's
@@ -76,12 +70,13 @@ def gptq_rows(weight: Any, hessian: Any, dampening: float = 0.01, block_size: in
     Hessian is shared), so they are done ``chunk_rows`` at a time to bound memory."""
     import torch
 
+    from slipstream.techniques.quantize.int8_sensitivity import fake_int8
+
     h = hessian.double().clone()
     dead = h.diagonal() == 0  # an input channel that was always zero: rounded to nearest, nothing moved
     h[dead, dead] = 1.0
     h.diagonal().add_(dampening * h.diagonal().mean())
     inverse = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).float()
-    h32 = hessian.float()
     out = torch.empty_like(weight, dtype=torch.float32)
     figures = {"nearest_rows": 0, "error_rtn": 0.0, "error_gptq": 0.0}
     for r0 in range(0, weight.shape[0], chunk_rows):
@@ -106,8 +101,8 @@ def gptq_rows(weight: Any, hessian: Any, dampening: float = 0.01, block_size: in
             top = original.abs().argmax(1)[lost]
             rounded[lost, top] = original[lost, top]
         # a row keeps GPTQ's rounding only where it makes the row's outputs closer than rounding to nearest
-        nearest = round_rows(original)
-        mine, theirs = row_errors(rounded - original, h32), row_errors(nearest - original, h32)
+        nearest = fake_int8(original, dim=1)  # CTranslate2's own rounding
+        mine, theirs = row_errors(rounded - original, hessian), row_errors(nearest - original, hessian)
         worse = mine >= theirs
         rounded[worse] = nearest[worse]
         figures["nearest_rows"] += int(worse.sum())
