@@ -84,6 +84,13 @@ def test_import_optimize_list_show_as_json(tiny_llama_dir, tmp_path):
     assert {"ctranslate2", "smoothquant"} <= {t["name"] for t in techniques}
 
 
+def test_techniques_markdown_is_one_row_per_technique():
+    table = slipstream("techniques", "--markdown", check=True).stdout.splitlines()
+    names = {t["name"] for t in json.loads(slipstream("techniques", "--json", check=True).stdout)}
+    assert table[0].startswith("| technique | kind |") and len(table) == 2 + len(names)
+    assert {row.split("|")[1].strip().strip("`") for row in table[2:]} == names
+
+
 def test_unsupported_quantization_is_refused_before_any_work(tiny_llama_dir, tmp_path):
     ct2 = pytest.importorskip("ctranslate2")
     missing = [q for q in ("float16", "bfloat16", "int8_float16", "int8_bfloat16")
