@@ -2,7 +2,7 @@
 
 PyTorch's CPU wheels multiply float32 matrices with MKL, which on AMD CPUs is slow for the few rows a
 decode step has. Measured on an AMD EPYC (AVX2, one thread), SmolLM2-135M's 210 decoder matrices at
-1 / 4 / 16 rows: MKL 48 / 105 / 136 ms, OpenBLAS 39 / 57 / 90 ms (``benchmarks/gemm_rows.py``,
+1 / 4 / 16 rows: MKL 48 / 105 / 136 ms, OpenBLAS 39 / 57 / 90 ms (``benchmarks/kernels/gemm_rows.py``,
 BENCHMARKS.md). The product is the same float32 arithmetic summed in another order.
 
 ``gemm="auto"`` (the transformers engine's default) takes OpenBLAS for float32 at one thread on a CPU
@@ -13,7 +13,7 @@ other.
 blocked layout (``torch.ops.mkldnn._linear_pointwise``, the kernel PyTorch's own compiler uses on the
 CPU). It is made for the few rows of a continuous batch: SmolLM2-135M's matrices and head, one thread,
 AMD EPYC Zen 4, 1 / 4 / 16 / 64 rows: 42.7 / 34.9 / 62.4 / 185.6 ms, against OpenBLAS's 34.2 / 89.1 /
-125.5 / 273.1 (``benchmarks/gemm_rows.py``). Its one-row product is slower than OpenBLAS's there, so
+125.5 / 273.1 (``benchmarks/kernels/gemm_rows.py``). Its one-row product is slower than OpenBLAS's there, so
 auto does not take it for float32 models; it does for the float layers left in a W8A8 int8 model (the
 output head), where the reordered head was also the fastest at one row (8.9 against 10.2 ms). A
 weight tied to the embeddings is reordered into a copy (the embeddings keep theirs); an untied

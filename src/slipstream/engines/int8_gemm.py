@@ -14,7 +14,7 @@ channel's scales. The int32 sums are exact, so the result differs from the float
 rounding (greedy tokens equal in ``tests/engines/test_int8_gemm.py``).
 
 Measured on SmolLM2-135M's 210 decoder matrices, one thread, AMD EPYC Zen 4: 15.9 / 22.7 ms at 1 / 16
-rows, against 39.3 / 75.2 ms for the same products in float32 (``benchmarks/gemm_rows.py --int8``):
+rows, against 39.3 / 75.2 ms for the same products in float32 (``benchmarks/kernels/gemm_rows.py --int8``):
 the int8 weights are a quarter of the bytes to read, and a few rows cost little more than one.
 
 Only layers of exactly that scheme change; a checkpoint with any other quantized layer (4-bit groups,

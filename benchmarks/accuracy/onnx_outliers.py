@@ -7,7 +7,7 @@ measures mean KL and top-1 agreement against the float32 graph on the first ``--
 WikiText-2 *test*, and the int8 graph's size.
 
 Usage (prints a markdown table, writes --out):
-    SLIPSTREAM_HOME=/tmp/home OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/onnx_outliers.py \\
+    SLIPSTREAM_HOME=/tmp/home OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/accuracy/onnx_outliers.py \\
         --fp32 smollm2-135m-onnx-fp32 --quantization int8_dynamic --channels 0 8 16 32
 """
 
@@ -16,15 +16,18 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from slipstream.machine import describe_machine
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for common.py
+from common import float_reference, kl_top1, write_json  # noqa: E402
+
 
 def main() -> None:
-    from onnx_keep_float import float_reference, kl_top1
 
     from slipstream.engines.onnxruntime import OnnxRuntimeEngine
     from slipstream.exporters.onnx import MODEL_FILE, quantize
@@ -65,8 +68,7 @@ def main() -> None:
               flush=True)
     record = {"machine": describe_machine(), "fp32": args.fp32, "src": src.name, "tokens": sum(map(len, seqs)),
               "quantization": args.quantization, "keep_float": args.keep, "set": args.set, "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2))
+    write_json(args.out, record)
     print(f"\n{args.fp32}, {args.quantization}, keep_float={args.keep or '(none)'}, {sum(map(len, seqs))} WikiText-2 test "
           "tokens, against the float32 graph\n")
     print("| outlier channels per input | model.onnx MB | KL | top-1 |")

@@ -4,13 +4,14 @@ lm-eval runs its own Hugging Face backend (``--model hf``) on the imported model
 the bundled ARC test file through a task YAML identical to lm-eval's arc_easy except for the data
 source; slipstream runs ``evaluate --task arc_easy`` on the same model through its transformers engine.
 
-    SLIPSTREAM_HOME=/tmp/bench-home .venv/bin/python benchmarks/lm_eval_crosscheck.py --subset Easy [--limit N]
+    SLIPSTREAM_HOME=/tmp/bench-home .venv/bin/python benchmarks/accuracy/lm_eval_crosscheck.py --subset Easy [--limit N]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +21,9 @@ from slipstream.evaluation.run import EvalSettings, evaluate
 from slipstream.models.intake import import_model
 from slipstream.store import Store
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for common.py
+from common import results_dir  # noqa: E402
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -27,7 +31,7 @@ def main() -> None:
     ap.add_argument("--subset", default="Easy")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    ap.add_argument("--out", type=Path, default=results_dir())
     args = ap.parse_args()
 
     import lm_eval

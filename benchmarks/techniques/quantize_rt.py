@@ -7,11 +7,11 @@ tokens, window 1024 / stride 512), greedy agreement with the original on a few p
 speed at batch 1 and 8 on its own engine, interleaved with the original over ``--rounds`` rounds
 (``comparison.compare``), each ratio taken within a round.
 
-Usage (the full run; writes benchmarks/results/quantize_rt.json and prints markdown):
-    SLIPSTREAM_HOME=/tmp/home-quant-rt OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/quantize_rt.py \
+Usage (the full run; writes benchmarks/results/<machine>/quantize_rt.json and prints markdown):
+    SLIPSTREAM_HOME=/tmp/home-quant-rt OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/techniques/quantize_rt.py \
         --eval-tokens 8192 --rounds 2 --repeats 2 --threads 1
 On a loaded machine run it in stages (``--stage eval``, ``--stage speed``, ``--only LABEL ...``, separate
-``--out`` files) and merge them with ``--report FILE ... --out benchmarks/results/quantize_rt.json``:
+``--out`` files) and merge them with ``--report FILE ... --out benchmarks/results/<machine>/quantize_rt.json``:
 the commands behind BENCHMARKS.md are listed there.
 """
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -35,7 +36,8 @@ from slipstream.pipeline import optimize
 from slipstream.store import Store
 from slipstream.techniques.registry import make_config
 
-from greedy_prompts import CHAT, greedy_prompts  # benchmarks/greedy_prompts.py
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for common.py
+from common import CHAT, first_divergence, greedy_prompts, results_dir, write_json  # noqa: E402
 
 MODEL = "smollm2-135m"  # --model: any model in the store (the bundled gemma3-270m is the second architecture)
 
@@ -67,6 +69,8 @@ VARIANTS = [  # (label, technique, options[, steps before it: [(technique, optio
     # past the 512-token sliding window, so its accuracy on Gemma is measured apart, with --window 512)
     ("CTranslate2 int8", "ctranslate2", {"quantization": "int8"}),
 ]
+
+
 def prompts(tokenizer) -> list[list[int]]:
     return greedy_prompts(tokenizer, 4, [CHAT[i] for i in (0, 1, 2, 4)])
 
@@ -83,10 +87,7 @@ def greedy_agreement(store: Store, names: list[str], max_tokens: int, threads: i
         engine = open_engine(name, store=store, threads=threads)
         got = [c.token_ids for c in engine.generate(ids, params)]
         engine.close()
-        first = []
-        for a, b in zip(ref, got):
-            n = next((i for i, (s, t) in enumerate(zip(a, b)) if s != t), None)
-            first.append(n if n is not None or len(a) == len(b) else min(len(a), len(b)))
+        first = [first_divergence(a, b) for a, b in zip(ref, got)]
         matched = sum(min(len(a), len(b)) if n is None else n for a, b, n in zip(ref, got, first))
         out[name] = {"prompts": len(ids), "max_tokens": max_tokens, "identical": sum(n is None for n in first),
                      "matched_prefix_tokens": matched, "reference_tokens": sum(len(a) for a in ref),
@@ -229,13 +230,13 @@ def main() -> None:
     ap.add_argument("--greedy-tokens", type=int, default=32)
     ap.add_argument("--group", type=int, default=8, help="variants opened at once for evaluation (memory)")
     ap.add_argument("--only", nargs="*", help="labels to run (default: all)")
-    ap.add_argument("--out", type=Path, help="default: benchmarks/results/quantize_rt[-MODEL].json")
+    ap.add_argument("--out", type=Path, help="default: benchmarks/results/<machine>/quantize_rt[-MODEL].json")
     ap.add_argument("--stage", choices=["all", "speed", "eval"], default="all",
                     help="speed: only the interleaved decode benchmark; eval: greedy agreement and evaluation only")
     ap.add_argument("--report", type=Path, nargs="+", help="merge these result files into --out and print")
     args = ap.parse_args()
     MODEL = args.model
-    args.out = args.out or Path(__file__).parent / "results" / (
+    args.out = args.out or results_dir() / (
         "quantize_rt.json" if MODEL == "smollm2-135m" else f"quantize_rt-{MODEL}.json")
     if args.report:
         return report(args.report, args.out)
@@ -250,8 +251,7 @@ def main() -> None:
                     "model": MODEL, "variants": {}}
 
     def save() -> None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(record, indent=2))
+        write_json(args.out, record)
 
     names: dict[str, str] = {}
     for label, technique, options, *before in chosen:

@@ -7,25 +7,24 @@ there (KL(reference || other), top-1 agreement), and the greedy continuations ar
 Speed: the serving benchmark's workload replayed on the stepper alone (``serving_steps.replay``) with
 each cache dtype, in the same process, one after the other.
 
-Usage (prints and writes benchmarks/results/kv_cache_dtype.json):
-    SLIPSTREAM_HOME=/tmp/home OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/kv_cache_dtype.py \\
+Usage (prints and writes benchmarks/results/<machine>/kv_cache_dtype.json):
+    SLIPSTREAM_HOME=/tmp/home OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/serving/kv_cache_dtype.py \\
         --model smollm2-135m-w8a8-sq0.8-gptq-keep-none --dtype bfloat16
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
+from slipstream.machine import describe_machine
 
-from serving_steps import replay  # noqa: E402
-
-from slipstream.machine import describe_machine  # noqa: E402
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+from common import result_path, write_json  # noqa: E402  (benchmarks/common.py)
+from serving_steps import replay  # noqa: E402  (benchmarks/serving/serving_steps.py)
 
 
 def greedy_logits(engine, prompts: list[list[int]], tokens: int, dtype: str | None,
@@ -71,7 +70,7 @@ def main() -> None:
     ap.add_argument("--reference", help="also: KL of both caches' distributions to this model's (the original), "
                     "teacher-forced along the reference's own greedy tokens")
     ap.add_argument("--streams", type=int, default=16, help="streams of the speed replay (0: none)")
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "kv_cache_dtype.json")
+    ap.add_argument("--out", type=Path, default=result_path("kv_cache_dtype.json"))
     args = ap.parse_args()
 
     engine = open_engine(args.model, engine="transformers", threads=1)
@@ -120,8 +119,7 @@ def main() -> None:
               f"{r['tpot_s']['p95'] * 1e3:.1f} ms", flush=True)
     record = {"machine": describe_machine(), "model": args.model, "engine": engine.info().details,
               "dtype": args.dtype, "model_dtype": str(engine.model.dtype), "accuracy": accuracy, "replay": speed}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2))
+    write_json(args.out, record)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ across levels); prefix reuse stays on (the chat template's system prompt is shar
 Per level and server: output tokens/s (all tokens / wall time of the level), time to first token and
 time per output token (after the first; per request, from its stream) at p50/p95/p99.
 
-Usage (writes benchmarks/results/serving.json and prints a markdown table):
-    SLIPSTREAM_HOME=/tmp/demohome nice -n 10 .venv/bin/python benchmarks/serving.py \\
+Usage (writes benchmarks/results/<machine>/serving.json and prints a markdown table):
+    SLIPSTREAM_HOME=/tmp/demohome nice -n 10 .venv/bin/python benchmarks/serving/serving.py \\
         --engine transformers:smollm2-135m --engine ctranslate2:smollm2-135m-ct2-int8 \\
         --vllm-python /work/venvs/vllm/bin/python --vllm-model smollm2-135m --threads 1
 """
@@ -37,7 +37,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for common.py
+from common import result_path, write_json  # noqa: E402
+
 VLLM_NOTE = ("OMP_NUM_THREADS=<threads> VLLM_CPU_KVCACHE_SPACE=1 VLLM_CPU_OMP_THREADS_BIND=nobind python -m "
              "vllm.entrypoints.openai.api_server --model <HF fp32 dir> --dtype float32 --host 127.0.0.1 "
              "--max-model-len 2048 --max-num-seqs <batch>")
@@ -198,7 +200,7 @@ def main() -> None:
     ap.add_argument("--vllm-model", help="store name of the HF fp32 model vLLM serves")
     ap.add_argument("--vllm-url", help="use a vLLM server already running there (started as --vllm-python "
                     "would start it; its startup compiles for minutes) instead of starting one")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/serving.json"))
+    ap.add_argument("--out", type=Path, default=result_path("serving.json"))
     ap.add_argument("--logs", default="/tmp/slipstream-serving-bench")
     args = ap.parse_args()
 
@@ -291,12 +293,12 @@ def main() -> None:
                       f"p95 {r['tpot_s'].get('p95', 0) * 1000:.1f} ms"
                       + (f"  engine step {r['engine_steps']['mean_s'] * 1000:.1f} ms" if "engine_steps" in r else ""),
                       flush=True)
-                Path(args.out).write_text(json.dumps(record, indent=2))
+                write_json(args.out, record)
     finally:
         for s in servers:
             s.stop()
     record["summary"] = summarise(record)
-    Path(args.out).write_text(json.dumps(record, indent=2))
+    write_json(args.out, record)
     print(markdown(record))
 
 

@@ -7,9 +7,9 @@ and each variant's manifest in the store (size, quantization time and peak memor
 ``keep_float="auto"`` what it chose). Greedy agreement is not part of ``compare``: those cells stay empty.
 
 Usage:
-    SLIPSTREAM_HOME=/tmp/home .venv/bin/python benchmarks/compare_to_table.py \\
-        benchmarks/results/w8a8_auto/compare-smollm2.json --only smollm2-135m-w8a8-sq0.8-gptq \
-        --out benchmarks/results/quantize_llmc-w8a8-auto.json
+    SLIPSTREAM_HOME=/tmp/home .venv/bin/python benchmarks/techniques/compare_to_table.py \\
+        benchmarks/results/<machine>/w8a8_auto/compare-smollm2.json --only smollm2-135m-w8a8-sq0.8-gptq \
+        --out benchmarks/results/<machine>/quantize_llmc-w8a8-auto.json
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ of WikiText-2 test:
 - the KL as the activations that save most are left in float one after another.
 
 Usage (prints a summary, writes --out):
-    SLIPSTREAM_HOME=/tmp/home OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/onnx_static_sensitivity.py \\
-        --fp32 smollm2-135m-onnx-fp32 --out benchmarks/results/onnx_static_sensitivity.json
+    SLIPSTREAM_HOME=/tmp/home OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/accuracy/onnx_static_sensitivity.py \\
+        --fp32 smollm2-135m-onnx-fp32 --out benchmarks/results/<machine>/onnx_static_sensitivity.json
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +36,9 @@ from typing import Any
 import numpy as np
 
 from slipstream.machine import describe_machine
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for common.py
+from common import float_reference, kl_top1, write_json  # noqa: E402
 
 
 def module_names(fp32_model: Path, src: Path) -> dict[str, str]:
@@ -120,7 +124,6 @@ def gated(qdq: Path, out: Path, modules: dict[str, str]) -> list[dict[str, Any]]
 
 def main() -> None:
     import onnxruntime as ort
-    from onnx_keep_float import float_reference, kl_top1
 
     from slipstream.engines.sampling import log_softmax
     from slipstream.exporters.onnx import MODEL_FILE, quantize
@@ -186,8 +189,7 @@ def main() -> None:
     record = {"machine": describe_machine(), "fp32": args.fp32, "config": config.slug(), "set": args.set,
               "tokens": sum(map(len, seqs)), "kl_all": full, "kl_weights_only": none, "by_kind": by_kind,
               "switches": switches, "greedy_float": curve, "facts": facts}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2, default=str))
+    write_json(args.out, record)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ bits, which saturate; this script measures what that costs on a real model: Wiki
 change, KL and top-1 agreement against the transformers fp32 original, and batch-1 decode tokens/s,
 each backend in its own process (the variable is read when CTranslate2 loads).
 
-Usage (writes benchmarks/results/ct2_int8_backends.json):
-    SLIPSTREAM_HOME=/tmp/home OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/ct2_int8_backends.py
+Usage (writes benchmarks/results/<machine>/ct2_int8_backends.json):
+    SLIPSTREAM_HOME=/tmp/home OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/kernels/ct2_int8_backends.py
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ import time
 from pathlib import Path
 
 from slipstream.machine import describe_machine, has_int8_dot_product
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for common.py
+from common import result_path, write_json  # noqa: E402
 
 
 def measure(variant: str, model: str, tokens: int) -> dict:
@@ -51,7 +54,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--eval-tokens", type=int, default=4096)
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure in this process
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ct2_int8_backends.json")
+    ap.add_argument("--out", type=Path, default=result_path("ct2_int8_backends.json"))
     args = ap.parse_args()
     variant = f"{args.model}-ct2-int8"
     if args.one:
@@ -74,8 +77,7 @@ def main() -> None:
                               "--one", "1"], env=env, capture_output=True, text=True, check=True).stdout
         record["backends"][label] = json.loads(out.strip().splitlines()[-1])
         print(label, record["backends"][label], flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2))
+    write_json(args.out, record)
 
 
 if __name__ == "__main__":

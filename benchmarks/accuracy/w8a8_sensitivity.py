@@ -17,8 +17,8 @@ stride 512, BOS first, as ``slipstream evaluate`` scores): KL, top-1 agreement a
 change with its paired 95% interval.
 
 Usage (prints a table, writes --out):
-    SLIPSTREAM_HOME=/tmp/home taskset -c 0 .venv/bin/python benchmarks/w8a8_sensitivity.py --model gemma3-270m \\
-        --out benchmarks/results/w8a8_sensitivity-gemma3-270m.json
+    SLIPSTREAM_HOME=/tmp/home taskset -c 0 .venv/bin/python benchmarks/accuracy/w8a8_sensitivity.py --model gemma3-270m \\
+        --out benchmarks/results/<machine>/w8a8_sensitivity-gemma3-270m.json
 """
 
 from __future__ import annotations

@@ -12,21 +12,25 @@ oneDNN, as the engine runs a W8A8 checkpoint), interleaved, best of ``--repeats`
 arithmetic alone puts on the step time (rows x 2 x parameters / the measured peak GFLOP/s of a large
 product), so the ratio "step at R rows / step at one row" can be read against what is possible.
 
-Usage (writes benchmarks/results/gemm_rows.json and prints a markdown table):
+Usage (writes benchmarks/results/<machine>/gemm_rows.json and prints a markdown table):
     SLIPSTREAM_HOME=/tmp/home OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 taskset -c 0 \\
-        .venv/bin/python benchmarks/gemm_rows.py --model smollm2-135m --rows 1 2 4 8 16 32 64
+        .venv/bin/python benchmarks/kernels/gemm_rows.py --model smollm2-135m --rows 1 2 4 8 16 32 64
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from slipstream.machine import describe_machine
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for common.py
+from common import result_path, write_json  # noqa: E402
 
 
 def weights(model_dir: Path) -> list[np.ndarray]:
@@ -101,7 +105,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--int8", action="store_true", help="add the W8A8 int8 path (needs VNNI or AMX)")
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "gemm_rows.json")
+    ap.add_argument("--out", type=Path, default=result_path("gemm_rows.json"))
     args = ap.parse_args()
 
     rng = np.random.default_rng(0)
@@ -136,8 +140,7 @@ def main() -> None:
     record = {"machine": describe_machine(), "model": args.model, "parameters_multiplied": params,
               "weight_bytes": params * 4, "threads": {"torch": torch.get_num_threads()},
               "peak_gflops": peaks, "seconds": results, "arithmetic_bound_s": bound}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2))
+    write_json(args.out, record)
     one = {n: r[args.rows[0]] for n, r in results.items()}
     print(f"\n{args.model}: {params / 1e6:.1f}M parameters multiplied per row per step; "
           f"peak of a 512x1024x1024 product: " + ", ".join(f"{n} {g:.0f} GFLOP/s" for n, g in peaks.items()))

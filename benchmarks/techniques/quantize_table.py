@@ -1,41 +1,44 @@
 """One table of every quantization variant of issue 3, for each model (SmolLM2-135M-Instruct and
 Gemma-3-270m), from the raw results of the two quantization benchmarks:
 
-  benchmarks/quantize_llmc.py  llm-compressor checkpoints (RTN, AWQ, GPTQ, SmoothQuant + W8A8) on
+  benchmarks/techniques/quantize_llmc.py  llm-compressor checkpoints (RTN, AWQ, GPTQ, SmoothQuant + W8A8) on
                                transformers, and the same checkpoints on vLLM;
-  benchmarks/quantize_rt.py    bitsandbytes, fp16/bf16 casts, ONNX Runtime, GGUF (llama.cpp).
+  benchmarks/techniques/quantize_rt.py    bitsandbytes, fp16/bf16 casts, ONNX Runtime, GGUF (llama.cpp).
 
 Both evaluate on the first 8,192 tokens of WikiText-2 test (window 1024, stride 512) against the
 model's transformers fp32 original, and time decode at batch 1 and 8 on one thread, each variant
 interleaved with the original round by round; the × columns are ratios to that original, measured in
 the same run. Usage:
-    .venv/bin/python benchmarks/quantize_table.py [--model smollm2-135m gemma3-270m]
+    .venv/bin/python benchmarks/techniques/quantize_table.py [--model smollm2-135m gemma3-270m]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from statistics import median
 
-RESULTS = Path(__file__).parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for common.py
+from common import RESULTS  # noqa: E402
+
 SOURCES = {  # model -> ([llm-compressor results], [bitsandbytes/ONNX/GGUF eval and speed results]); later files
     # add to (and for the same variant replace) earlier ones
-    "smollm2-135m": (["quantize_llmc.json", "quantize_llmc-w8a8-int8.json", "quantize_llmc-w8a8-auto.json"], ["quantize_rt-quiet-eval.json", "quantize_rt-quiet-speed.json",
-                                              "quantize_rt-bnb-threshold-eval.json",
-                                              "quantize_rt-bnb-threshold-speed.json",
-                                              "quantize_rt-smollm2-per-token.json",
-                                              "quantize_rt-smollm2-outliers.json",
-                                              "quantize_rt-smollm2-static.json",
-                                              "quantize_rt-smollm2-static-qkv.json"]),
-    "gemma3-270m": (["quantize_llmc-gemma3-270m.json", "quantize_llmc-gemma3-270m-amd.json",
-                     "quantize_llmc-gemma3-270m-w8a8-auto.json"],
-                    ["quantize_rt-gemma3-270m-eval.json", "quantize_rt-gemma3-270m-eval-amd.json",
-                     "quantize_rt-gemma3-270m-speed.json", "quantize_rt-gemma3-270m-per-token-eval.json",
-                     "quantize_rt-gemma3-270m-per-token-speed.json", "quantize_rt-gemma3-270m-outliers.json",
-                     "quantize_rt-gemma3-270m-static-eval.json", "quantize_rt-gemma3-270m-static-speed.json",
-                     "quantize_rt-gemma3-270m-static-qkv.json"]),
+    "smollm2-135m": (["xeon/quantize_llmc.json", "zen4/quantize_llmc-w8a8-int8.json", "zen4/quantize_llmc-w8a8-auto.json"], ["xeon/quantize_rt-quiet-eval.json", "xeon/quantize_rt-quiet-speed.json",
+                                              "xeon/quantize_rt-bnb-threshold-eval.json",
+                                              "xeon/quantize_rt-bnb-threshold-speed.json",
+                                              "zen4/quantize_rt-smollm2-per-token.json",
+                                              "zen4/quantize_rt-smollm2-outliers.json",
+                                              "zen4/quantize_rt-smollm2-static.json",
+                                              "zen4/quantize_rt-smollm2-static-qkv.json"]),
+    "gemma3-270m": (["xeon/quantize_llmc-gemma3-270m.json", "zen3/quantize_llmc-gemma3-270m-amd.json",
+                     "zen4/quantize_llmc-gemma3-270m-w8a8-auto.json"],
+                    ["xeon/quantize_rt-gemma3-270m-eval.json", "zen3/quantize_rt-gemma3-270m-eval-amd.json",
+                     "zen3/quantize_rt-gemma3-270m-speed.json", "zen4/quantize_rt-gemma3-270m-per-token-eval.json",
+                     "zen4/quantize_rt-gemma3-270m-per-token-speed.json", "zen4/quantize_rt-gemma3-270m-outliers.json",
+                     "zen4/quantize_rt-gemma3-270m-static-eval.json", "zen4/quantize_rt-gemma3-270m-static-speed.json",
+                     "zen4/quantize_rt-gemma3-270m-static-qkv.json"]),
 }
 LLMC_LABELS = {"rtn-w8": "RTN int8, per channel", "rtn-w4g128": "RTN int4, group 128", "rtn-w4g64": "RTN int4, group 64",
                "awq-w4g128": "AWQ W4A16, group 128", "awq-w4g128-all": "AWQ W4A16, group 128, all mappings",
@@ -44,8 +47,8 @@ LLMC_LABELS = {"rtn-w8": "RTN int8, per channel", "rtn-w4g128": "RTN int4, group
 
 # llm-compressor files measured before W8A8's keep_float="auto" default (2026-12-03): their W8A8 variants
 # had every linear in int8, what "-keep-none" names now
-W8A8_ALL_INT8_FROM = {"quantize_llmc.json", "quantize_llmc-w8a8-int8.json", "quantize_llmc-gemma3-270m.json",
-                      "quantize_llmc-gemma3-270m-amd.json"}
+W8A8_ALL_INT8_FROM = {"xeon/quantize_llmc.json", "zen4/quantize_llmc-w8a8-int8.json", "xeon/quantize_llmc-gemma3-270m.json",
+                      "zen3/quantize_llmc-gemma3-270m-amd.json"}
 
 
 def _load(name: str) -> dict:
@@ -99,14 +102,14 @@ def _machines(names: list[str]) -> str:
 RELABEL = {"bnb int8": "bnb int8, threshold 6 (bitsandbytes' default)",
            "bnb int8, threshold 2": "bnb int8, threshold 2 (slipstream's default)"}
 # ONNX int8 variants measured before outlier channels existed (2026-12-02): none split out
-OUTLIER_CHANNELS_FROM = {"quantize_rt-smollm2-outliers.json", "quantize_rt-gemma3-270m-outliers.json"}
+OUTLIER_CHANNELS_FROM = {"zen4/quantize_rt-smollm2-outliers.json", "zen4/quantize_rt-gemma3-270m-outliers.json"}
 
 
 # ONNX static int8 measured before its MatMul outputs stayed float32 and its down projections float32 by
 # default (2026-12-02, later): every weight MatMul in int8, each output requantized to uint8
-STATIC_FLOAT_OUTPUTS_FROM = {"quantize_rt-smollm2-static.json", "quantize_rt-gemma3-270m-static-eval.json",
-                             "quantize_rt-gemma3-270m-static-speed.json", "quantize_rt-gemma3-270m-static-qkv.json",
-                             "quantize_rt-smollm2-static-qkv.json"}
+STATIC_FLOAT_OUTPUTS_FROM = {"zen4/quantize_rt-smollm2-static.json", "zen4/quantize_rt-gemma3-270m-static-eval.json",
+                             "zen4/quantize_rt-gemma3-270m-static-speed.json", "zen4/quantize_rt-gemma3-270m-static-qkv.json",
+                             "zen4/quantize_rt-smollm2-static-qkv.json"}
 # ... all of them while static int8 kept only the down projections in float by default (until 2026-12-03;
 # q/k/v too since): their labels as the defaults of now name them
 STATIC_DOWN_ONLY_DEFAULT = {"ONNX int8 static": "ONNX int8 static, down_proj in float",

@@ -6,20 +6,23 @@ Each row is a 70-token prompt; after its prefill, 15 decode steps are timed and 
 last 12 reported. ``--blas-threads`` gives numpy's OpenBLAS more threads than PyTorch's one (with
 ``--gemm openblas``), to see whether the products alone scaling with threads is enough.
 
-Usage (prints one line per row count and writes benchmarks/results/stepper_rows.json):
-    SLIPSTREAM_HOME=/tmp/home OMP_NUM_THREADS=1 .venv/bin/python benchmarks/stepper_rows.py --gemm openblas --blas-threads 2
+Usage (prints one line per row count and writes benchmarks/results/<machine>/stepper_rows.json):
+    SLIPSTREAM_HOME=/tmp/home OMP_NUM_THREADS=1 .venv/bin/python benchmarks/serving/stepper_rows.py --gemm openblas --blas-threads 2
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from slipstream.machine import describe_machine
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for common.py
+from common import result_path, write_json  # noqa: E402
 
 
 def main() -> None:
@@ -32,7 +35,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="PyTorch threads")
     ap.add_argument("--blas-threads", type=int, help="numpy's BLAS threads (default: --threads)")
     ap.add_argument("--rows", type=int, nargs="+", default=[1, 4, 16])
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "stepper_rows.json")
+    ap.add_argument("--out", type=Path, default=result_path("stepper_rows.json"))
     args = ap.parse_args()
 
     # open_engine: the variant's own settings (a cast's compute dtype) apply
@@ -57,8 +60,7 @@ def main() -> None:
         print(f"{rows} rows: decode step {steps[rows] * 1e3:.1f} ms ({steps[rows] / steps[args.rows[0]]:.2f}x)", flush=True)
     record = {"machine": describe_machine(), "model": args.model, "engine": engine.info().details,
               "threads": args.threads, "blas_threads": args.blas_threads or args.threads, "step_s": steps}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2))
+    write_json(args.out, record)
 
 
 if __name__ == "__main__":

@@ -14,9 +14,9 @@ Steps (each can run alone; results accumulate in one JSON file):
 SmolLM2's fp32 weights come from a Q4_1 GGUF (4-bit, blocks of 32), so 4-bit at group 32 would be
 lossless by construction: the 4-bit methods are compared at groups 128 and 64.
 
-Usage (writes benchmarks/results/quantize_llmc.json):
+Usage (writes benchmarks/results/<machine>/quantize_llmc.json):
     SLIPSTREAM_HOME=/tmp/home-quant-llmc OMP_NUM_THREADS=1 nice -n 10 \
-        .venv/bin/python benchmarks/quantize_llmc.py make eval speed vllm
+        .venv/bin/python benchmarks/techniques/quantize_llmc.py make eval speed vllm
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ from slipstream.machine import describe_machine
 from slipstream.store import Store
 from slipstream.store.manifest import Manifest
 
-from greedy_prompts import greedy_prompts  # benchmarks/greedy_prompts.py
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for common.py
+from common import first_divergence, greedy_prompts, result_path  # noqa: E402
 
 MODEL = "smollm2-135m"  # --model: any model in the store (the bundled gemma3-270m is the second architecture)
 CAL = {"samples": 64, "sequence_length": 512}
@@ -54,7 +55,7 @@ CONFIGS = [  # (technique, options)
     ("w8a8", CAL),
     ("w8a8", {**CAL, "smoothing": 0.6}),  # a second SmoothQuant strength (measured on Gemma-3-270m)
 ]
-RESULTS = Path(__file__).parent / "results" / "quantize_llmc.json"
+RESULTS = result_path("quantize_llmc.json")
 
 
 def load_results() -> dict:
@@ -137,12 +138,7 @@ def prompts_for(tokenizer) -> list[list[int]]:
 
 def agreement(reference: list, candidate: list) -> dict:
     """Identical greedy outputs, and where the others first differ."""
-    first = []
-    for x, y in zip(reference, candidate):
-        n = next((i for i, (s, t) in enumerate(zip(x.token_ids, y.token_ids)) if s != t), None)
-        if n is None and len(x.token_ids) != len(y.token_ids):
-            n = min(len(x.token_ids), len(y.token_ids))
-        first.append(n)
+    first = [first_divergence(x.token_ids, y.token_ids) for x, y in zip(reference, candidate)]
     matched = sum(len(x.token_ids) if n is None else n for x, n in zip(reference, first))
     return {"prompts": len(first), "identical": sum(n is None for n in first),
             "first_divergence": [n for n in first if n is not None],

@@ -6,14 +6,15 @@ Measures, in one run on one machine:
   3. decode speed at batch 1 and 8, interleaved over rounds (A B C D E, A B C D E, ...), at the
      thread counts given, with every ratio taken within a round.
 
-Usage (writes benchmarks/results/foundation-<threads>.json and prints markdown):
-    SLIPSTREAM_HOME=/tmp/bench-home .venv/bin/python benchmarks/foundation.py --eval-tokens 32768 --rounds 3 --threads 1 2
+Usage (writes benchmarks/results/<machine>/foundation-<threads>.json and prints markdown):
+    SLIPSTREAM_HOME=/tmp/bench-home .venv/bin/python benchmarks/techniques/foundation.py --eval-tokens 32768 --rounds 3 --threads 1 2
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -29,7 +30,8 @@ from slipstream.pipeline import build
 from slipstream.store import Store
 from slipstream.techniques.registry import make_config
 
-from greedy_prompts import CHAT, greedy_prompts  # benchmarks/greedy_prompts.py
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for common.py
+from common import CHAT, first_divergence, greedy_prompts, results_dir  # noqa: E402
 
 
 
@@ -40,12 +42,7 @@ def greedy_agreement(store: Store, variant: str, max_tokens: int = 64) -> dict:
     prompts = greedy_prompts(tok, 16)
     params = SamplingParams(max_tokens=max_tokens)
     a, b = reference.generate(prompts, params), candidate.generate(prompts, params)
-    first_diff = []
-    for x, y in zip(a, b):
-        n = next((i for i, (s, t) in enumerate(zip(x.token_ids, y.token_ids)) if s != t), None)
-        if n is None and len(x.token_ids) != len(y.token_ids):
-            n = min(len(x.token_ids), len(y.token_ids))
-        first_diff.append(n)
+    first_diff = [first_divergence(x.token_ids, y.token_ids) for x, y in zip(a, b)]
     same = sum(d is None for d in first_diff)
     return {"prompts": len(prompts), "identical": same, "max_tokens": max_tokens,
             "first_divergence": [d for d in first_diff if d is not None],
@@ -58,7 +55,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    ap.add_argument("--out", type=Path, default=results_dir())
     args = ap.parse_args()
 
     store = Store()

@@ -11,8 +11,8 @@ decode tokens/s at batch 1 on CTranslate2, WikiText-2 test perplexity (first --e
 and ARC-Easy accuracy (first --arc-limit questions). Then the issue's targets are checked.
 
 Usage (two stages; `make` may run long in the background, `measure` reuses what it built):
-    SLIPSTREAM_HOME=/tmp/home-prune OMP_NUM_THREADS=2 nice -n 10 .venv/bin/python benchmarks/pruning.py make
-    SLIPSTREAM_HOME=/tmp/home-prune nice -n 10 .venv/bin/python benchmarks/pruning.py measure \
+    SLIPSTREAM_HOME=/tmp/home-prune OMP_NUM_THREADS=2 nice -n 10 .venv/bin/python benchmarks/techniques/pruning.py make
+    SLIPSTREAM_HOME=/tmp/home-prune nice -n 10 .venv/bin/python benchmarks/techniques/pruning.py measure \
         --eval-tokens 8192 --arc-limit 200 --rounds 2 --threads 1
 """
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -34,6 +35,9 @@ from slipstream.store import Store
 from slipstream.store.manifest import Manifest
 from slipstream.techniques.prune.recipes import PRUNE_THEN_DISTILL, STRUCTURED
 from slipstream.techniques.registry import make_config
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for common.py
+from common import result_path  # noqa: E402
 
 MODEL = "smollm2-135m"
 CALIBRATION = {"samples": 32, "sequence_length": 512}
@@ -183,7 +187,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "pruning.json")
+    ap.add_argument("--out", type=Path, default=result_path("pruning.json"))
     args = ap.parse_args()
     store = Store()
     if args.stage == "make":

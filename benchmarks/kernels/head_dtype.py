@@ -6,21 +6,24 @@ bfloat16, every engine scoring the same windows in one process (the same method 
 evaluate``, which cannot give the two heads of one variant side by side). Speed: the stepper's decode
 step at 1 and 16 rows (70-token prompts, then ``--decoded`` tokens), each head, interleaved.
 
-Usage (prints and writes benchmarks/results/head_dtype.json):
-    SLIPSTREAM_HOME=/tmp/home OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/head_dtype.py \\
+Usage (prints and writes benchmarks/results/<machine>/head_dtype.json):
+    SLIPSTREAM_HOME=/tmp/home OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/kernels/head_dtype.py \\
         --model smollm2-135m-w8a8-sq0.8-gptq-keep-none --reference smollm2-135m --max-tokens 8192
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from slipstream.machine import describe_machine
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for common.py
+from common import result_path, write_json  # noqa: E402
 
 
 def decode_step(engine, rows: int, decoded: int, kv_cache_dtype: str | None) -> float:
@@ -53,7 +56,7 @@ def main() -> None:
     ap.add_argument("--stride", type=int, default=256)
     ap.add_argument("--decoded", type=int, default=80)
     ap.add_argument("--kv-cache-dtype", default=None, help="the steppers' cache dtype (default: the model's)")
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "head_dtype.json")
+    ap.add_argument("--out", type=Path, default=result_path("head_dtype.json"))
     args = ap.parse_args()
 
     ref = open_engine(args.reference, engine="transformers", threads=1)
@@ -93,8 +96,7 @@ def main() -> None:
               "max_tokens": args.max_tokens, "window": args.window, "stride": args.stride,
               "kv_cache_dtype": args.kv_cache_dtype, "columns": 70 + args.decoded,
               "engines": {k: e.info().details for k, e in heads.items()}, "accuracy": accuracy, "decode_step_s": steps}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2))
+    write_json(args.out, record)
 
 
 if __name__ == "__main__":

@@ -8,47 +8,24 @@ variant from the store, quantizes it as the onnx technique does (per-channel int
 the CPU has no VNNI) once per ``--keep`` setting, and measures the mean KL and top-1 agreement against
 the float32 graph on the first ``--tokens`` tokens of WikiText-2 test.
 
-Usage (writes benchmarks/results/onnx_keep_float.json and prints a markdown table):
-    SLIPSTREAM_HOME=/tmp/home OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/onnx_keep_float.py \\
+Usage (writes benchmarks/results/<machine>/onnx_keep_float.json and prints a markdown table):
+    SLIPSTREAM_HOME=/tmp/home OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/accuracy/onnx_keep_float.py \\
         --fp32 smollm2-135m-sq0.8-onnx-fp32 --keep "" lm_head down_proj down_proj,lm_head o_proj
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from slipstream.machine import describe_machine
 
-
-def kl_top1(reference: list[np.ndarray], other: list[np.ndarray]) -> tuple[float, float]:
-    kls, agree = [], []
-    for a, b in zip(reference, other):
-        kls.append((np.exp(a) * (a - b)).sum(-1))
-        agree.append(a.argmax(-1) == b.argmax(-1))
-    return float(np.concatenate(kls).mean()), float(np.concatenate(agree).mean())
-
-
-def float_reference(fp32_name: str, src_name: str | None, tokens: int, window: int) -> tuple:
-    """(store, the float32 variant, its checkpoint's path, the sequences, their log-probabilities): the
-    first ``tokens`` WikiText-2 test tokens in windows of ``window``, through the float32 ONNX graph."""
-    from slipstream.engines.onnxruntime import OnnxRuntimeEngine
-    from slipstream.evaluation.data import text_set
-    from slipstream.store import Store
-
-    store = Store()
-    fp32 = store.get(fp32_name)
-    src = Path(store.get(src_name or fp32.parent).path)
-    reference = OnnxRuntimeEngine(Path(fp32.path), threads=1)
-    ids = reference.tokenizer.encode(text_set("wikitext2"))[:tokens]
-    seqs = [ids[i : i + window] for i in range(0, len(ids), window)]
-    return store, fp32, src, seqs, reference.logprobs(seqs)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for common.py
+from common import float_reference, kl_top1, result_path, write_json  # noqa: E402
 
 
 def main() -> None:
@@ -65,7 +42,7 @@ def main() -> None:
                     help="keep_float settings, comma-separated module names ('' = quantize every weight MatMul)")
     ap.add_argument("--tokens", type=int, default=2048)
     ap.add_argument("--activations", choices=["per_token", "per_tensor"], default="per_tensor")
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "onnx_keep_float.json")
+    ap.add_argument("--out", type=Path, default=result_path("onnx_keep_float.json"))
     args = ap.parse_args()
 
     store, fp32, src, seqs, ref = float_reference(args.fp32, args.src, args.tokens, 1024)
@@ -95,8 +72,7 @@ def main() -> None:
         print(row, flush=True)
     record = {"machine": describe_machine(), "fp32": args.fp32, "src": str(src.name), "tokens": sum(map(len, seqs)),
               "reduce_range": reduce_range, "activations": args.activations, "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2))
+    write_json(args.out, record)
     print(f"\n{args.fp32}, activations {args.activations}, {sum(map(len, seqs))} WikiText-2 test tokens, "
           "against the float32 graph\n")
     print("| keep_float | MatMuls in float | model.onnx MB | KL | top-1 |")

@@ -1,16 +1,17 @@
 """Validation benchmark (issue 4): the original and each CTranslate2 variant on every built-in task.
 
-    SLIPSTREAM_HOME=/tmp/demohome .venv/bin/python benchmarks/validation.py --flores-limit 200
+    SLIPSTREAM_HOME=/tmp/demohome .venv/bin/python benchmarks/accuracy/validation.py --flores-limit 200
 
 Perplexity/KL/top-1 on the first --eval-tokens WikiText-2 test tokens, ARC-Easy and ARC-Challenge
 (all items), FLORES-200 en->de and en->fr (first --flores-limit sentences, chat prompt, greedy).
-Writes benchmarks/results/validation.json and prints a markdown table.
+Writes benchmarks/results/<machine>/validation.json and prints a markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -21,13 +22,16 @@ from slipstream.pipeline import build
 from slipstream.store import Store
 from slipstream.techniques.registry import make_config
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for common.py
+from common import result_path  # noqa: E402
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--eval-tokens", type=int, default=32768)
     ap.add_argument("--arc-limit", type=int, default=None)
     ap.add_argument("--flores-limit", type=int, default=200)
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "validation.json")
+    ap.add_argument("--out", type=Path, default=result_path("validation.json"))
     args = ap.parse_args()
 
     store = Store()

@@ -2,28 +2,31 @@
 the context lengths a serving run reaches, and the cost of prefilling one newcomer (issue 7).
 
 The serving benchmark's time per output token at 16 streams is a decode step of 16 rows plus, every
-few steps, the prefill of an arriving prompt. ``benchmarks/stepper_rows.py`` times decode steps right
+few steps, the prefill of an arriving prompt. ``benchmarks/serving/stepper_rows.py`` times decode steps right
 after 70-token prompts; here rows also decode ``--decoded`` tokens first, so every step reads keys and
 values of about 70 + ``--decoded`` columns per row, as late in a serving run's 128-token requests;
 single prompts of several lengths are prefilled alone; and one newcomer joins the largest batch, its
 prompt fused into the decode step's forward pass (the default) or prefilled in a pass of its own
 (``SLIPSTREAM_FUSED_PREFILL=0``): what an arrival costs the rows already running.
 
-Usage (prints and writes benchmarks/results/serving_steps.json):
-    SLIPSTREAM_HOME=/tmp/home OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/serving_steps.py \\
+Usage (prints and writes benchmarks/results/<machine>/serving_steps.json):
+    SLIPSTREAM_HOME=/tmp/home OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/serving/serving_steps.py \\
         --model smollm2-135m-w8a8-sq0.8-gptq-keep-none --rows 1 16 --decoded 130
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from slipstream.machine import describe_machine
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for common.py
+from common import result_path, write_json  # noqa: E402
 
 
 def main() -> None:
@@ -39,7 +42,7 @@ def main() -> None:
     ap.add_argument("--replay", type=int, default=0, metavar="STREAMS",
                     help="also replay the serving benchmark's workload on the stepper alone: STREAMS closed-loop "
                          "streams of MT-bench chat prompts, 128 greedy tokens each, prefix reuse on")
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "serving_steps.json")
+    ap.add_argument("--out", type=Path, default=result_path("serving_steps.json"))
     args = ap.parse_args()
 
     engine = open_engine(args.model, engine="transformers", threads=1, gemm=args.gemm)
@@ -102,8 +105,7 @@ def main() -> None:
               "join_step_s": joined, "join_rows": rows}
     if args.replay:
         record["replay"] = replayed
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2))
+    write_json(args.out, record)
 
 
 def replay(engine, streams: int, requests: int = 0, max_tokens: int = 128, kv_cache_dtype: str | None = None) -> dict:

@@ -10,8 +10,8 @@
    (PyTorch's kernel) and without (the C kernel), each in a fresh process.
 
 Usage (prints and writes --out):
-    SLIPSTREAM_HOME=/tmp/home OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/decode_attention.py \\
-        --model smollm2-135m-w8a8-sq0.8-gptq-keep-none --out benchmarks/results/decode_attention-zen4.json
+    SLIPSTREAM_HOME=/tmp/home OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/kernels/decode_attention.py \\
+        --model smollm2-135m-w8a8-sq0.8-gptq-keep-none --out benchmarks/results/<machine>/decode_attention-zen4.json
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for common.py
+from common import write_json  # noqa: E402
 
 STEP = r"""
 import json, sys, time, torch
@@ -108,8 +111,7 @@ def main() -> None:
               flush=True)
     record = {"machine": describe_machine(), "model": args.model, "rows": args.rows, "layers": args.layers,
               "decoded": args.decoded, "attention_alone": alone, "engine_step_ms": steps}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2))
+    write_json(args.out, record)
 
 
 if __name__ == "__main__":
