@@ -5,7 +5,7 @@ from __future__ import annotations
 
 def test_samples_start_with_bos_where_the_tokenizer_adds_one(tiny_llama_dir, monkeypatch):
     from slipstream.calibration import Calibration
-    from slipstream.engines.tokenizer import Tokenizer
+    from slipstream.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.from_dir(tiny_llama_dir)
     calibration = Calibration("wikitext2-valid", 3, 32)

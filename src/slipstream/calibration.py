@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterator
 
-from slipstream.engines.tokenizer import Tokenizer
+from slipstream.tokenizer import Tokenizer
 from slipstream.errors import InvalidConfig, NotFound
 
 BUNDLED = {"wikitext2-valid": "wikitext2/valid.txt"}

@@ -15,7 +15,7 @@ from slipstream.errors import Unsupported
 from slipstream.extras import library_versions
 from slipstream.progress import Progress
 from slipstream.store import Store, Variant
-from slipstream.techniques.config import TechniqueConfig
+from slipstream.config import TechniqueConfig
 from slipstream.techniques.registry import make_config, spec_for
 
 

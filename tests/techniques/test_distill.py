@@ -37,7 +37,7 @@ def pair(tmp_path_factory, tiny_llama_dir):
 
 
 def _setup(pair, tmp_path, **options):
-    from slipstream.engines.tokenizer import Tokenizer
+    from slipstream.tokenizer import Tokenizer
     from slipstream.techniques.hf_io import load_model
 
     teacher_dir, student_dir = pair
@@ -82,7 +82,7 @@ def test_resume_after_a_stop_reaches_the_uninterrupted_state(pair, tmp_path):
 KILLED = """
 import os, signal, sys, torch
 from pathlib import Path
-from slipstream.engines.tokenizer import Tokenizer
+from slipstream.tokenizer import Tokenizer
 from slipstream.techniques.distill.kd import Distill, train, training_sequences
 from slipstream.techniques.hf_io import load_model
 from slipstream.progress import NullProgress

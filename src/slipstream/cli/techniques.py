@@ -15,7 +15,7 @@ def techniques_cmd(
     markdown: bool = typer.Option(False, "--markdown", help="Print the catalog as the markdown table README.md carries"),
 ) -> None:
     """List the registered techniques and their options."""
-    from slipstream.techniques.config import describe
+    from slipstream.config import describe
     from slipstream.techniques.registry import all_techniques
 
     if markdown:

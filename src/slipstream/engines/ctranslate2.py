@@ -10,7 +10,7 @@ import numpy as np
 from slipstream.engines.finishing import finish
 from slipstream.engines.protocol import Completion, EngineInfo, SamplingParams
 from slipstream.engines.stepping import TokenCallback, batch_key
-from slipstream.engines.tokenizer import Tokenizer
+from slipstream.tokenizer import Tokenizer
 from slipstream.extras import require
 
 

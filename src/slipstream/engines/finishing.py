@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Callable, Iterator, Sequence
 
 from slipstream.engines.protocol import Completion, SamplingParams
-from slipstream.engines.tokenizer import Tokenizer
+from slipstream.tokenizer import Tokenizer
 
 
 def finish(tokenizer: Tokenizer, prompt_len: int, generated: Sequence[int], params: SamplingParams) -> Completion:

@@ -19,7 +19,7 @@ import numpy as np
 from slipstream.engines.finishing import generate_by_steps, stream_by_steps
 from slipstream.engines.protocol import Completion, EngineInfo, SamplingParams
 from slipstream.engines.sampling import log_softmax, pick
-from slipstream.engines.tokenizer import Tokenizer
+from slipstream.tokenizer import Tokenizer
 from slipstream.errors import SlipstreamError
 from slipstream.extras import require
 

@@ -1,7 +1,7 @@
 """The one interface every inference engine implements, and the value types it speaks.
 
 Engines work on token ids, so every engine sees exactly the same tokens; text goes through the
-variant's own tokenizer (:class:`slipstream.engines.tokenizer.Tokenizer`).
+variant's own tokenizer (:class:`slipstream.tokenizer.Tokenizer`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any, Iterator, Literal, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from slipstream.engines.tokenizer import Tokenizer
+from slipstream.tokenizer import Tokenizer
 from slipstream.errors import InvalidConfig
 
 FinishReason = Literal["stop", "length"]

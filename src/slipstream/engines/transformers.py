@@ -9,7 +9,7 @@ import numpy as np
 
 from slipstream.engines.finishing import finish
 from slipstream.engines.protocol import Completion, EngineInfo, SamplingParams
-from slipstream.engines.tokenizer import Tokenizer
+from slipstream.tokenizer import Tokenizer
 from slipstream.errors import InvalidConfig, Unsupported
 from slipstream.extras import require
 

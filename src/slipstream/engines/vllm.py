@@ -25,7 +25,7 @@ import numpy as np
 from slipstream.engines import vllm_server as vs
 from slipstream.engines.finishing import finish
 from slipstream.engines.protocol import Completion, EngineInfo, SamplingParams
-from slipstream.engines.tokenizer import Tokenizer
+from slipstream.tokenizer import Tokenizer
 from slipstream.errors import Unsupported
 
 SERVED_NAME = "slipstream"

@@ -16,7 +16,7 @@ from typing import Iterator, Literal
 from slipstream.errors import Unsupported
 from slipstream.extras import require
 from slipstream.progress import Progress, or_null
-from slipstream.techniques.config import TechniqueConfig
+from slipstream.config import TechniqueConfig
 
 Quantization = Literal[
     "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16", "float32"

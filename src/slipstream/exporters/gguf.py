@@ -29,7 +29,7 @@ import numpy as np
 from slipstream.errors import InvalidModel, Unsupported
 from slipstream.extras import require
 from slipstream.progress import Progress, or_null
-from slipstream.techniques.config import TechniqueConfig
+from slipstream.config import TechniqueConfig
 
 Quantization = Literal["F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q4_K_M", "Q4_K_S", "Q4_0"]
 QUANTIZATIONS: tuple[str, ...] = Quantization.__args__  # type: ignore[attr-defined]
@@ -126,7 +126,7 @@ def _tensors(src: Path) -> Iterator[tuple[str, np.ndarray]]:
 def _tokenizer_fields(src: Path, writer: Any, vocab_size: int) -> None:
     import gguf
 
-    from slipstream.engines.tokenizer import Tokenizer
+    from slipstream.tokenizer import Tokenizer
 
     data = json.loads((src / "tokenizer.json").read_text())
     model = data["model"]

@@ -43,7 +43,7 @@ from slipstream.calibration import Calibration
 from slipstream.errors import InvalidModel, Unsupported
 from slipstream.extras import require
 from slipstream.progress import Progress, or_null
-from slipstream.techniques.config import TechniqueConfig
+from slipstream.config import TechniqueConfig
 
 Quantization = Literal["float32", "int8_dynamic", "int8_static", "int8_blockwise"]
 Activations = Literal["per_token", "per_tensor"]
@@ -262,7 +262,7 @@ def calibration_feeds(src: Path, calibration: Calibration, layers: int, kv_heads
     """One prefill feed (empty past) per calibration sample, produced as it is asked for."""
     import numpy as np
 
-    from slipstream.engines.tokenizer import Tokenizer
+    from slipstream.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.from_dir(src)
     names = io_names(layers)[0][3:]
@@ -390,7 +390,7 @@ def matmul_modules(firsts: dict[str, tuple[tuple[int, ...], Any]], src: Path) ->
 
 def kept_float(firsts: dict[str, tuple[tuple[int, ...], Any]], src: Path, patterns: tuple[str, ...]) -> set[str]:
     """The MatMul nodes of the modules ``patterns`` name; a pattern that names none is an error."""
-    from slipstream.techniques.config import modules_named
+    from slipstream.config import modules_named
 
     modules = matmul_modules(firsts, src)
     named = modules_named(set(modules.values()), patterns, "onnx")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from slipstream.errors import InvalidConfig, SlipstreamError
-from slipstream.techniques.config import TechniqueConfig
+from slipstream.config import TechniqueConfig
 from slipstream.techniques.registry import TechniqueSpec, get, make_config
 
 

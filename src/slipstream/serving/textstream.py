@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from slipstream.engines.finishing import first_stop
-from slipstream.engines.tokenizer import Tokenizer
+from slipstream.tokenizer import Tokenizer
 
 
 class TextStream:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 from slipstream.errors import InvalidConfig, NotFound
-from slipstream.techniques.config import TechniqueConfig, coerce
+from slipstream.config import TechniqueConfig, coerce
 
 Kind = Literal["transform", "export"]
 

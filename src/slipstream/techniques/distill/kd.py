@@ -29,7 +29,7 @@ from typing import Any
 
 from slipstream.errors import InvalidConfig, NotFound
 from slipstream.progress import Progress, or_null
-from slipstream.techniques.config import TechniqueConfig
+from slipstream.config import TechniqueConfig
 from slipstream.techniques.distill import data as training_data
 
 CHECKPOINT = "checkpoint.pt"
@@ -98,7 +98,7 @@ def resolve_teacher(student: Path, teacher: str) -> Path:
 
 def check_tokenizers(teacher: Path, student: Path) -> Any:
     """The student learns the teacher's distribution over the *same* tokens: refuse anything else."""
-    from slipstream.engines.tokenizer import Tokenizer
+    from slipstream.tokenizer import Tokenizer
 
     a, b = Tokenizer.from_dir(teacher), Tokenizer.from_dir(student)
     if a._backend.get_vocab() != b._backend.get_vocab():

@@ -27,7 +27,7 @@ from typing import Any
 from slipstream.calibration import Calibration
 from slipstream.errors import InvalidConfig, Unsupported
 from slipstream.progress import Progress, or_null
-from slipstream.techniques.config import TechniqueConfig
+from slipstream.config import TechniqueConfig
 
 MLP_MULTIPLE = 8
 

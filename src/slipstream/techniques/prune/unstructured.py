@@ -25,7 +25,7 @@ from typing import Any, Literal
 from slipstream.calibration import Calibration
 from slipstream.errors import InvalidConfig
 from slipstream.progress import Progress, or_null
-from slipstream.techniques.config import TechniqueConfig
+from slipstream.config import TechniqueConfig
 
 Method = Literal["magnitude", "wanda", "sparsegpt"]
 Structure = Literal["unstructured", "2:4"]

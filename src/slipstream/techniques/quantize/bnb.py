@@ -16,7 +16,7 @@ from typing import Literal
 from slipstream.errors import Unsupported
 from slipstream.extras import require
 from slipstream.progress import Progress, or_null
-from slipstream.techniques.config import TechniqueConfig
+from slipstream.config import TechniqueConfig
 
 
 DEFAULT_INT8_THRESHOLD = 2.0

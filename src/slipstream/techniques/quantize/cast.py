@@ -17,7 +17,7 @@ from typing import Literal
 from slipstream.errors import Unsupported
 from slipstream.machine import cpu_flags
 from slipstream.progress import Progress, or_null
-from slipstream.techniques.config import TechniqueConfig
+from slipstream.config import TechniqueConfig
 
 Dtype = Literal["float16", "bfloat16"]
 SHORT = {"float16": "fp16", "bfloat16": "bf16"}

@@ -18,7 +18,7 @@ from typing import Literal
 
 from slipstream.errors import Unsupported
 from slipstream.progress import Progress
-from slipstream.techniques.config import TechniqueConfig
+from slipstream.config import TechniqueConfig
 
 MIN_CAPABILITY = (8, 9)
 

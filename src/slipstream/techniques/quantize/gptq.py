@@ -14,7 +14,7 @@ from typing import Literal
 from slipstream.calibration import Calibration
 from slipstream.errors import InvalidConfig
 from slipstream.progress import Progress
-from slipstream.techniques.config import TechniqueConfig
+from slipstream.config import TechniqueConfig
 from slipstream.techniques.quantize.rtn import check_group_size, weight_args, weight_slug
 
 

@@ -32,7 +32,7 @@ from typing import Any
 from slipstream.calibration import Calibration
 from slipstream.errors import InvalidConfig
 from slipstream.progress import Progress, or_null
-from slipstream.techniques.config import TechniqueConfig
+from slipstream.config import TechniqueConfig
 
 LEVELS = 127  # CTranslate2's int8: codes -127..127, scale max|w| / 127 per row
 
@@ -173,7 +173,7 @@ def apply(src: Path, out: Path, config: Int8Rows, device: str = "cpu", progress:
 
     import torch
 
-    from slipstream.engines.tokenizer import Tokenizer
+    from slipstream.tokenizer import Tokenizer
     from slipstream.techniques.hf_io import load_model, save_model
 
     model = load_model(src, device=device)

@@ -116,7 +116,7 @@ def calibration_loader(src: Path, calibration: Calibration, on_sample=lambda: No
     torch = require("torch", "core")
     from torch.utils.data import DataLoader, IterableDataset
 
-    from slipstream.engines.tokenizer import Tokenizer
+    from slipstream.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.from_dir(src)
 

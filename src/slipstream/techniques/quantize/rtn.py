@@ -14,7 +14,7 @@ from typing import Literal
 
 from slipstream.errors import InvalidConfig
 from slipstream.progress import Progress
-from slipstream.techniques.config import TechniqueConfig
+from slipstream.config import TechniqueConfig
 
 
 @dataclasses.dataclass(frozen=True)

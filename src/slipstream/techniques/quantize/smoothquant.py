@@ -31,7 +31,7 @@ from typing import Any, Literal
 from slipstream.calibration import Calibration
 from slipstream.errors import Unsupported
 from slipstream.progress import Progress, or_null
-from slipstream.techniques.config import TechniqueConfig
+from slipstream.config import TechniqueConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,7 +230,7 @@ def calibrate_and_smooth(model: Any, src: Path, calibration: Calibration, alpha:
     """Measure activation maxima on the calibration stream (one sample in memory at a time) and
     smooth ``model`` in place; with ``alpha="auto"``, per group (``search_alphas``) on the first
     ``search_samples`` samples (at most all of them). Returns what was chosen (empty for one fixed alpha)."""
-    from slipstream.engines.tokenizer import Tokenizer
+    from slipstream.tokenizer import Tokenizer
 
     groups = smoothing_groups(model, lm_head)
     tokenizer = Tokenizer.from_dir(src)

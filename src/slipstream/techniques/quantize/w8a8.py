@@ -20,7 +20,7 @@ from typing import Literal
 from slipstream.calibration import Calibration
 from slipstream.errors import InvalidConfig, Unsupported
 from slipstream.progress import Progress
-from slipstream.techniques.config import TechniqueConfig, modules_named
+from slipstream.config import TechniqueConfig, modules_named
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +115,7 @@ def apply(src: Path, out: Path, config: W8A8, device: str = "cpu", progress: Pro
 def auto_keep_float(model, src: Path, plan: dict[str, int | None], config: W8A8, progress: Progress | None):
     """keep_float="auto": the module kinds to leave in float, from W8A8 simulated on the first
     ``auto_samples`` calibration samples (after smoothing, as it will be quantized)."""
-    from slipstream.engines.tokenizer import Tokenizer
+    from slipstream.tokenizer import Tokenizer
     from slipstream.techniques.quantize.int8_sensitivity import choose_keep_float
 
     calibration = Calibration(config.calibration, config.auto_samples, config.sequence_length)

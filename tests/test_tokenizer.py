@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from slipstream.engines.tokenizer import Tokenizer
+from slipstream.tokenizer import Tokenizer
 from slipstream.evaluation.data import text_set
 
 
@@ -39,7 +39,7 @@ def test_chat_template_renders_like_transformers(tiny_llama_dir, tmp_path):
 
 
 def test_does_not_import_torch(tiny_llama_dir):
-    code = (f"from slipstream.engines.tokenizer import Tokenizer; import sys; "
+    code = (f"from slipstream.tokenizer import Tokenizer; import sys; "
             f"Tokenizer.from_dir({str(tiny_llama_dir)!r}).encode('hello'); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
