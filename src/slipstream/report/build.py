@@ -11,7 +11,7 @@ from slipstream.benchmark.cost import Price, Workload, cost
 from slipstream.benchmark.roofline import machine_peaks, roofline, token_cost
 from slipstream.comparison import Comparison
 from slipstream.machine import describe_machine
-from slipstream.search.pareto import pareto_front
+from slipstream.pareto import pareto_front
 from slipstream.store import Store, Variant
 
 

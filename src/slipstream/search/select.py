@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from slipstream.search.pareto import pareto_front
+from slipstream.pareto import pareto_front
 
 Record = dict[str, Any]
 

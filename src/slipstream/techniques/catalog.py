@@ -1,11 +1,15 @@
-"""Every technique slipstream knows, registered in one place. Config classes live in light
-modules (no heavy import at module level); their functions are imported on use."""
+"""Every technique slipstream knows, listed in one place as data (:class:`TechniqueSpec`), which
+:mod:`slipstream.techniques.registry` indexes by name. Config classes live in light modules (no heavy
+import at module level); their functions are imported on use, by import path."""
 
 from __future__ import annotations
 
 from slipstream.exporters.ctranslate2 import CTranslate2
 from slipstream.exporters.gguf import GGUF
 from slipstream.exporters.onnx import ONNX
+from slipstream.techniques.distill.kd import Distill
+from slipstream.techniques.prune.structured import StructuredPrune
+from slipstream.techniques.prune.unstructured import UnstructuredPrune
 from slipstream.techniques.quantize.awq import AWQ
 from slipstream.techniques.quantize.bnb import BitsAndBytes
 from slipstream.techniques.quantize.cast import Cast
@@ -15,9 +19,11 @@ from slipstream.techniques.quantize.int8_rows import Int8Rows
 from slipstream.techniques.quantize.rtn import RTN
 from slipstream.techniques.quantize.smoothquant import SmoothQuant
 from slipstream.techniques.quantize.w8a8 import W8A8
-from slipstream.techniques.registry import TechniqueSpec, register
+from slipstream.techniques.spec import TechniqueSpec
 
-register(
+_LLMC = "slipstream.techniques.quantize"
+
+CATALOG: tuple[TechniqueSpec, ...] = (
     TechniqueSpec(
         name="ctranslate2",
         kind="export",
@@ -26,10 +32,7 @@ register(
         output_format="ctranslate2",
         summary="Convert to CTranslate2 with weight quantization (int8, int8_float16, int16, float16, ...)",
         extra="ctranslate2",
-    )
-)
-
-register(
+    ),
     TechniqueSpec(
         name="smoothquant",
         kind="transform",
@@ -39,10 +42,7 @@ register(
         summary="SmoothQuant smoothing: move activation outliers into weights (exact in full precision) "
         "so W8A8 engines such as CTranslate2 int8 lose less accuracy; alpha=auto picks alpha per layer",
         needs_calibration=True,
-    )
-)
-
-register(
+    ),
     TechniqueSpec(
         name="int8-rows",
         kind="transform",
@@ -52,14 +52,9 @@ register(
         summary="GPTQ onto CTranslate2 int8's grid (one scale per weight row), kept in float: converting "
         "with ctranslate2 int8 afterwards stores GPTQ's rounding instead of round to nearest",
         needs_calibration=True,
-    )
-)
-
-# llm-compressor techniques: each writes a compressed-tensors checkpoint (format "hf"), which the
-# transformers engine loads (compressed-tensors decompresses it) and vLLM serves (--engine vllm).
-_LLMC = "slipstream.techniques.quantize"
-
-register(
+    ),
+    # llm-compressor techniques: each writes a compressed-tensors checkpoint (format "hf"), which the
+    # transformers engine loads (compressed-tensors decompresses it) and vLLM serves (--engine vllm).
     TechniqueSpec(
         name="rtn",
         kind="transform",
@@ -69,10 +64,7 @@ register(
         summary="Round-to-nearest weight-only int8/int4 (per channel or group-wise); the baseline calibrated "
         "methods must beat; compressed-tensors, via llm-compressor",
         extra="llmcompressor",
-    )
-)
-
-register(
+    ),
     TechniqueSpec(
         name="awq",
         kind="transform",
@@ -83,10 +75,7 @@ register(
         "(vLLM loads it), via llm-compressor",
         extra="llmcompressor",
         needs_calibration=True,
-    )
-)
-
-register(
+    ),
     TechniqueSpec(
         name="gptq",
         kind="transform",
@@ -97,10 +86,7 @@ register(
         "via llm-compressor",
         extra="llmcompressor",
         needs_calibration=True,
-    )
-)
-
-register(
+    ),
     TechniqueSpec(
         name="w8a8",
         kind="transform",
@@ -112,10 +98,7 @@ register(
         "compressed-tensors for vLLM's int8 kernels, via llm-compressor",
         extra="llmcompressor",
         needs_calibration=True,
-    )
-)
-
-register(
+    ),
     TechniqueSpec(
         name="fp8",
         kind="transform",
@@ -126,10 +109,7 @@ register(
         "compressed-tensors for vLLM, via llm-compressor",
         extra="llmcompressor",
         devices=("cuda",),
-    )
-)
-
-register(
+    ),
     TechniqueSpec(
         name="cast",
         kind="transform",
@@ -137,10 +117,7 @@ register(
         function="slipstream.techniques.quantize.cast:apply",
         output_format="hf",
         summary="Cast weights to float16 or bfloat16; the transformers engine then computes in that type",
-    )
-)
-
-register(
+    ),
     TechniqueSpec(
         name="bitsandbytes",
         kind="transform",
@@ -149,10 +126,7 @@ register(
         output_format="hf",
         summary="bitsandbytes NF4/FP4 4-bit or LLM.int8 weights, stored as a checkpoint transformers reloads",
         extra="bitsandbytes",
-    )
-)
-
-register(
+    ),
     TechniqueSpec(
         name="onnx",
         kind="export",
@@ -164,10 +138,7 @@ register(
         extra="onnx",
         modules=("onnx", "onnxruntime", "onnxscript"),
         needs_calibration=True,  # static int8 only
-    )
-)
-
-register(
+    ),
     TechniqueSpec(
         name="gguf",
         kind="export",
@@ -177,14 +148,7 @@ register(
         summary="Export to GGUF for llama.cpp: F32/F16/BF16, Q8_0, or K-quant mixes (Q5_K_M, Q4_K_M, ...)",
         extra="llamacpp",
         modules=("llama_cpp", "gguf"),
-    )
-)
-
-
-# --- pruning and distillation (issue 8) -----------------------------------------------------------
-from slipstream.techniques.prune.structured import StructuredPrune  # noqa: E402
-
-register(
+    ),
     TechniqueSpec(
         name="prune-structured",
         kind="transform",
@@ -194,13 +158,7 @@ register(
         summary="Structured pruning: drop the most redundant decoder layers, MLP channels and attention heads "
         "(ranked on calibration text); a smaller dense model every engine runs faster",
         needs_calibration=True,
-    )
-)
-
-from slipstream.techniques.distill.kd import Distill  # noqa: E402
-from slipstream.techniques.prune.unstructured import UnstructuredPrune  # noqa: E402
-
-register(
+    ),
     TechniqueSpec(
         name="prune-unstructured",
         kind="transform",
@@ -210,10 +168,7 @@ register(
         summary="Unstructured or 2:4 pruning by magnitude, Wanda or SparseGPT (llm-compressor); saved dense: "
         "no engine here turns the zeros into speed or size, it measures the accuracy cost alone",
         needs_calibration=True,
-    )
-)
-
-register(
+    ),
     TechniqueSpec(
         name="distill",
         kind="transform",
@@ -222,5 +177,5 @@ register(
         output_format="hf",
         summary="Knowledge distillation: train this variant (e.g. a pruned model) on its teacher's logits "
         "(KL with temperature, optional hidden-state MSE); resumable checkpoints, step/time budget",
-    )
+    ),
 )

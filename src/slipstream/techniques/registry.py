@@ -1,72 +1,35 @@
-"""The one registry of techniques. Specs name their function by import path, so nothing heavy
-is imported until a technique actually runs."""
+"""The one registry of techniques: the catalog's specs by name, and configs built from options. Specs
+name their function by import path, so nothing heavy is imported until a technique actually runs."""
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
 import types
 import typing
-from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any
 
-from slipstream.errors import InvalidConfig, NotFound
 from slipstream.config import TechniqueConfig, coerce
+from slipstream.errors import InvalidConfig, NotFound
+from slipstream.techniques.catalog import CATALOG
+from slipstream.techniques.spec import Kind, TechniqueSpec
 
-Kind = Literal["transform", "export"]
-
-
-@dataclass(frozen=True)
-class TechniqueSpec:
-    name: str
-    kind: Kind
-    config: type[TechniqueConfig]
-    function: str  # "package.module:function"
-    output_format: str  # the format of the variant it writes ("hf", "ctranslate2", ...)
-    summary: str
-    input_formats: tuple[str, ...] = ("hf",)
-    extra: str | None = None  # the pip extra that provides its library
-    needs_calibration: bool = False
-    modules: tuple[str, ...] = ()  # modules the extra provides (default: the extra's name)
-    devices: tuple[str, ...] = ("cpu", "cuda")  # where its variants can run
-
-    def load(self) -> Callable[..., Any]:
-        return getattr(self.load_module(), self.function.partition(":")[2])
-
-    def load_module(self) -> Any:
-        return importlib.import_module(self.function.partition(":")[0])
-
-    def extra_installed(self) -> bool:
-        from slipstream.extras import is_available
-
-        if self.extra is None:
-            return True
-        return all(is_available(m) for m in (self.modules or (self.extra.replace("-", "_"),)))
-
-    def options(self) -> dict[str, Any]:
-        """Field name -> (type hint, default) for the technique's config."""
-        hints = typing.get_type_hints(self.config)
-        return {f.name: (hints[f.name], f.default) for f in dataclasses.fields(self.config)}
+__all__ = ["Kind", "TechniqueSpec", "all_techniques", "config_from_dict", "get", "make_config", "spec_for"]
 
 
-_REGISTRY: dict[str, TechniqueSpec] = {}
+def _index(specs: typing.Iterable[TechniqueSpec]) -> dict[str, TechniqueSpec]:
+    index: dict[str, TechniqueSpec] = {}
+    for spec in specs:
+        if spec.name in index:
+            raise ValueError(f"technique {spec.name!r} listed twice")
+        if spec.config.technique != spec.name:
+            raise ValueError(f"{spec.config.__name__}.technique must be {spec.name!r}")
+        index[spec.name] = spec
+    return index
 
 
-def register(spec: TechniqueSpec) -> TechniqueSpec:
-    if spec.name in _REGISTRY:
-        raise ValueError(f"technique {spec.name!r} registered twice")
-    if spec.config.technique != spec.name:
-        raise ValueError(f"{spec.config.__name__}.technique must be {spec.name!r}")
-    _REGISTRY[spec.name] = spec
-    return spec
-
-
-def _ensure_loaded() -> None:
-    importlib.import_module("slipstream.techniques.catalog")
+_REGISTRY: dict[str, TechniqueSpec] = _index(CATALOG)
 
 
 def get(name: str) -> TechniqueSpec:
-    _ensure_loaded()
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -74,7 +37,6 @@ def get(name: str) -> TechniqueSpec:
 
 
 def all_techniques() -> list[TechniqueSpec]:
-    _ensure_loaded()
     return [_REGISTRY[k] for k in sorted(_REGISTRY)]
 
 

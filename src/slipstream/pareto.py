@@ -1,4 +1,5 @@
-"""The Pareto frontier of variants over two objectives, as a pure function."""
+"""The Pareto frontier of items over several objectives, as a pure function (the report draws it, the
+search selects on it)."""
 
 from __future__ import annotations
 
