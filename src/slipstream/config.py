@@ -65,7 +65,10 @@ def from_mapping(cls: type[T], values: typing.Mapping[str, Any], owner: str) -> 
         if name not in hints:
             raise InvalidConfig(f"{owner} has no option {key!r}; its options: {', '.join(hints) or 'none'}")
         if isinstance(value, str):
-            value = coerce(value, hints[name])
+            try:
+                value = coerce(value, hints[name])
+            except ValueError:
+                raise InvalidConfig(f"{owner}: {name}={value!r} is not valid; expected {describe(hints[name])}") from None
         elif isinstance(value, list) and get_origin(hints[name]) is tuple:
             value = tuple(value)
         kwargs[name] = value

@@ -114,7 +114,7 @@ def test_grouped_decode_attention_equals_sdpa_with_repeated_heads(hf):
     import torch
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from slipstream.engines.transformers_steps import ROWS_ATTENTION, grouped_decode_attention
+    from slipstream.engines.torch.attention import ROWS_ATTENTION, grouped_decode_attention
 
     hf.stepper()
     assert hf.model.config._attn_implementation == ROWS_ATTENTION  # the stepper switched the model over
@@ -146,7 +146,7 @@ def gemma3(tmp_path_factory, tiny_gemma3_dir):
 def test_fused_steps_give_generate_tokens_with_prefix_reuse_and_sliding_windows(hf, gemma3, model, monkeypatch):
     # newcomers' prompts ride in the running rows' decode pass; Gemma's 160-token prompt spans more than
     # its 64-token sliding window; its row attends apart from the short ones (row groups)
-    from slipstream.engines.transformers_steps import StepPlan
+    from slipstream.engines.torch.attention import StepPlan
 
     groups = []
     build = StepPlan.build.__func__
@@ -167,7 +167,7 @@ def test_fused_steps_give_generate_tokens_with_prefix_reuse_and_sliding_windows(
 
 
 def test_row_groups_isolate_long_rows_and_cover_every_row_once():
-    from slipstream.engines.transformers_steps import row_groups
+    from slipstream.engines.torch.attention import row_groups
 
     assert row_groups([100] * 16) == [(0, 16)]
     assert row_groups([100] * 7 + [400] + [100] * 8) == [(0, 7), (7, 8), (8, 16)]

@@ -145,9 +145,9 @@ def test_ctranslate2_int8_priors_follow_the_cpu(monkeypatch):
 def test_w8a8_prior_follows_the_int8_products(monkeypatch):
     # W8A8 is faster than the original only where the transformers engine multiplies it in int8 (VNNI)
     pytest.importorskip("llmcompressor")
-    monkeypatch.setattr("slipstream.engines.int8_gemm.available", lambda: None)
+    monkeypatch.setattr("slipstream.engines.torch.kernels.int8_gemm.available", lambda: None)
     with_int8 = {c.label: c.prior for c in build_space("cpu", include=["w8a8"])[0]}
-    monkeypatch.setattr("slipstream.engines.int8_gemm.available", lambda: "no VNNI")
+    monkeypatch.setattr("slipstream.engines.torch.kernels.int8_gemm.available", lambda: "no VNNI")
     without = {c.label: c.prior for c in build_space("cpu", include=["w8a8"])[0]}
     # the module kinds in float chosen per model (the default), and every linear in int8
     assert sorted(with_int8) == ["w8a8-sq0.8-gptq", "w8a8-sq0.8-gptq-keep-none"]

@@ -8,7 +8,9 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from slipstream.engines.finishing import finish
+from slipstream.engines.options import CTranslate2Options
 from slipstream.engines.protocol import Completion, EngineInfo, SamplingParams
+from slipstream.engines.sampling import StopRule
 from slipstream.engines.stepping import TokenCallback, batch_key
 from slipstream.tokenizer import Tokenizer
 from slipstream.extras import require
@@ -17,28 +19,23 @@ from slipstream.extras import require
 class CTranslate2Engine:
     name = "ctranslate2"
 
-    def __init__(
-        self,
-        path: Path,
-        *,
-        device: str = "cpu",
-        compute_type: str = "default",
-        threads: int | None = None,
-        batch_size: int = 8,
-        max_context: int | None = None,
-    ):
+    def __init__(self, path: Path, *, device: str = "cpu", options: CTranslate2Options | None = None, **changes: Any):
+        """``options`` (:class:`~slipstream.engines.options.CTranslate2Options`), then ``changes`` by name."""
+        o = CTranslate2Options.of(options, **changes)
+        compute_type, threads = o.compute_type, o.threads
         ct2 = require("ctranslate2", "ctranslate2", "the CTranslate2 engine")
         from slipstream.exporters.ctranslate2 import TOKENIZER_DIR, check_runnable
 
         path = Path(path)
         check_runnable(path, device, compute_type)
         self._ct2 = ct2
+        self.options = o
         self.device = device
-        self.batch_size = batch_size
+        self.batch_size = o.batch_size
         self.generator = ct2.Generator(str(path), device=device, compute_type=compute_type, intra_threads=threads or 0)
         self._threads = threads or 0
         self._tokenizer = Tokenizer.from_dir(path / TOKENIZER_DIR)
-        self.max_context = max_context or _max_context(path / TOKENIZER_DIR)
+        self.max_context = o.max_context or _max_context(path / TOKENIZER_DIR)
         self.saturating_int8 = device == "cpu" and saturating_int8(self.generator.compute_type)
         if self.saturating_int8:
             import warnings
@@ -142,32 +139,30 @@ class CTranslate2Engine:
         first = params[0]
         if any(batch_key(p) != batch_key(first) for p in params):
             raise ValueError("generate_rows needs rows whose sampling params share batch_key()")
-        limits = [p.max_tokens for p in params]
-        counts = [0] * len(prompts)
-        eos = self._tokenizer.eos_token_ids
+        rules = [StopRule(p, self._tokenizer.eos_token_ids) for p in params]
 
         def callback(step: Any) -> bool:
             row, token = step.batch_id, int(step.token_id)
-            if token in eos and not first.ignore_eos and counts[row] >= first.min_tokens:
+            reason = rules[row].take(token)
+            if reason == "stop":
                 return True
-            counts[row] += 1
             stop = bool(on_token(row, token))
-            return stop or counts[row] >= limits[row]
+            return stop or reason == "length"
 
-        options = self._options(first.with_(max_tokens=max(limits)))
+        options = self._options(first.with_(max_tokens=max(p.max_tokens for p in params)))
         results = self.generator.generate_batch([self._tokens(p) for p in prompts], max_batch_size=0,
                                                 return_end_token=True, callback=callback, **options)
-        return [finish(self._tokenizer, len(p), r.sequences_ids[0][: counts[i] + 1], params[i])
+        return [finish(self._tokenizer, len(p), r.sequences_ids[0][: rules[i].generated + 1], params[i])
                 for i, (p, r) in enumerate(zip(prompts, results))]
 
     def stream(self, prompt: Sequence[int], params: SamplingParams) -> Iterator[int]:
         options = self._options(params)
         options.pop("include_prompt_in_result")
         steps = self.generator.generate_tokens(self._tokens(prompt), **options)
-        eos = self._tokenizer.eos_token_ids
+        rule = StopRule(params, self._tokenizer.eos_token_ids)
         try:
             for step in steps:
-                if step.token_id in eos and not params.ignore_eos:
+                if rule.take(int(step.token_id)) == "stop":
                     return
                 yield int(step.token_id)
         finally:

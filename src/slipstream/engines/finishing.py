@@ -1,4 +1,5 @@
-"""Turning raw generated ids into a :class:`Completion`: end-of-sequence and stop strings.
+"""Turning raw generated ids into a :class:`Completion`: end-of-sequence (by the one
+:class:`~slipstream.engines.sampling.StopRule`) and stop strings.
 
 Shared by every engine so that all of them report the same tokens, text and finish reason.
 """
@@ -8,17 +9,19 @@ from __future__ import annotations
 from typing import Callable, Iterator, Sequence
 
 from slipstream.engines.protocol import Completion, SamplingParams
+from slipstream.engines.sampling import StopRule
 from slipstream.tokenizer import Tokenizer
 
 
 def finish(tokenizer: Tokenizer, prompt_len: int, generated: Sequence[int], params: SamplingParams) -> Completion:
-    ids = list(generated)
+    rule = StopRule(params, tokenizer.eos_token_ids)
+    ids: list[int] = []
     reason = "length"
-    if not params.ignore_eos:
-        for i, t in enumerate(ids):
-            if t in tokenizer.eos_token_ids and i >= params.min_tokens:
-                ids, reason = ids[:i], "stop"
-                break
+    for t in generated:
+        if rule.take(t) == "stop":
+            reason = "stop"
+            break
+        ids.append(t)
     ids = ids[: params.max_tokens]
     text = tokenizer.decode(ids)
     if params.stop:
@@ -51,9 +54,9 @@ def generate_by_steps(steps: Steps, tokenizer: Tokenizer, prompts: Sequence[Sequ
 
 def stream_by_steps(steps: Steps, tokenizer: Tokenizer, prompt: Sequence[int], params: SamplingParams) -> Iterator[int]:
     """``Engine.stream`` over ``steps``: one prompt's tokens as they come, up to end of sequence."""
-    eos = tokenizer.eos_token_ids
+    rule = StopRule(params, tokenizer.eos_token_ids)
     for (tok,) in steps([prompt], params):
-        if tok is None or (tok in eos and not params.ignore_eos):
+        if tok is None or rule.take(tok) == "stop":
             return
         yield tok
 

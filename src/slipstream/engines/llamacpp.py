@@ -12,13 +12,14 @@ import ctypes
 import json
 import os
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from slipstream.engines.finishing import generate_by_steps, stream_by_steps
+from slipstream.engines.options import LlamaCppOptions
 from slipstream.engines.protocol import Completion, EngineInfo, SamplingParams
-from slipstream.engines.sampling import log_softmax, pick
+from slipstream.engines.sampling import StopRule, log_softmax, pick
 from slipstream.tokenizer import Tokenizer
 from slipstream.errors import SlipstreamError
 from slipstream.extras import require
@@ -36,17 +37,10 @@ def _silence(llama_cpp) -> None:
 class LlamaCppEngine:
     name = "llamacpp"
 
-    def __init__(
-        self,
-        path: Path,
-        *,
-        device: str = "cpu",
-        threads: int | None = None,
-        batch_size: int = 8,
-        context: int = 4096,
-        kv_type: str | None = None,  # "f32" or "f16"; default: f32 for an F32 file, else f16
-        flash_attention: bool | None = None,  # None: llama.cpp decides
-    ):
+    def __init__(self, path: Path, *, device: str = "cpu", options: LlamaCppOptions | None = None, **changes: Any):
+        """``options`` (:class:`~slipstream.engines.options.LlamaCppOptions`), then ``changes`` by name."""
+        o = LlamaCppOptions.of(options, **changes)
+        batch_size, context, flash_attention = o.batch_size, o.context, o.flash_attention
         from slipstream.errors import Unsupported
         from slipstream.exporters.gguf import MODEL_FILE, TOKENIZER_DIR
 
@@ -60,9 +54,10 @@ class LlamaCppEngine:
         self.path = path
         self.quantization = _stored_quantization(path)
         self._tokenizer = Tokenizer.from_dir(path / TOKENIZER_DIR)
+        self.options = o
         self.device = device
         self.batch_size = batch_size
-        self._threads = threads or (os.cpu_count() or 1)
+        self._threads = o.threads or (os.cpu_count() or 1)
 
         mparams = lc.llama_model_default_params()
         self._model = lc.llama_model_load_from_file(str(path / MODEL_FILE).encode(), mparams)
@@ -81,7 +76,7 @@ class LlamaCppEngine:
         cparams.kv_unified = True  # sequences share the n_ctx cells, so one long or many short fit
         cparams.swa_full = True  # sliding-window layers keep every cell: sequences can be cleared freely
         cparams.no_perf = True
-        kv = kv_type or ("f32" if self.quantization == "F32" else "f16")
+        kv = o.kv_type if o.kv_type != "auto" else ("f32" if self.quantization == "F32" else "f16")
         cparams.type_k = cparams.type_v = lc.GGML_TYPE_F32 if kv == "f32" else lc.GGML_TYPE_F16
         if flash_attention is not None:
             cparams.flash_attn_type = (lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attention
@@ -176,8 +171,7 @@ class LlamaCppEngine:
     def _steps(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> Iterator[list[int | None]]:
         """Yield, per step, the token each sequence produced (None once it has finished)."""
         rng = np.random.default_rng(params.seed)
-        eos = set(self._tokenizer.eos_token_ids)
-        min_tokens = params.max_tokens if params.ignore_eos else params.min_tokens
+        rules = [StopRule(params, self._tokenizer.eos_token_ids) for _ in prompts]
         self._clear()
         try:
             items = [(int(t), p, s, p == len(prompt) - 1) for s, prompt in enumerate(prompts)
@@ -185,13 +179,11 @@ class LlamaCppEngine:
             logits = self._run(items)
             positions = [len(p) for p in prompts]
             active = list(range(len(prompts)))
-            for step in range(params.max_tokens):
-                banned = list(eos) if step < min_tokens else []
-                chosen = {s: pick(row, params, rng, banned) for s, row in zip(active, logits)}
+            while True:
+                chosen = {s: pick(row, params, rng, rules[s].banned) for s, row in zip(active, logits)}
                 yield [chosen.get(s) for s in range(len(prompts))]
-                if not params.ignore_eos:
-                    active = [s for s in active if chosen[s] not in eos]
-                if not active or step == params.max_tokens - 1:
+                active = [s for s in active if rules[s].take(chosen[s]) is None]
+                if not active:
                     return
                 logits = self._run([(chosen[s], positions[s], s, True) for s in active])
                 for s in active:

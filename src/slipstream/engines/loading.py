@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from slipstream.devices import resolve_device
+from slipstream.engines.options import EngineOptions, options_class
 from slipstream.engines.protocol import Engine
-from slipstream.errors import Unsupported
+from slipstream.errors import InvalidConfig, Unsupported
 from slipstream.store import Store, Variant
 
 # format -> (default engine, {engine name: "module:Class"})
@@ -32,26 +33,44 @@ def open_engine(
     device: str | None = None,
     threads: int | None = None,
     store: Store | None = None,
-    **options: Any,
+    options: EngineOptions | Mapping[str, Any] | None = None,
+    **option_values: Any,
 ) -> Engine:
-    """Load ``variant`` (a store entry or its name) on a fitting engine."""
+    """Load ``variant`` (a store entry or its name) on a fitting engine.
+
+    ``options``: the engine's typed options (:mod:`slipstream.engines.options`), an instance of its class
+    or a mapping (values, or strings as a command line gives them); keyword arguments are more of them
+    (``gemm="torch"``). Settings the technique recorded for the engine (a cast's dtype) come first and
+    what is given here wins (an instance gives the fields it sets to other than their defaults);
+    ``threads`` is the option of that name. An option the engine does not take is refused by name.
+    """
     if isinstance(variant, str):
         variant = (store or Store()).get(variant)
-    module, cls = _engine_path(variant, engine)
-    factory = getattr(importlib.import_module(module), cls)
-    kwargs: dict[str, Any] = {"device": resolve_device(device), "threads": threads, **options}
+    name = engine_name(variant, engine)
+    module, cls = _engine_path(variant, name)
     from slipstream.store.manifest import Manifest
 
     extra = Manifest.read(Path(variant.path)).extra
-    # Settings the technique recorded for the engine (a cast's compute dtype); explicit options win.
-    for key, value in ((extra.get("facts") or {}).get("engine_options") or {}).items():
-        kwargs.setdefault(key, value)
+    given = options.given() if isinstance(options, EngineOptions) else dict(options or {})
+    given.update(option_values)
+    if threads is not None:
+        if given.get("threads") not in (None, threads):
+            raise InvalidConfig(f"threads given twice: {threads} and engine option threads={given['threads']}")
+        given["threads"] = threads
+    # Settings the technique recorded for the engines that take them; explicit options win.
+    kind = options_class(name)
+    recorded = {k: v for k, v in ((extra.get("facts") or {}).get("engine_options") or {}).items() if k in kind.names()}
+    opts = kind.of({**recorded, **given})
+    kwargs: dict[str, Any] = {"device": resolve_device(device), "options": opts}
     if variant.format == "hf":
-        kwargs.setdefault("trust_remote_code", bool(extra.get("trust_remote_code")))
+        kwargs["trust_remote_code"] = bool(extra.get("trust_remote_code"))
+    factory = getattr(importlib.import_module(module), cls)
     return factory(Path(variant.path), **kwargs)
 
 
-def _engine_path(variant: Variant, engine: str | None) -> tuple[str, str]:
+def engine_name(variant: Variant, engine: str | None = None) -> str:
+    """The engine that runs ``variant``: ``engine`` if it can, else the format's default; refused in one
+    line when it cannot."""
     choices = ENGINES.get(variant.format)
     if not choices:
         raise Unsupported(f"no engine runs variants of format {variant.format!r}")
@@ -60,7 +79,11 @@ def _engine_path(variant: Variant, engine: str | None) -> tuple[str, str]:
         raise Unsupported(
             f"engine {engine!r} cannot run {variant.name!r} ({variant.format}); use one of: {', '.join(choices)}"
         )
-    module, _, cls = choices[engine].partition(":")
+    return engine
+
+
+def _engine_path(variant: Variant, engine: str | None) -> tuple[str, str]:
+    module, _, cls = ENGINES[variant.format][engine_name(variant, engine)].partition(":")
     return module, cls
 
 

@@ -16,8 +16,9 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from slipstream.engines.finishing import generate_by_steps, stream_by_steps
+from slipstream.engines.options import OnnxRuntimeOptions
 from slipstream.engines.protocol import Completion, EngineInfo, SamplingParams
-from slipstream.engines.sampling import log_softmax, pick
+from slipstream.engines.sampling import StopRule, log_softmax, pick
 from slipstream.tokenizer import Tokenizer
 from slipstream.errors import Unsupported
 from slipstream.extras import require
@@ -26,15 +27,9 @@ from slipstream.extras import require
 class OnnxRuntimeEngine:
     name = "onnxruntime"
 
-    def __init__(
-        self,
-        path: Path,
-        *,
-        device: str = "cpu",
-        threads: int | None = None,
-        batch_size: int = 8,
-        max_context: int | None = None,
-    ):
+    def __init__(self, path: Path, *, device: str = "cpu", options: OnnxRuntimeOptions | None = None, **changes: Any):
+        """``options`` (:class:`~slipstream.engines.options.OnnxRuntimeOptions`), then ``changes`` by name."""
+        o = OnnxRuntimeOptions.of(options, **changes)
         if device != "cpu":
             raise Unsupported(f"the ONNX Runtime engine here uses the CPU provider; device {device!r} is not available")
         ort = require("onnxruntime", "onnx", "the ONNX Runtime engine")
@@ -42,9 +37,10 @@ class OnnxRuntimeEngine:
 
         path = Path(path)
         self._ort = ort
+        self.options = o
         self.device = device
-        self.batch_size = batch_size
-        self._threads = threads or (os.cpu_count() or 1)
+        self.batch_size = o.batch_size
+        self._threads = o.threads or (os.cpu_count() or 1)
         options = ort.SessionOptions()
         options.intra_op_num_threads = self._threads
         options.inter_op_num_threads = 1
@@ -58,7 +54,7 @@ class OnnxRuntimeEngine:
         self._kv_heads, self._head_dim = int(shape[1]), int(shape[3])
         self.quantization = stored_quantization(path) or "float32"
         self._tokenizer = Tokenizer.from_dir(path / TOKENIZER_DIR)
-        self.max_context = max_context or _max_context(path / TOKENIZER_DIR)
+        self.max_context = o.max_context or _max_context(path / TOKENIZER_DIR)
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -119,8 +115,7 @@ class OnnxRuntimeEngine:
     def _steps(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> Iterator[list[int | None]]:
         """Yield, per step, the token each row produced (None once the row has finished)."""
         rng = np.random.default_rng(params.seed)
-        eos = set(self._tokenizer.eos_token_ids)
-        min_tokens = params.max_tokens if params.ignore_eos else params.min_tokens
+        rules = [StopRule(params, self._tokenizer.eos_token_ids) for _ in prompts]
         n, width = len(prompts), max(len(p) for p in prompts)
         ids = np.full((n, width), self._tokenizer.pad_token_id, dtype=np.int64)
         mask = np.zeros((n, width), dtype=np.int64)
@@ -131,13 +126,11 @@ class OnnxRuntimeEngine:
         logits, past = self._forward(ids, mask, positions, self._empty_past(n))
         rows = logits[:, -1]
         done = [False] * n
-        for step in range(params.max_tokens):
-            banned = list(eos) if step < min_tokens else []
-            chosen = [None if done[i] else pick(rows[i], params, rng, banned) for i in range(n)]
+        while True:
+            chosen = [None if done[i] else pick(rows[i], params, rng, rules[i].banned) for i in range(n)]
             yield chosen
-            if not params.ignore_eos:
-                done = [d or c in eos for d, c in zip(done, chosen)]
-            if all(done) or step == params.max_tokens - 1:
+            done = [d or rule.take(c) is not None for d, c, rule in zip(done, chosen, rules)]
+            if all(done):
                 return
             feed = np.array([[c if c is not None else self._tokenizer.pad_token_id] for c in chosen], dtype=np.int64)
             positions = positions[:, -1:] + 1

@@ -1,4 +1,8 @@
-"""The transformers (PyTorch) engine: the reference every other engine is checked against."""
+"""The transformers (PyTorch) engine: the reference every other engine is checked against.
+
+Its continuous batch and its CPU kernels live in :mod:`slipstream.engines.torch`; its settings are
+:class:`~slipstream.engines.options.TransformersOptions`.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,9 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from slipstream.engines.finishing import finish
+from slipstream.engines.options import TransformersOptions
 from slipstream.engines.protocol import Completion, EngineInfo, SamplingParams
+from slipstream.engines.sampling import StopRule, pick_torch
 from slipstream.tokenizer import Tokenizer
 from slipstream.errors import InvalidConfig, Unsupported
 from slipstream.extras import require
@@ -24,57 +30,42 @@ def preflight(path: Path, device: str) -> None:
 class TransformersEngine:
     name = "transformers"
 
-    def __init__(
-        self,
-        path: Path,
-        *,
-        device: str = "cpu",
-        dtype: str = "float32",
-        threads: int | None = None,
-        trust_remote_code: bool = False,
-        batch_size: int = 8,
-        gemm: str | None = None,  # auto, torch, openblas or onednn (slipstream.engines.blas); None: $SLIPSTREAM_GEMM or auto
-        # W8A8 int8 checkpoints multiplied in int8 on the CPU (slipstream.engines.int8_gemm); None: on unless
-        # $SLIPSTREAM_INT8_GEMM=0 (compressed-tensors' float path, the reference it is checked against)
-        int8_gemm: bool | None = None,
-        # the output head's dtype on the CPU: "bfloat16" multiplies it in bfloat16 (blas.use_bfloat16_head);
-        # None: $SLIPSTREAM_HEAD_DTYPE, else the model's dtype
-        head_dtype: str | None = None,
-    ):
+    def __init__(self, path: Path, *, device: str = "cpu", options: TransformersOptions | None = None,
+                 trust_remote_code: bool = False, **changes: Any):
+        """``options`` (:class:`~slipstream.engines.options.TransformersOptions`), then ``changes`` to them
+        by name (``gemm="torch"``)."""
+        o = TransformersOptions.of(options, **changes)
         torch = require("torch", "core", "the transformers engine")
         from transformers import AutoModelForCausalLM
 
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise Unsupported("device 'cuda' asked for, but torch sees no CUDA device here")
-        import os
-
-        head_dtype = head_dtype or os.environ.get("SLIPSTREAM_HEAD_DTYPE") or dtype
+        dtype = o.dtype
+        head_dtype = dtype if o.head_dtype == "auto" else o.head_dtype
         if head_dtype not in (dtype, "bfloat16"):
             raise InvalidConfig(f"head_dtype must be the model's dtype ({dtype}) or bfloat16, got {head_dtype!r}")
         if head_dtype != dtype and not (device == "cpu" and dtype == "float32"):
             raise Unsupported(f"a bfloat16 head is for float32 models on the CPU; this engine runs {dtype} on {device}")
         preflight(Path(path), device)
-        if threads:
-            torch.set_num_threads(threads)
+        if o.threads:
+            torch.set_num_threads(o.threads)
         self._torch = torch
+        self.options = o
         self.device = device
         self.dtype = dtype
-        self.batch_size = batch_size
+        self.batch_size = o.batch_size
         self.model = AutoModelForCausalLM.from_pretrained(
             path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
         ).to(device)
         self.model.eval()
-        from slipstream.engines import blas
-        from slipstream.engines.int8_gemm import use_int8_gemm
+        from slipstream.engines.torch.kernels import blas
+        from slipstream.engines.torch.kernels.int8_gemm import use_int8_gemm
 
-        if int8_gemm is None:
-            int8_gemm = os.environ.get("SLIPSTREAM_INT8_GEMM", "1") != "0"
-        self.int8_layers = use_int8_gemm(self.model) if int8_gemm and device == "cpu" else 0
+        self.int8_layers = use_int8_gemm(self.model) if o.int8_gemm and device == "cpu" else 0
         self.head_dtype = "bfloat16" if head_dtype != dtype and blas.use_bfloat16_head(self.model) else dtype
-        self.gemm = blas.resolve(gemm or os.environ.get("SLIPSTREAM_GEMM") or "auto", device, dtype, threads,
-                                 int8_model=self.int8_layers > 0)
+        self.gemm = blas.resolve(o.gemm, device, dtype, o.threads, int8_model=self.int8_layers > 0)
         if self.gemm == "openblas":
-            blas.use_openblas(self.model, threads)
+            blas.use_openblas(self.model, o.threads)
         elif self.gemm == "onednn":
             blas.use_onednn(self.model)
         self._tokenizer = Tokenizer.from_dir(path, trust_remote_code=trust_remote_code)
@@ -100,14 +91,17 @@ class TransformersEngine:
 
     def stepper(self, *, prefix_cache_tokens: int = 0, prefill_tokens: int = 512,
                 fused_prefill: bool | None = None, kv_cache_dtype: str | None = None) -> Any:
-        """A continuous batch over this engine's model (see :mod:`slipstream.engines.transformers_steps`).
-        ``fused_prefill``: newcomers' prompts ride in the decode step's forward pass where the model allows
-        (None: yes unless ``SLIPSTREAM_FUSED_PREFILL=0``). ``kv_cache_dtype``: the cache's dtype (None: the
-        model's)."""
-        from slipstream.engines.transformers_steps import TransformersStepper
+        """A continuous batch over this engine's model (see :mod:`slipstream.engines.torch.stepper`).
+        ``fused_prefill``: newcomers' prompts ride in the decode step's forward pass where the model allows;
+        ``kv_cache_dtype``: the cache's dtype ("auto": the model's). None: the engine's options."""
+        from slipstream.engines.torch.stepper import TransformersStepper
 
+        o = self.options
+        fused = o.fused_prefill if fused_prefill is None else fused_prefill
+        kv = kv_cache_dtype or o.kv_cache_dtype
         return TransformersStepper(self, prefix_cache_tokens=prefix_cache_tokens, prefill_tokens=prefill_tokens,
-                                   fused_prefill=fused_prefill, kv_cache_dtype=kv_cache_dtype)
+                                   fused_prefill=fused, kv_cache_dtype=None if kv == "auto" else kv,
+                                   decode_attention=o.decode_attention)
 
     # scoring --------------------------------------------------------------------------------
     def _log_softmax(self, batch: Sequence[Sequence[int]]) -> Any:
@@ -177,42 +171,19 @@ class TransformersEngine:
     def stream(self, prompt: Sequence[int], params: SamplingParams) -> Iterator[int]:
         torch = self._torch
         gen = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
-        eos = list(self._tokenizer.eos_token_ids)
-        min_tokens = params.max_tokens if params.ignore_eos else params.min_tokens
+        rule = StopRule(params, self._tokenizer.eos_token_ids)
         with torch.inference_mode():
             out = self.model(input_ids=torch.tensor([list(prompt)], device=self.device), use_cache=True)
-            for step in range(params.max_tokens):
-                logits = out.logits[0, -1].float().cpu()
-                if step < min_tokens and eos:
-                    logits[eos] = float("-inf")
-                token = pick(logits, params, gen)
-                if token in eos and step >= min_tokens:
+            while True:
+                token = pick_torch(out.logits[0, -1].float().cpu(), params, gen, rule.banned)
+                reason = rule.take(token)
+                if reason == "stop":
                     return
                 yield token
+                if reason == "length":
+                    return
                 out = self.model(
                     input_ids=torch.tensor([[token]], device=self.device),
                     past_key_values=out.past_key_values,
                     use_cache=True,
                 )
-
-
-def pick(logits: Any, params: SamplingParams, generator: Any = None) -> int:
-    """Choose the next token from one row of logits (greedy, or temperature/top-k/top-p sampling)."""
-    import torch
-
-    if params.greedy:
-        if logits.device.type == "cpu" and logits.dtype == torch.float32:
-            # numpy's argmax over a 49k vocabulary took a tenth of torch's on one core (both take the first
-            # of equal maxima): 16 rows cost a continuous batch 1.1 ms per step through torch
-            return int(logits.numpy().argmax())
-        return int(torch.argmax(logits))
-    scores = logits / params.temperature
-    if params.top_k:
-        kth = torch.topk(scores, min(params.top_k, scores.numel())).values[-1]
-        scores = scores.masked_fill(scores < kth, float("-inf"))
-    if params.top_p < 1.0:
-        sorted_scores, order = torch.sort(scores, descending=True)
-        cum = sorted_scores.softmax(-1).cumsum(-1)
-        drop = cum - sorted_scores.softmax(-1) > params.top_p
-        scores = scores.scatter(0, order[drop], float("-inf"))
-    return int(torch.multinomial(scores.softmax(-1), 1, generator=generator))

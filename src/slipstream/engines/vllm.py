@@ -24,7 +24,9 @@ import numpy as np
 
 from slipstream.engines import vllm_server as vs
 from slipstream.engines.finishing import finish
+from slipstream.engines.options import VLLMOptions
 from slipstream.engines.protocol import Completion, EngineInfo, SamplingParams
+from slipstream.engines.sampling import StopRule
 from slipstream.tokenizer import Tokenizer
 from slipstream.errors import Unsupported
 
@@ -82,37 +84,29 @@ def distribution(entries: dict[str, Any], vocab: int) -> np.ndarray:
 class VLLMEngine:
     name = "vllm"
 
-    def __init__(
-        self,
-        path: Path,
-        *,
-        device: str = "cpu",
-        dtype: str | None = None,
-        threads: int | None = None,
-        python: str | None = None,
-        max_model_len: int | None = None,
-        eager: bool = True,
-        startup_timeout: float = 600,
-        trust_remote_code: bool = False,
-        batch_size: int = 8,
-    ):
+    def __init__(self, path: Path, *, device: str = "cpu", options: VLLMOptions | None = None,
+                 trust_remote_code: bool = False, **changes: Any):
+        """``options`` (:class:`~slipstream.engines.options.VLLMOptions`), then ``changes`` by name."""
+        o = VLLMOptions.of(options, **changes)
+        threads = o.threads
         if trust_remote_code:
             raise Unsupported("engine 'vllm': models with remote code are not served through vLLM by slipstream")
         path = Path(path)
-        self.python, self.dtype = preflight(path, device, dtype, python)
+        self.python, self.dtype = preflight(path, device, o.dtype, o.python)
+        self.options = o
         self.checkpoint = vs.describe(path)
         self.device = device
         self.threads = threads
-        self.batch_size = batch_size
+        self.batch_size = o.batch_size
         self._tokenizer = Tokenizer.from_dir(path)
-        self.max_context = min(max_model_len or self.checkpoint.max_position, 8192)
+        self.max_context = min(o.max_model_len or self.checkpoint.max_position, 8192)
         from slipstream.home import slipstream_home
 
         port = vs.free_port()
         cmd = vs.command(self.python, path, port, dtype=self.dtype, max_model_len=self.max_context,
-                         max_logprobs=max(self.checkpoint.vocab_size, 20), eager=eager, served_name=SERVED_NAME)
+                         max_logprobs=max(self.checkpoint.vocab_size, 20), eager=o.eager, served_name=SERVED_NAME)
         self.server = vs.Server(cmd, vs.environment(threads, slipstream_home() / "cache" / "vllm"), port,
-                                timeout=startup_timeout)
+                                timeout=o.startup_timeout)
         self.version = self.server.get("/version").get("version")
 
     @property
@@ -145,14 +139,12 @@ class VLLMEngine:
     def stream(self, prompt: Sequence[int], params: SamplingParams) -> Iterator[int]:
         payload = sampling_payload(params) | {"model": SERVED_NAME, "prompt": [list(prompt)], "stream": True}
         payload.pop("stop", None)  # like the other engines' stream(): stop strings are the caller's
-        eos = self._tokenizer.eos_token_ids
-        sent = 0
+        rule = StopRule(params, self._tokenizer.eos_token_ids)
         for event in self.server.stream("/v1/completions", payload):
             for choice in event.get("choices", []):
                 for token in choice.get("token_ids") or []:
-                    if token in eos and not params.ignore_eos and sent >= params.min_tokens:
+                    if rule.take(int(token)) == "stop":
                         return
-                    sent += 1
                     yield int(token)
 
     # scoring --------------------------------------------------------------------------------

@@ -112,12 +112,12 @@ def default_recipes() -> list[tuple[list[tuple[str, dict]], Prior]]:
 
 def on_this_machine(steps: list[tuple[str, dict]], prior: Prior, device: str) -> Prior:
     """A built-in prior as it holds on this machine. W8A8's speed-up needs the int8 products of
-    :mod:`slipstream.engines.int8_gemm` (VNNI or AMX). The CTranslate2 int8 priors were measured on a CPU
+    :mod:`slipstream.engines.torch.kernels.int8_gemm` (VNNI or AMX). The CTranslate2 int8 priors were measured on a CPU
     with VNNI; on an x86 CPU without it, CTranslate2's int8 (oneDNN) saturates: measured on SmolLM2,
     +15.8% perplexity and 2.2x the original's decode speed, against +3.7% and 4.3x (BENCHMARKS.md,
     "CPUs without VNNI"), so such candidates are expected to be slower and to pass a tight gate rarely."""
     if device == "cpu" and steps[-1][0] == "w8a8":
-        from slipstream.engines.int8_gemm import available
+        from slipstream.engines.torch.kernels.int8_gemm import available
 
         return prior if available() is None else Prior(min(prior.speedup, 0.6), prior.size_ratio,
                                                        prior.pass_probability, prior.minutes)

@@ -1,4 +1,4 @@
-"""W8A8 int8 checkpoints multiplied in int8 (``slipstream.engines.int8_gemm``): each layer's numbers
+"""W8A8 int8 checkpoints multiplied in int8 (``slipstream.engines.torch.kernels.int8_gemm``): each layer's numbers
 equal compressed-tensors' own float path, the model stays int8 (no decompression), its scores and
 greedy tokens match the float path, a continuous batch equals one-by-one generation, and checkpoints of
 other schemes are left alone."""
@@ -41,7 +41,7 @@ def test_each_layer_equals_compressed_tensors_float_path(w8a8_store):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from slipstream.engines.int8_gemm import int8_forward, use_int8_gemm
+    from slipstream.engines.torch.kernels.int8_gemm import int8_forward, use_int8_gemm
 
     path = w8a8_store.get("tiny-w8a8-sq0.8-rtn-keep-none").path
     reference = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
@@ -73,7 +73,7 @@ def test_engine_keeps_int8_weights_and_matches_the_float_path(pair):
 
     floats, int8 = pair
     assert int8.info().details["int8_gemm_layers"] == 14
-    assert int8.info().details["gemm"] == "onednn"  # the float head: see slipstream.engines.blas
+    assert int8.info().details["gemm"] == "onednn"  # the float head: see slipstream.engines.torch.kernels.blas
     assert int8.info().compute_type == "int8_float32" and floats.info().compute_type == "float32"
     assert "int8_gemm_layers" not in floats.info().details
     prompts = [int8.tokenizer.encode(t) for t in TEXTS]
@@ -115,7 +115,7 @@ def test_without_an_int8_dot_product_the_float_path_stays(w8a8_store, monkeypatc
     import torch
     from transformers import AutoModelForCausalLM
 
-    from slipstream.engines import int8_gemm
+    from slipstream.engines.torch.kernels import int8_gemm
 
     monkeypatch.setattr("slipstream.machine.has_int8_dot_product", lambda: False)
     assert "saturate" in int8_gemm.available()
@@ -127,8 +127,12 @@ def test_without_an_int8_dot_product_the_float_path_stays(w8a8_store, monkeypatc
 
 
 def test_the_float_path_on_request(w8a8_store, monkeypatch):
+    """``SLIPSTREAM_INT8_GEMM=0``, read at the CLI's edge, is the engine option ``int8_gemm=off``."""
+    from slipstream.cli.engine_options import engine_options
     from slipstream.engines.loading import open_engine
 
     monkeypatch.setenv("SLIPSTREAM_INT8_GEMM", "0")
-    engine = open_engine("tiny-w8a8-sq0.8-rtn-keep-none", store=w8a8_store, threads=1)
+    options = engine_options("transformers")
+    assert options == {"int8_gemm": "off"}
+    engine = open_engine("tiny-w8a8-sq0.8-rtn-keep-none", store=w8a8_store, threads=1, options=options)
     assert "int8_gemm_layers" not in engine.info().details and engine.info().details["gemm"] != "onednn"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from slipstream.engines import decode_attention as da
+from slipstream.engines.torch.kernels import decode_attention as da
 
 pytestmark = pytest.mark.skipif(not da.available(), reason="no C compiler: the engine keeps PyTorch's attention")
 
@@ -45,6 +45,22 @@ def test_bad_input_is_refused_not_read_out_of_bounds():
         da.decode_attention(torch.zeros(1, 1, 4), k, k, torch.tensor([0]), torch.tensor([3]), torch.tensor([3]), 1.0)
 
 
-def test_switched_off_by_environment(monkeypatch):
-    monkeypatch.setenv("SLIPSTREAM_DECODE_ATTENTION", "torch")
-    assert not da.available()
+def test_switched_off_by_the_engine_option(monkeypatch):
+    """``decode_attention="torch"`` (the engine option; ``SLIPSTREAM_DECODE_ATTENTION=torch`` at the CLI)
+    keeps PyTorch's attention in a fused step; both give the same numbers."""
+    from slipstream.engines.torch.attention import StepPlan, fused_attention
+
+    g = torch.Generator().manual_seed(0)
+    lengths, heads, kv_heads, cols, dim = [3, 40, 17], 4, 2, 64, 16
+    k = torch.randn(len(lengths), kv_heads, cols, dim, generator=g)
+    v = torch.randn(len(lengths), kv_heads, cols, dim, generator=g)
+    q = torch.randn(1, heads, len(lengths), dim, generator=g)
+    outputs = {}
+    for kernel in (True, False):
+        plan = StepPlan.build(lengths, [], torch.tensor(lengths), c_kernel=kernel)
+        calls = []
+        real = da.decode_attention
+        monkeypatch.setattr(da, "decode_attention", lambda *a: calls.append(1) or real(*a))
+        outputs[kernel], _ = fused_attention(q, k, v, plan, None, None)
+        assert bool(calls) == kernel
+    assert torch.allclose(outputs[True], outputs[False], atol=1e-5)

@@ -9,7 +9,8 @@ This kernel is a plain C loop (compiled on first use with the system C compiler,
 and cached under ``~/.cache/slipstream/kernels``; no PyTorch headers): per row and key/value head it
 streams the row's keys once, scoring all of that head's query heads together, then its values once.
 Softmax runs in float32 with the maximum subtracted, as PyTorch's does. Where no compiler is found, or
-the tensors are not float32, :func:`available` is false and the engine keeps PyTorch's kernel.
+the tensors are not float32, the engine keeps PyTorch's kernel (and with its option
+``decode_attention="torch"``).
 """
 
 from __future__ import annotations
@@ -113,11 +114,9 @@ def _compile() -> Any:
 
 
 def available() -> bool:
-    """Whether the kernel is built (building it on the first call); ``SLIPSTREAM_DECODE_ATTENTION=torch``
-    turns it off."""
+    """Whether the kernel is built (building it on the first call). The transformers engine's option
+    ``decode_attention="torch"`` keeps PyTorch's kernel even where this one is available."""
     global _lib, _tried
-    if os.environ.get("SLIPSTREAM_DECODE_ATTENTION", "").lower() == "torch":
-        return False
     if not _tried:
         with _lock:
             if not _tried:

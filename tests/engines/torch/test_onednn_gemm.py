@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from slipstream.engines import blas
+from slipstream.engines.torch.kernels import blas
 from slipstream.engines.loading import open_engine
 from slipstream.engines.protocol import SamplingParams
 from slipstream.errors import Unsupported

@@ -1,0 +1,275 @@
+"""Continuous batching for the transformers engine: sequences join and leave a running batch.
+
+Every active sequence owns one row of the key/value cache (:class:`~.row_cache.RowCache`). A decode
+step feeds one token per row at that row's own position; a 2-D attention mask hides each row's unused
+columns. A new sequence joins either in the decode step's own forward pass (a fused step, where the
+model allows: :mod:`.attention`) or prefilled on its own (with the other newcomers, left-padded) into an
+ordinary cache, then copied into a free row. A finished sequence leaves at once (the last row moves into
+its place). Prompts that share a prefix with an earlier prompt reuse its keys/values
+(:class:`~slipstream.engines.prefix_cache.PrefixStore`). Tokens are picked and sequences end by the one
+:class:`~slipstream.engines.sampling.StopRule`.
+
+Imported only by :meth:`TransformersEngine.stepper`, so torch is imported at module level here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Sequence
+
+import torch
+from transformers.cache_utils import DynamicCache
+
+from slipstream.engines.prefix_cache import PrefixStore
+from slipstream.engines.protocol import SamplingParams
+from slipstream.engines.sampling import StopRule, pick_torch
+from slipstream.engines.stepping import StepOutput
+from slipstream.engines.torch.attention import FUSED_MODEL_TYPES, StepPlan, can_fuse, plan_masks, use_grouped_attention
+from slipstream.engines.torch.row_cache import RowCache
+
+
+@dataclass
+class _Seq:
+    seq_id: int
+    prompt: list[int]
+    params: SamplingParams
+    generator: Any
+    rule: StopRule
+    length: int = 0  # tokens held in the cache row
+    next_token: int = -1
+
+
+class TransformersStepper:
+    """The :class:`~slipstream.engines.stepping.Stepper` of a :class:`TransformersEngine`."""
+
+    def __init__(self, engine: Any, *, prefix_cache_tokens: int = 0, prefill_tokens: int = 512,
+                 fused_prefill: bool = True, kv_cache_dtype: str | None = None,
+                 decode_attention: Literal["c", "torch"] = "c"):
+        self.model, self.device = engine.model, engine.device
+        use_grouped_attention(self.model)
+        # fused_prefill=False: newcomers prefilled in a pass of their own
+        self.fused = fused_prefill and can_fuse(self.model)
+        self.c_kernel = decode_attention == "c"  # the fused step's decode rows through the C kernel
+        self.kv_dtype = getattr(torch, kv_cache_dtype) if kv_cache_dtype else self.model.dtype
+        if self.kv_dtype != self.model.dtype and not self.fused:
+            raise ValueError(f"a {kv_cache_dtype} key/value cache needs the fused step (models of type "
+                             f"{', '.join(sorted(FUSED_MODEL_TYPES))}, engine option fused_prefill on); this "
+                             f"model keeps its {self.model.dtype} cache")
+        self.max_context = engine.max_context
+        self.eos = list(engine.tokenizer.eos_token_ids)
+        self.prefill_tokens = prefill_tokens  # prompt tokens prefilled per step (at least one prompt)
+        self.prefixes: PrefixStore[list[tuple[Any, Any]]] | None = (
+            PrefixStore(prefix_cache_tokens) if prefix_cache_tokens > 0 else None)
+        self.cache = RowCache(self.model.config.get_text_config(decoder=True).num_hidden_layers)
+        self.rows: list[_Seq] = []
+        self.pending: list[_Seq] = []
+        self.counters = {"prefills": 0, "decode_steps": 0, "peak_batch": 0}
+
+    @property
+    def active(self) -> int:
+        return len(self.rows) + len(self.pending)
+
+    def stats(self) -> dict[str, int]:
+        p = self.prefixes
+        if p is None:
+            return dict(self.counters)
+        return {**self.counters, "prefix_hits": p.hits, "prefix_misses": p.misses,
+                "prefix_tokens_reused": p.tokens_reused}
+
+    def add(self, seq_id: int, prompt: Sequence[int], params: SamplingParams) -> None:
+        if not prompt:
+            raise ValueError("empty prompt")
+        gen = torch.Generator().manual_seed(params.seed if params.seed is not None else
+                                            int(torch.randint(0, 2**62, (1,))))
+        self.pending.append(_Seq(seq_id, list(prompt), params, gen, StopRule(params, self.eos)))
+
+    def remove(self, seq_id: int) -> None:
+        self.pending = [s for s in self.pending if s.seq_id != seq_id]
+        for r, s in enumerate(self.rows):
+            if s.seq_id == seq_id:
+                self._drop_row(r)
+                return
+
+    def _drop_row(self, r: int) -> None:
+        last = len(self.rows) - 1
+        if r != last:
+            with torch.inference_mode():
+                self.cache.move(last, r, self.rows[last].length)
+            self.rows[r] = self.rows[last]
+        self.rows.pop()
+
+    # one step -------------------------------------------------------------------------------
+    def step(self) -> list[StepOutput]:
+        with torch.inference_mode():
+            if self.fused and (self.pending or self.rows):
+                out = self._fused_step()
+            else:
+                out = self._decode() if self.rows else []
+                if self.pending:
+                    out += self._prefill()
+        self.counters["peak_batch"] = max(self.counters["peak_batch"], len(self.rows))
+        return out
+
+    def _choose(self, s: _Seq, logits: Any) -> StepOutput | None:
+        """Pick the next token of ``s``; None if it goes on, else what ended it."""
+        token = pick_torch(logits, s.params, s.generator, s.rule.banned)
+        reason = s.rule.take(token)
+        if reason == "stop":
+            return StepOutput(s.seq_id, None, "stop")
+        s.next_token = token
+        if reason == "length" or s.length + 1 >= self.max_context:
+            return StepOutput(s.seq_id, token, "length")
+        return StepOutput(s.seq_id, token)
+
+    def _decode(self) -> list[StepOutput]:
+        rows, cache = self.rows, self.cache
+        lengths = torch.tensor([s.length for s in rows])
+        cache.width = int(lengths.max())
+        cache.ensure(len(rows), cache.width + 1, list(zip(cache.keys, cache.values)))
+        cache.step_rows, cache.step_cols = torch.arange(len(rows)), lengths
+        mask = (torch.arange(cache.width + 1)[None, :] <= lengths[:, None]).long()
+        logits = self.model(
+            input_ids=torch.tensor([[s.next_token] for s in rows], device=self.device),
+            position_ids=lengths[:, None].to(self.device), attention_mask=mask.to(self.device),
+            past_key_values=cache, use_cache=True,
+        ).logits[:, -1].float().cpu()
+        self.counters["decode_steps"] += 1
+        outs, done = [], []
+        for r, s in enumerate(rows):
+            s.length += 1
+            o = self._choose(s, logits[r])
+            outs.append(o)
+            if o.finish_reason:
+                done.append(r)
+        for r in reversed(done):
+            self._drop_row(r)
+        return outs
+
+    def _fused_step(self) -> list[StepOutput]:
+        """Decode every row and prefill the newcomers, if any, in one forward pass (see :class:`StepPlan`)."""
+        rows, cache = self.rows, self.cache
+        joins = []  # (seq, reused prefix length, its keys/values)
+        for s in self._take_pending():
+            k, payload = self.prefixes.lookup(s.prompt) if self.prefixes is not None else (0, None)
+            joins.append((s, k if payload is not None else 0, payload))
+        decode, total = len(rows), len(rows) + len(joins)
+        lengths = torch.tensor([s.length for s in rows], dtype=torch.long)
+        width = int(lengths.max()) + 1 if decode else 0
+        cache.ensure(total, max([width] + [len(s.prompt) for s, _, _ in joins]), self._buffer_like())
+        cols, ids, segments = [lengths], [s.next_token for s in rows], []
+        first = decode
+        for j, (s, k, payload) in enumerate(joins):
+            if payload is not None:
+                cache.put(decode + j, [(pk[:, :k], pv[:, :k]) for pk, pv in payload])
+            end = len(s.prompt)
+            segments.append((decode + j, first, k, end))
+            cols.append(torch.arange(k, end))
+            ids += s.prompt[k:]
+            first += end - k
+        positions = torch.cat(cols)
+        plan = StepPlan.build(lengths.tolist(), segments, positions, self.c_kernel)
+        cache.width = width - 1 if decode else 0
+        cache.step_rows = torch.cat([torch.arange(decode)] + [torch.full((e - k,), r) for r, _, k, e in segments])
+        cache.step_cols, cache.plan = positions, plan
+        # every token's logits when all are decode tokens; else the rows' and each prompt's last
+        keep = torch.tensor(list(range(decode)) + [f + e - k - 1 for _, f, k, e in segments]) if segments else 0
+        try:
+            with plan_masks():
+                logits = self.model(
+                    input_ids=torch.tensor([ids], device=self.device), position_ids=positions[None].to(self.device),
+                    past_key_values=cache, use_cache=True, slipstream_plan=plan,
+                    logits_to_keep=keep.to(self.device) if segments else 0,
+                ).logits[0].float().cpu()
+        finally:
+            cache.plan = None
+        self.counters["decode_steps"] += bool(decode)
+        self.counters["prefills"] += bool(joins)
+        outs = []
+        for r, s in enumerate(rows):
+            s.length += 1
+            outs.append(self._choose(s, logits[r]))
+        for j, (s, k, payload) in enumerate(joins):
+            s.length = len(s.prompt)
+            if self.prefixes is not None:
+                row = decode + j
+                self.prefixes.insert(s.prompt, [(kb[row, :, : s.length].clone(), vb[row, :, : s.length].clone())
+                                                for kb, vb in zip(cache.keys, cache.values)])
+            outs.append(self._choose(s, logits[decode + j]))
+            rows.append(s)
+        done = [r for r, o in enumerate(outs) if o.finish_reason]
+        for r in reversed(done):
+            self._drop_row(r)
+        return outs
+
+    def _buffer_like(self) -> list[tuple[Any, Any]]:
+        """Each layer's key/value shape and dtype, for a cache that has no buffers yet."""
+        if self.cache.keys:
+            return list(zip(self.cache.keys, self.cache.values))
+        config = self.model.config.get_text_config(decoder=True)
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        like = torch.empty((1, config.num_key_value_heads, 0, head_dim), dtype=self.kv_dtype, device=self.device)
+        return [(like, like)] * config.num_hidden_layers
+
+    def _take_pending(self) -> list[_Seq]:
+        taken, budget = [], self.prefill_tokens
+        while self.pending and (not taken or len(self.pending[0].prompt) <= budget):
+            s = self.pending.pop(0)
+            budget -= len(s.prompt)
+            taken.append(s)
+        return taken
+
+    def _prefill(self) -> list[StepOutput]:
+        fresh, outs = [], []
+        for s in self._take_pending():
+            k, payload = self.prefixes.lookup(s.prompt) if self.prefixes is not None else (0, None)
+            if payload is None:
+                fresh.append(s)
+            else:
+                kv, logits = self._prefill_from(s.prompt, k, payload)
+                outs.append(self._join(s, kv, logits))
+        if fresh:
+            for s, (kv, logits) in zip(fresh, self._prefill_batch([s.prompt for s in fresh])):
+                outs.append(self._join(s, kv, logits))
+        self.counters["prefills"] += 1
+        return outs
+
+    def _join(self, s: _Seq, kv: list[tuple[Any, Any]], logits: Any) -> StepOutput:
+        if self.prefixes is not None:
+            self.prefixes.insert(s.prompt, [(k.clone(), v.clone()) for k, v in kv])
+        s.length = len(s.prompt)
+        out = self._choose(s, logits)
+        if out.finish_reason is None:
+            row = len(self.rows)
+            self.cache.ensure(row + 1, s.length + 1, [(k[None], v[None]) for k, v in kv])
+            self.cache.put(row, kv)
+            self.rows.append(s)
+        return out
+
+    def _prefill_batch(self, prompts: list[list[int]]) -> list[tuple[list[tuple[Any, Any]], Any]]:
+        width = max(len(p) for p in prompts)
+        ids = torch.zeros((len(prompts), width), dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):  # left padding: every row's last token is in the last column
+            ids[i, width - len(p):] = torch.tensor(p)
+            mask[i, width - len(p):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                            position_ids=positions.to(self.device), past_key_values=cache, use_cache=True,
+                            logits_to_keep=1).logits[:, -1].float().cpu()
+        out = []
+        for i, p in enumerate(prompts):
+            kv = [(layer.keys[i, :, width - len(p):], layer.values[i, :, width - len(p):]) for layer in cache.layers]
+            out.append((kv, logits[i]))
+        return out
+
+    def _prefill_from(self, prompt: list[int], k: int, payload: list[tuple[Any, Any]]) -> tuple[list, Any]:
+        cache = DynamicCache(ddp_cache_data=[(pk[None, :, :k], pv[None, :, :k]) for pk, pv in payload])
+        rest = prompt[k:]
+        logits = self.model(
+            input_ids=torch.tensor([rest], device=self.device),
+            position_ids=torch.arange(k, len(prompt), device=self.device)[None],
+            attention_mask=torch.ones((1, len(prompt)), dtype=torch.long, device=self.device),
+            past_key_values=cache, use_cache=True, logits_to_keep=1,
+        ).logits[0, -1].float().cpu()
+        return [(layer.keys[0], layer.values[0]) for layer in cache.layers], logits
