@@ -93,3 +93,15 @@ def test_prompt_set_workload(session_store, tmp_path):
     own.write_text('{"question": "no known field"}\n')
     with pytest.raises(InvalidConfig, match="prompts.jsonl:1: no prompt field"):
         load_prompts(f"file:{own}")
+
+
+def test_engine_options_reach_the_benchmarked_engine(session_store):
+    from dataclasses import replace
+
+    settings = replace(SMALL, batch_sizes=(1,), repeats=1, engine_options={"gemm": "torch", "int8_gemm": "off"})
+    report = bench("tiny", settings=settings, store=session_store)
+    assert report.metrics["engine"]["details"]["gemm"] == "torch"
+    assert report.settings["engine_options"] == {"gemm": "torch", "int8_gemm": "off"}
+    assert "engine_options" not in bench("tiny", settings=SMALL, store=session_store, use_cache=True).settings
+    with pytest.raises(InvalidConfig, match="engine 'transformers' has no option 'gemmm'"):
+        bench("tiny", settings=replace(SMALL, engine_options={"gemmm": "torch"}), store=session_store)

@@ -157,3 +157,35 @@ def test_banner_names_the_ctranslate2_engine_and_its_dynamic_batching(engines):
     assert "engine     ctranslate2 (float32, cpu, 1 threads)" in text
     assert "batching   dynamic, max_batch_size=16, max_queue=64, window=7.0 ms" in text
     assert "semantic=on (threshold 0.9)" in text and "http://127.0.0.1:9/metrics" in text
+
+
+def test_engine_options_from_settings_environment_and_command_line_reach_the_engine(home, tmp_path, monkeypatch):
+    """A settings file's ``engine:`` section reaches the engine, over the environment's switches and under
+    ``--engine-option``; the banner prints every option in force."""
+    config = tmp_path / "deploy.yaml"
+    config.write_text("engine:\n  gemm: torch\n  batch_size: 4\n  decode_attention: c\n")
+    monkeypatch.setenv("SLIPSTREAM_DECODE_ATTENTION", "torch")  # under the file's decode_attention: c
+    monkeypatch.setenv("SLIPSTREAM_FUSED_PREFILL", "0")  # nothing over it
+    server = ServeProcess(home, "tiny", "--config", str(config), "--engine-option", "batch_size=2")
+    try:
+        banner = server.text()
+        assert re.search(r"engine     transformers \(float32, cpu, 1 threads, gemm=torch\)", banner)
+        assert ("options    threads=1 batch_size=2 dtype=float32 gemm=torch int8_gemm=on head_dtype=auto "
+                "fused_prefill=off decode_attention=c kv_cache_dtype=auto") in banner
+        reply = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0).completions.create(
+            model="tiny", prompt=PROMPT, max_tokens=4, temperature=0)
+        assert reply.usage.completion_tokens >= 1
+    finally:
+        server.kill()
+
+
+def test_an_engine_option_the_engine_does_not_take_is_refused_at_start(home, tmp_path):
+    config = tmp_path / "deploy.yaml"
+    config.write_text("engine:\n  compute_type: int8\n")  # CTranslate2's, not the transformers engine's
+    env = {**os.environ, "SLIPSTREAM_HOME": str(home)}
+    for args, message in ((["--config", str(config)], "engine 'transformers' has no option 'compute_type'"),
+                          (["--engine-option", "gemmm=torch"], "engine 'transformers' has no option 'gemmm'"),
+                          (["--set", "engine.gemmm=torch"], "engine: Value error, no engine takes option 'gemmm'")):
+        proc = subprocess.run([*CLI, "serve", "tiny", "--port", "0", *args], env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr and message in proc.stderr, proc.stderr

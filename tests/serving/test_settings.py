@@ -28,6 +28,7 @@ def test_yaml_file_then_overrides(tmp_path):
     ({"batching": "magic"}, "batching"),
     ({"max_queue": -1}, "max_queue"),
     ({"kv_cache_dtype": "int8"}, "kv_cache_dtype"),
+    ({"engine.gemmm": "torch"}, "engine: Value error, no engine takes option 'gemmm'; engine options: batch_size"),
 ])
 def test_bad_settings_are_one_clear_error(overrides, message):
     with pytest.raises(InvalidConfig, match="invalid deployment settings") as info:
@@ -41,3 +42,11 @@ def test_set_assignments_parse_yaml_values():
     assert parse_assignment("exact_cache.enabled=false") == ("exact_cache.enabled", False)
     with pytest.raises(InvalidConfig):
         parse_assignment("novalue")
+
+
+def test_engine_section_holds_engine_options(tmp_path):
+    f = tmp_path / "deploy.yaml"
+    f.write_text("engine:\n  gemm: onednn\n  kv_cache_dtype: bfloat16\n")
+    s = DeploymentSettings.load(f, {"engine.fused_prefill": False})
+    assert s.engine == {"gemm": "onednn", "kv_cache_dtype": "bfloat16", "fused_prefill": False}
+    assert DeploymentSettings().engine == {}

@@ -36,6 +36,7 @@ class BenchSettings:
     device: str | None = None
     engine: str | None = None
     workload: str = "fixed"  # fixed lengths, or a prompt set: mt-bench, vicuna, file:PATH
+    engine_options: dict[str, Any] = field(default_factory=dict)  # the engine's (slipstream.engines.options)
 
     def __post_init__(self) -> None:
         if self.prompt_tokens < 1 or self.output_tokens < 2:
@@ -75,12 +76,16 @@ def bench(
     settings = settings or BenchSettings(**setting_overrides)
     target = store.get(variant)
     stored = asdict(settings)
+    if not settings.engine_options:
+        del stored["engine_options"]  # results measured before engines had options keep their keys
     key = _key(target.sha256, stored)
     if use_cache and (hit := store.result(target.name, KIND, key)):
         return BenchReport(target.name, hit.settings, hit.metrics, target.size_bytes, hit.machine, cached=True)
-    from slipstream.engines.loading import preflight
+    from slipstream.engines.loading import engine_name, preflight
+    from slipstream.engines.options import options_class
 
-    preflight(target, engine=settings.engine, device=settings.device, store=store)  # say why up front
+    options_class(engine_name(target, settings.engine)).of(settings.engine_options)  # say why up front
+    preflight(target, engine=settings.engine, device=settings.device, store=store)
     request = {"home": str(store.home), "variant": target.name, "engine": settings.engine, "settings": asdict(settings)}
     result = None
     with or_null(progress).task(f"benchmarking {target.name}", total=settings.ticks()) as bar, \

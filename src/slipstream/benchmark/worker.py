@@ -32,7 +32,7 @@ def run(request: dict) -> dict:
     rss_before = rss_bytes()
     start = time.perf_counter()
     engine = open_engine(variant, engine=request.get("engine"), threads=s["threads"], device=s.get("device"),
-                         store=store)
+                         store=store, options=s.get("engine_options") or {})
     load_s = time.perf_counter() - start
     rss_loaded, peak_loaded = rss_bytes(), peak_rss_bytes()
     separate = reset_peak_rss()  # from here on, the peak is that of generation alone

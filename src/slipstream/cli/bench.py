@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
+from slipstream.cli.engine_options import HELP as ENGINE_OPTION_HELP
 from slipstream.cli.output import RichProgress, mb, print_json, table
 
 
@@ -33,13 +34,19 @@ def bench_cmd(
     instance: Optional[str] = typer.Option(None, "--instance", help="Priced instance type for the cost line"),
     price_per_hour: Optional[float] = typer.Option(None, "--price-per-hour", help="US$ per hour, overrides --instance"),
     as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON"),
+    engine_option: Optional[List[str]] = typer.Option(None, "--engine-option", help=ENGINE_OPTION_HELP),
 ) -> None:
     """Benchmark VARIANT in a fresh process; the result is stored in the registry."""
     from slipstream.benchmark.run import BenchSettings, bench
+    from slipstream.cli.engine_options import engine_options
+    from slipstream.engines.loading import engine_name
+    from slipstream.store import Store
 
+    options = engine_options(engine_name(Store().get(variant), engine), engine_option)
     settings = BenchSettings(prompt_tokens=prompt_tokens, output_tokens=output_tokens,
                              batch_sizes=parse_sizes(batch_sizes), repeats=repeats, warmup=warmup,
-                             threads=threads, engine=engine, device=device, workload=workload)
+                             threads=threads, engine=engine, device=device, workload=workload,
+                             engine_options=options)
     report = bench(variant, settings=settings, progress=RichProgress(not as_json))
     extra = _analysis(variant, report, instance, price_per_hour)
     if as_json:

@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from slipstream.cli.engine_options import HELP as ENGINE_OPTION_HELP
+
 
 def serve_cmd(
     variant: str = typer.Argument(..., help="Model or variant in the store"),
@@ -33,9 +35,11 @@ def serve_cmd(
     device: Optional[str] = typer.Option(None, "--device", help="auto, cpu or cuda"),
     assignments: Optional[List[str]] = typer.Option(None, "--set", help="Any setting as key=value, e.g. "
                                                     "defaults.temperature=0.7 or limits.max_tokens=256"),
+    engine_option: Optional[List[str]] = typer.Option(None, "--engine-option", help=ENGINE_OPTION_HELP),
 ) -> None:
     """Serve VARIANT over HTTP with OpenAI's API: completions, chat, streaming, batching, caches, metrics."""
-    from slipstream.engines.loading import open_engine
+    from slipstream.cli.engine_options import engine_options
+    from slipstream.engines.loading import engine_name, open_engine
     from slipstream.serving.settings import DeploymentSettings, parse_assignment
     from slipstream.store import Store
 
@@ -52,5 +56,7 @@ def serve_cmd(
     record = store.get(variant)
     from slipstream.serving.server import serve
 
-    loaded = open_engine(record, engine=engine, device=device, threads=settings.threads, store=store)
+    name = engine_name(record, engine)
+    options = engine_options(name, engine_option, settings.engine)  # environment < settings file < command line
+    loaded = open_engine(record, engine=name, device=device, threads=settings.threads, store=store, options=options)
     serve(loaded, settings, model_name=settings.served_model_name or record.name)

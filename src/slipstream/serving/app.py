@@ -51,6 +51,14 @@ def batching_mode(engine: Any, settings: DeploymentSettings) -> str:
     return mode
 
 
+def kv_cache_dtype(engine: Any, settings: DeploymentSettings) -> str:
+    """The continuous batch's key/value cache dtype: the deployment's ``kv_cache_dtype``, else the engine's
+    option of that name ("auto": the model's dtype)."""
+    if settings.kv_cache_dtype != "auto":
+        return settings.kv_cache_dtype
+    return getattr(getattr(engine, "options", None), "kv_cache_dtype", "auto")
+
+
 def make_scheduler(engine: Any, settings: DeploymentSettings, metrics: Metrics) -> Scheduler:
     common = dict(max_batch_size=settings.max_batch_size, max_queue=settings.max_queue,
                   on_batch=metrics.batch.observe)

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import uvicorn
 
-from slipstream.serving.app import batching_mode, create_app
+from slipstream.serving.app import batching_mode, create_app, kv_cache_dtype
 from slipstream.serving.settings import DeploymentSettings
 
 log = logging.getLogger("slipstream.serving")
@@ -33,6 +33,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 def banner(url: str, model_name: str, engine: Any, settings: DeploymentSettings) -> list[str]:
     info = engine.info()
+    options = getattr(engine, "options", None)  # the engine's options in force (slipstream.engines.options)
     s = settings
     caches = [f"exact={'on' if s.exact_cache.enabled else 'off'}",
               f"semantic={'on (threshold ' + str(s.semantic_cache.threshold) + ')' if s.semantic_cache.enabled else 'off'}",
@@ -43,10 +44,11 @@ def banner(url: str, model_name: str, engine: Any, settings: DeploymentSettings)
         f"  model      {model_name} (context {engine.max_context} tokens)",
         f"  engine     {info.engine} ({info.compute_type}, {info.device}, {info.threads} threads"
         + "".join(f", {k}={info.details[k]}" for k in ("gemm", "head_dtype") if k in info.details) + ")",
+        *([f"  options    {options.summary()}"] if options is not None else []),
         f"  batching   {batching_mode(engine, s)}, max_batch_size={s.max_batch_size}, max_queue={s.max_queue}"
         + (f", window={s.batch_window_ms} ms, max_prompt_spread={s.max_prompt_spread}"
            if batching_mode(engine, s) == "dynamic" else "")
-        + (f", kv_cache_dtype={s.kv_cache_dtype}" if batching_mode(engine, s) == "continuous" else ""),
+        + (f", kv_cache_dtype={kv_cache_dtype(engine, s)}" if batching_mode(engine, s) == "continuous" else ""),
         f"  defaults   temperature={d.temperature} top_p={d.top_p} top_k={d.top_k} max_tokens={d.max_tokens} "
         f"n={d.n} seed={d.seed} stop={d.stop}",
         f"  limits     max_tokens={s.limits.max_tokens} max_n={s.limits.max_n} "

@@ -1,8 +1,9 @@
 """Deployment settings: what a hosting platform sets per endpoint, from a YAML/JSON file and CLI flags.
 
 Sampling ``defaults`` fill in what a request leaves out; ``limits`` bound what a request may ask
-for (a request outside them gets a 400). Everything else sizes the server: batch and queue, caches,
-keys, shutdown grace, where to listen.
+for (a request outside them gets a 400). ``engine`` holds the engine's typed options
+(:mod:`slipstream.engines.options`). Everything else sizes the server: batch and queue, caches, keys,
+shutdown grace, where to listen.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from slipstream.errors import InvalidConfig
 
@@ -83,6 +84,19 @@ class DeploymentSettings(_Strict):
     prefix_cache: PrefixCacheSettings = Field(default_factory=PrefixCacheSettings)
     grace_period_s: float = Field(10.0, ge=0)  # on SIGTERM: time for in-flight requests to finish
     threads: Optional[int] = Field(None, ge=1)  # engine CPU threads (default: all)
+    # the engine's options (slipstream.engines.options), e.g. {gemm: onednn} or {compute_type: int8}; checked
+    # here against every engine's, and against the engine that runs the variant once it is known
+    engine: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engine_options(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from slipstream.engines.options import all_option_names, known_option
+
+        unknown = [k for k in value if not known_option(k)]
+        if unknown:
+            raise ValueError(f"no engine takes option {unknown[0]!r}; engine options: {', '.join(all_option_names())}")
+        return value
 
     @model_validator(mode="after")
     def _defaults_within_limits(self) -> "DeploymentSettings":
