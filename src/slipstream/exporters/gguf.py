@@ -7,8 +7,9 @@ llama-cpp-python sdist), needs the gguf-py of its own llama.cpp checkout, and re
 SentencePiece ``tokenizer.model`` that a model imported from GGUF does not have. The writer below
 covers the architectures slipstream supports for GGUF (the Llama family and Gemma 3 text) and
 refuses every other one before any work. It reproduces the converter's layout: GGUF tensor names,
-Llama's interleaved rotary layout for q/k, Gemma's ``1 + weight`` norms, and the tokenizer (BPE as
-``gpt2`` with merges, Unigram as ``llama`` with scores).
+Llama's interleaved rotary layout for q/k, Gemma's ``1 + weight`` norms, and the tokenizer (byte-level
+BPE as ``gpt2`` with merges and llama.cpp's name for its pre-tokenizer, SentencePiece as ``llama`` with
+scores), so that llama.cpp's own tokenizer splits text exactly as the model's does.
 
 The variant directory holds ``model.gguf`` and a ``tokenizer/`` folder with the parent's tokenizer
 and config.json: slipstream's llama.cpp engine tokenizes with the model's own tokenizer, so every
@@ -101,6 +102,7 @@ def check_model(src: Path) -> str:
             raise Unsupported("GGUF export: Gemma 3 with query_pre_attn_scalar != head_dim is not supported")
     if not (src / "tokenizer.json").exists():
         raise Unsupported("GGUF export needs the model's tokenizer.json")
+    vocabulary_kind(src)
     return arch
 
 
@@ -123,11 +125,32 @@ def _tensors(src: Path) -> Iterator[tuple[str, np.ndarray]]:
                 yield name, st.get_tensor(name).float().numpy()
 
 
+def vocabulary_kind(src: Path) -> tuple[str, str]:
+    """llama.cpp's vocabulary type and pre-tokenizer name for the model's tokenizer.json, as its converter
+    writes them: byte-level BPE (GPT-2, SmolLM2, Llama 3, Qwen2) as ``gpt2`` with the name of the rule
+    llama.cpp splits text by; SentencePiece (Unigram, or BPE with byte fallback: Gemma, Llama 2) as
+    ``llama``. Refuses a tokenizer llama.cpp would split differently."""
+    from slipstream.models.gguf_vocab import is_byte_level, pre_tokenizer_name
+
+    data = json.loads((src / "tokenizer.json").read_text())
+    model = data["model"]
+    if model["type"] == "BPE" and is_byte_level(data):
+        # a byte fallback (which transformers' GGUF import adds) is never used by a byte-level vocabulary
+        config_path = src / "tokenizer_config.json"
+        config = json.loads(config_path.read_text()) if config_path.exists() else {}
+        return "gpt2", pre_tokenizer_name(data, bool(config.get("clean_up_tokenization_spaces", False)))
+    if model["type"] == "Unigram" or (model["type"] == "BPE" and model.get("byte_fallback")):
+        return "llama", "default"
+    raise Unsupported(f"GGUF export: a {model['type']} tokenizer without byte-level pre-tokenization or byte "
+                      "fallback has no llama.cpp vocabulary type")
+
+
 def _tokenizer_fields(src: Path, writer: Any, vocab_size: int) -> None:
     import gguf
 
     from slipstream.tokenizer import Tokenizer
 
+    kind, pre = vocabulary_kind(src)
     data = json.loads((src / "tokenizer.json").read_text())
     model = data["model"]
     added = {t["id"]: t for t in data.get("added_tokens", [])}
@@ -137,25 +160,22 @@ def _tokenizer_fields(src: Path, writer: Any, vocab_size: int) -> None:
         for text, i in vocab.items():
             tokens[i] = text
         merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-        scores, kind = None, "gpt2"
-        if model.get("byte_fallback"):  # SentencePiece-style BPE (Gemma, Llama 2): llama.cpp's "llama" model,
-            # which merges pieces in order of the merged piece's score: minus the rank of its first merge
+        scores = None
+        if kind == "llama":  # llama.cpp merges SentencePiece pieces in order of the merged piece's score:
+            # minus the rank of its first merge
             scores = [-1e9] * len(tokens)
             for rank, merge in reversed(list(enumerate(merges))):
                 piece = merge.replace(" ", "", 1)
                 if piece in vocab:
                     scores[vocab[piece]] = -float(rank)
-            merges, kind = None, "llama"
-    elif model["type"] == "Unigram":
+            merges = None
+    else:
         pairs = model["vocab"]
         tokens = [""] * max(vocab_size, len(pairs), max(added, default=0) + 1)
         scores = [0.0] * len(tokens)
         for i, (text, score) in enumerate(pairs):
             tokens[i], scores[i] = text, float(score)
         merges = None
-        kind = "llama"
-    else:
-        raise Unsupported(f"GGUF export: tokenizer type {model['type']!r} is not supported (BPE or Unigram)")
     types = []
     byte = re.compile(r"^<0x[0-9A-F]{2}>$")
     for i, text in enumerate(tokens):
@@ -172,7 +192,7 @@ def _tokenizer_fields(src: Path, writer: Any, vocab_size: int) -> None:
     if len(tokens) > vocab_size:
         raise Unsupported(f"GGUF export: the tokenizer has {len(tokens)} tokens but the embedding only {vocab_size}")
     writer.add_tokenizer_model(kind)
-    writer.add_tokenizer_pre("default")
+    writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     if scores is not None:
@@ -198,8 +218,10 @@ def _tokenizer_fields(src: Path, writer: Any, vocab_size: int) -> None:
         writer.add_chat_template(tok.chat_template)
 
 
-def write_gguf(src: Path, path: Path, dtype: Literal["F32", "F16"] = "F32") -> dict[str, Any]:
-    """Write the transformers model in ``src`` as a GGUF file with float weights."""
+def write_gguf(src: Path, path: Path, dtype: Literal["F32", "F16"] = "F32", vocab_only: bool = False) -> dict[str, Any]:
+    """Write the transformers model in ``src`` as a GGUF file with float weights; with ``vocab_only``, only
+    its metadata and vocabulary (as llama.cpp's converter's ``--vocab-only``: enough for llama.cpp's
+    tokenizer, no weights read)."""
     gguf = require("gguf", "core", "GGUF export")
     arch = check_model(src)
     cfg = read_config(src)
@@ -230,7 +252,7 @@ def write_gguf(src: Path, path: Path, dtype: Literal["F32", "F16"] = "F32") -> d
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA if arch == "llama" else gguf.MODEL_ARCH.GEMMA3, n_layers)
     tied = cfg.get("tie_word_embeddings", arch == "gemma3")
     count = 0
-    for name, w in _tensors(src):
+    for name, w in () if vocab_only else _tensors(src):
         if name.endswith("rotary_emb.inv_freq") or (tied and name == "lm_head.weight"):
             continue
         new = names.get_name(name, try_suffixes=(".weight", ".bias"))

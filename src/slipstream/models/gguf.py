@@ -60,9 +60,32 @@ def gguf_to_safetensors(path: Path, out_dir: Path, dtype: str = "float32") -> No
     plain.tie_weights()
     plain.generation_config = quantized.generation_config
     plain.save_pretrained(out_dir)
+    _byte_level_as_written(tokenizer, path)
     _set_special_tokens(tokenizer, path)
     _sentencepiece_as_bpe(tokenizer, path)
     tokenizer.save_pretrained(out_dir)
+
+
+def _byte_level_as_written(tokenizer, path: Path) -> None:
+    """Give a byte-level BPE vocabulary (GGUF ``gpt2``) back the pre-tokenizer its file names.
+
+    transformers' GGUF conversion keeps only the byte-level split, so SmolLM2 (``smollm``: digits one at a
+    time, then byte-level) would split text otherwise than its own tokenizer and llama.cpp do.
+    """
+    import json
+
+    import gguf
+    from tokenizers import Tokenizer as Fast
+
+    from slipstream.models.gguf_vocab import restore_byte_level
+
+    fields = gguf.GGUFReader(str(path)).fields
+    model, pre = fields.get("tokenizer.ggml.model"), fields.get("tokenizer.ggml.pre")
+    if model is None or model.contents() != "gpt2" or pre is None:
+        return
+    state = restore_byte_level(json.loads(tokenizer.backend_tokenizer.to_str()), pre.contents())
+    if state is not None:
+        tokenizer._tokenizer = Fast.from_str(json.dumps(state))
 
 
 def _sentencepiece_as_bpe(tokenizer, path: Path) -> None:
