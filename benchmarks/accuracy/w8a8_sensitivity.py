@@ -58,7 +58,7 @@ def main() -> None:
     import torch
 
     from slipstream.calibration import Calibration
-    from slipstream.engines.tokenizer import Tokenizer
+    from slipstream.tokenizer import Tokenizer
     from slipstream.evaluation.data import text_set
     from slipstream.evaluation.perplexity import (DivergenceAccumulator, NLLAccumulator, paired_change,
                                                   plan_windows, scored_rows)

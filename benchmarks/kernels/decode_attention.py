@@ -1,13 +1,13 @@
 """Decode attention in a continuous batch: PyTorch's CPU attention against slipstream's C kernel
-(``slipstream.engines.decode_attention``), on the attention alone and in the engine's decode step.
+(``slipstream.engines.torch.kernels.decode_attention``), on the attention alone and in the engine's decode step.
 
 1. Attention alone, at serving shapes: ``--rows`` rows of one new token each, SmolLM2's 9 query heads
    over 3 key/value heads of 64, ``--layers`` separate key/value buffers (so that, as in the model,
    they come from memory, not cache), each row attending to a random length between half and all of
    ``--width`` columns. Both give the same output (checked).
 2. The engine's decode step (``TransformersStepper``, one thread): ``--rows`` rows of 70-token prompts
-   after ``--decoded`` decode steps, timed over 8 steps, with ``SLIPSTREAM_DECODE_ATTENTION=torch``
-   (PyTorch's kernel) and without (the C kernel), each in a fresh process.
+   after ``--decoded`` decode steps, timed over 8 steps, with the engine option ``decode_attention=torch``
+   (PyTorch's kernel) and ``c`` (the C kernel), each in a fresh process.
 
 Usage (prints and writes --out):
     SLIPSTREAM_HOME=/tmp/home OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/kernels/decode_attention.py \\
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -32,8 +31,8 @@ import json, sys, time, torch
 from slipstream.engines.loading import open_engine
 from slipstream.engines.protocol import SamplingParams
 torch.set_num_threads(1)
-model, rows, decoded = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-engine = open_engine(model, engine="transformers", threads=1)
+model, rows, decoded, kernel = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+engine = open_engine(model, engine="transformers", threads=1, decode_attention=kernel)
 st = engine.stepper()
 params = SamplingParams(max_tokens=100_000, ignore_eos=True)
 for i in range(rows):
@@ -51,7 +50,7 @@ print(json.dumps(sorted(times)[len(times) // 2]))
 def attention_alone(rows: int, width: int, layers: int, repeats: int = 5) -> dict:
     import torch
 
-    from slipstream.engines import decode_attention as da
+    from slipstream.engines.torch.kernels import decode_attention as da
 
     torch.set_num_threads(1)
     heads, kv_heads, dim, cols = 9, 3, 64, max(256, width)
@@ -103,9 +102,8 @@ def main() -> None:
               f"C {r['c']['ms_per_step']:.1f} ms ({r['c']['kv_gb_per_s']:.1f} GB/s)", flush=True)
     steps = {}
     for kernel in ("torch", "c", "torch", "c"):
-        env = dict(os.environ, SLIPSTREAM_DECODE_ATTENTION="torch" if kernel == "torch" else "c")
-        done = subprocess.run([sys.executable, "-c", STEP, args.model, str(args.rows), str(args.decoded)],
-                              env=env, capture_output=True, text=True, check=True)
+        done = subprocess.run([sys.executable, "-c", STEP, args.model, str(args.rows), str(args.decoded), kernel],
+                              capture_output=True, text=True, check=True)
         steps.setdefault(kernel, []).append(json.loads(done.stdout.strip().splitlines()[-1]) * 1e3)
         print(f"engine decode step, {args.rows} rows after {args.decoded} tokens, {kernel}: {steps[kernel][-1]:.1f} ms",
               flush=True)

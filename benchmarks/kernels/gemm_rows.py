@@ -6,7 +6,7 @@ until the CPU's arithmetic becomes the limit. This script times all of a model's
 real shapes and weights, one pass = one decode step's products) at several row counts, through
 PyTorch's own product (MKL in PyTorch's CPU wheels), numpy's OpenBLAS (the transformers engine's
 ``gemm="openblas"``), oneDNN with reordered weights (``gemm="onednn"``) and, with ``--int8`` on a CPU
-with VNNI, the W8A8 int8 path (``slipstream.engines.int8_gemm``: every decoder matrix as int8 with one
+with VNNI, the W8A8 int8 path (``slipstream.engines.torch.kernels.int8_gemm``: every decoder matrix as int8 with one
 scale per output channel, each row's activations quantized per token, the head in float32 through
 oneDNN, as the engine runs a W8A8 checkpoint), interleaved, best of ``--repeats``; and reports the lower bound that
 arithmetic alone puts on the step time (rows x 2 x parameters / the measured peak GFLOP/s of a large
@@ -68,7 +68,7 @@ def int8_layers(mats: list[np.ndarray]) -> list:
 
     import torch
 
-    from slipstream.engines.int8_gemm import int8_forward
+    from slipstream.engines.torch.kernels.int8_gemm import int8_forward
 
     out = []
     for w in mats[:-1]:
@@ -118,7 +118,7 @@ def main() -> None:
     }
     peaks = {name: peak_gflops(big, args.repeats, rng) for name, (_, big) in backends.items()}
     prepared: dict[str, list] = {}
-    from slipstream.engines import blas, int8_gemm
+    from slipstream.engines.torch.kernels import blas, int8_gemm
 
     if blas.onednn_available():
         backends["onednn"] = (lambda x, w: torch.ops.mkldnn._linear_pointwise(torch.from_numpy(x), w, None, "none",

@@ -1,4 +1,4 @@
-"""A bfloat16 output head on the CPU (``head_dtype="bfloat16"``, :func:`slipstream.engines.blas.use_bfloat16_head`):
+"""A bfloat16 output head on the CPU (``head_dtype="bfloat16"``, :func:`slipstream.engines.torch.kernels.blas.use_bfloat16_head`):
 what it costs in accuracy and what it saves in a continuous batch's decode step (issue 7).
 
 Accuracy: WikiText-2 perplexity and KL to the original, with the variant's head in its own dtype and in

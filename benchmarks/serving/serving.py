@@ -190,7 +190,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64, help="max_batch_size of the batched servers")
     ap.add_argument("--separate-prefill", action="store_true",
                     help="also a batched server that prefills arrivals in a pass of their own "
-                         "(SLIPSTREAM_FUSED_PREFILL=0; role 'separate'), beside the default fused one")
+                         "(--engine-option fused_prefill=off; role 'separate'), beside the default fused one")
     ap.add_argument("--serve-args", default="", help="extra `slipstream serve` arguments for every slipstream "
                     "server, baselines included, e.g. '--set kv_cache_dtype=bfloat16'")
     ap.add_argument("--also", action="append", default=[], metavar="ROLE=ARGS",
@@ -225,7 +225,7 @@ def main() -> None:
             engine, _, variant = spec.partition(":")
             roles = [("batched", args.batch, env, []), ("baseline", 1, env, [])]
             if args.separate_prefill:
-                roles.insert(1, ("separate", args.batch, {**env, "SLIPSTREAM_FUSED_PREFILL": "0"}, []))
+                roles.insert(1, ("separate", args.batch, env, ["--engine-option", "fused_prefill=off"]))
             for also in args.also:
                 role, _, extra = also.partition("=")
                 roles.insert(1, (role, args.batch, env, extra.split()))

@@ -7,7 +7,7 @@ after 70-token prompts; here rows also decode ``--decoded`` tokens first, so eve
 values of about 70 + ``--decoded`` columns per row, as late in a serving run's 128-token requests;
 single prompts of several lengths are prefilled alone; and one newcomer joins the largest batch, its
 prompt fused into the decode step's forward pass (the default) or prefilled in a pass of its own
-(``SLIPSTREAM_FUSED_PREFILL=0``): what an arrival costs the rows already running.
+(engine option ``fused_prefill=off``): what an arrival costs the rows already running.
 
 Usage (prints and writes benchmarks/results/<machine>/serving_steps.json):
     SLIPSTREAM_HOME=/tmp/home OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/serving/serving_steps.py \\

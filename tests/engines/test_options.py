@@ -26,6 +26,7 @@ def test_values_from_strings_take_their_field_types():
     assert o.given() == {"threads": 2, "gemm": "onednn", "int8_gemm": False, "fused_prefill": False,
                          "kv_cache_dtype": "bfloat16"}
     assert TransformersOptions.of(o, decode_attention="torch").decode_attention == "torch"
+    assert TransformersOptions.of(o, gemm=None, threads=None) == o  # None: not given
     assert LlamaCppOptions.of({"flash_attention": "none", "context": "2048"}) == LlamaCppOptions(context=2048)
     assert VLLMOptions.of({"startup_timeout": "60", "eager": "false"}) == VLLMOptions(startup_timeout=60.0, eager=False)
     assert "gemm=onednn int8_gemm=off" in o.summary() and "threads=2" in o.summary()

@@ -47,12 +47,14 @@ class EngineOptions:
 
     @classmethod
     def of(cls: type[O], values: "EngineOptions | Mapping[str, Any] | None" = None, **changes: Any) -> O:
-        """Options of this engine from an instance or a mapping (values or strings), then ``changes``."""
+        """Options of this engine from an instance or a mapping (values or strings), then ``changes``. A value
+        of None means "not given": the field keeps its default (or the instance's value)."""
         if isinstance(values, EngineOptions) and not isinstance(values, cls):
             raise InvalidConfig(f"{type(values).__name__} are options of engine {values.engine!r}, "
                                 f"not of engine {cls.engine!r}")
         given = values.to_dict() if isinstance(values, EngineOptions) else dict(values or {})
-        return from_mapping(cls, {**given, **changes}, owner=f"engine {cls.engine!r}")
+        merged = {k: v for part in (given, changes) for k, v in part.items() if v is not None}
+        return from_mapping(cls, merged, owner=f"engine {cls.engine!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
