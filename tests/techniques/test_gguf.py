@@ -126,7 +126,7 @@ def test_sentencepiece_bpe_survives_gguf_export_and_import(tmp_path, store):
     the BPE) both split text exactly as the original tokenizer does."""
     from transformers import AutoTokenizer
 
-    from slipstream.engines.tokenizer import Tokenizer
+    from slipstream.tokenizer import Tokenizer
     from slipstream.models.intake import import_model
     from tests.conftest import build_tiny_gemma3
 
