@@ -111,7 +111,7 @@ class TransformersStepper:
         return out
 
     def _choose(self, s: _Seq, logits: Any) -> StepOutput | None:
-        """Pick the next token of ``s``; None if it goes on, else what ended it."""
+        """Pick the next token of ``s`` by its :class:`StopRule`: what this step did to it."""
         token = pick_torch(logits, s.params, s.generator, s.rule.banned)
         reason = s.rule.take(token)
         if reason == "stop":
