@@ -42,9 +42,10 @@ def bench_cmd(
     from slipstream.engines.loading import engine_name
     from slipstream.store import Store
 
+    sizes = parse_sizes(batch_sizes)
     options = engine_options(engine_name(Store().get(variant), engine), engine_option)
     settings = BenchSettings(prompt_tokens=prompt_tokens, output_tokens=output_tokens,
-                             batch_sizes=parse_sizes(batch_sizes), repeats=repeats, warmup=warmup,
+                             batch_sizes=sizes, repeats=repeats, warmup=warmup,
                              threads=threads, engine=engine, device=device, workload=workload,
                              engine_options=options)
     report = bench(variant, settings=settings, progress=RichProgress(not as_json))
