@@ -12,6 +12,7 @@ from typing import Any
 from slipstream.benchmark.memory import peak_rss_bytes, reset_peak_rss
 from slipstream.devices import resolve_device
 from slipstream.errors import Unsupported
+from slipstream.exporters.readme import write as write_readme
 from slipstream.extras import library_versions
 from slipstream.progress import Progress
 from slipstream.store import Store, Variant
@@ -52,7 +53,7 @@ def optimize(
         facts |= {"seconds": round(time.perf_counter() - start, 3),
                   "peak_rss_bytes": peak_rss_bytes() if separate else None,
                   "process_peak_rss_bytes": peak_rss_bytes()}
-        return store.commit(
+        variant = store.commit(
             staged,
             name=name,
             kind="variant",
@@ -66,6 +67,8 @@ def optimize(
             versions=library_versions(*(spec.extra,) if spec.extra else ()),
             extra={"facts": facts},
         )
+    write_readme(store, variant.name)  # how to run it with the engine's own tools, for whoever copies it
+    return variant
 
 
 def build(

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from slipstream.errors import InvalidConfig, SlipstreamError
+from slipstream.exporters.readme import write as write_readme
 from slipstream.extras import library_versions
 from slipstream.jsonlines import json_lines
 from slipstream.machine import describe_machine
@@ -116,6 +117,8 @@ def bench(
     machine = describe_machine()
     store.add_result(target.name, KIND, key, stored, metrics, machine,
                      library_versions("ctranslate2"))
+    if target.kind == "variant":
+        write_readme(store, target.name)
     return BenchReport(target.name, stored, metrics, target.size_bytes, machine)
 
 

@@ -24,7 +24,8 @@ class CTranslate2Engine:
         o = CTranslate2Options.of(options, **changes)
         compute_type, threads = o.compute_type, o.threads
         ct2 = require("ctranslate2", "ctranslate2", "the CTranslate2 engine")
-        from slipstream.exporters.ctranslate2 import TOKENIZER_DIR, check_runnable
+        from slipstream.exporters.ctranslate2 import check_runnable
+        from slipstream.exporters.files import TOKENIZER_DIR
 
         path = Path(path)
         check_runnable(path, device, compute_type)

@@ -42,7 +42,8 @@ class LlamaCppEngine:
         o = LlamaCppOptions.of(options, **changes)
         batch_size, context, flash_attention = o.batch_size, o.context, o.flash_attention
         from slipstream.errors import Unsupported
-        from slipstream.exporters.gguf import MODEL_FILE, TOKENIZER_DIR
+        from slipstream.exporters.files import TOKENIZER_DIR
+        from slipstream.exporters.gguf import MODEL_FILE
 
         if device != "cpu":
             raise Unsupported(f"the llama.cpp engine here is a CPU build; device {device!r} is not available")

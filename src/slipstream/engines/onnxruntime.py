@@ -33,7 +33,8 @@ class OnnxRuntimeEngine:
         if device != "cpu":
             raise Unsupported(f"the ONNX Runtime engine here uses the CPU provider; device {device!r} is not available")
         ort = require("onnxruntime", "onnx", "the ONNX Runtime engine")
-        from slipstream.exporters.onnx import MODEL_FILE, TOKENIZER_DIR, stored_quantization
+        from slipstream.exporters.files import TOKENIZER_DIR
+        from slipstream.exporters.onnx import MODEL_FILE, stored_quantization
 
         path = Path(path)
         self._ort = ort

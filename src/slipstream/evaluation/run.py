@@ -19,6 +19,7 @@ from slipstream.evaluation.perplexity import (DivergenceAccumulator, NLLAccumula
                                               scored_rows)
 from slipstream.evaluation.tasks import Task, get_task
 from slipstream.extras import library_versions
+from slipstream.exporters.readme import write as write_readme
 from slipstream.machine import describe_machine
 from slipstream.progress import Progress, or_null
 from slipstream.store import Store, Variant
@@ -274,6 +275,8 @@ def _store(store: Store, target: Variant, ref: Variant | None, settings: EvalSet
     stored = settings.identity(task) | {"reference": ref.name if ref else None}
     store.add_result(target.name, KIND, _key(target, ref, settings, task), stored, metrics, describe_machine(),
                      library_versions("ctranslate2", "sacrebleu"))
+    if target.kind == "variant":
+        write_readme(store, target.name)
     return stored
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 from typing import Iterator, Literal
 
 from slipstream.errors import Unsupported
+from slipstream.exporters.files import copy_tokenizer
 from slipstream.extras import require
 from slipstream.progress import Progress, or_null
 from slipstream.config import TechniqueConfig
@@ -22,7 +22,6 @@ Quantization = Literal[
     "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16", "float32"
 ]
 QUANTIZATIONS: tuple[str, ...] = Quantization.__args__  # type: ignore[attr-defined]
-TOKENIZER_DIR = "tokenizer"
 
 # What CTranslate2 can compute on CUDA (compute capability permitting); used when the target is
 # a GPU this machine does not have. On a present device we ask CTranslate2 itself.
@@ -71,13 +70,7 @@ def export(src: Path, out: Path, config: CTranslate2, device: str = "cpu", progr
         converter = TransformersConverter(str(src), low_cpu_mem_usage=True)
         with explicit_head_dim(src):
             converter.convert(str(out), quantization=config.quantization, force=True)
-    tok = out / TOKENIZER_DIR
-    tok.mkdir(exist_ok=True)
-    from slipstream.models.checks import CONFIG_FILES, TOKENIZER_FILES
-
-    for name in (*CONFIG_FILES, *TOKENIZER_FILES):
-        if (src / name).exists():
-            shutil.copy2(src / name, tok / name)
+    copy_tokenizer(src, out)
     return {"ctranslate2": ct2.__version__, "device": device}
 
 

@@ -21,13 +21,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import shutil
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
 import numpy as np
 
 from slipstream.errors import InvalidModel, Unsupported
+from slipstream.exporters.files import copy_tokenizer
 from slipstream.extras import require
 from slipstream.progress import Progress, or_null
 from slipstream.config import TechniqueConfig
@@ -35,7 +35,6 @@ from slipstream.config import TechniqueConfig
 Quantization = Literal["F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q4_K_M", "Q4_K_S", "Q4_0"]
 QUANTIZATIONS: tuple[str, ...] = Quantization.__args__  # type: ignore[attr-defined]
 MODEL_FILE = "model.gguf"
-TOKENIZER_DIR = "tokenizer"
 ARCHITECTURES = {"llama": "llama", "mistral": "llama", "gemma3_text": "gemma3"}
 
 
@@ -317,13 +316,7 @@ def export(src: Path, out: Path, config: GGUF, device: str = "cpu", progress: Pr
                 quantize(staging, target, config.quantization)
         finally:
             staging.unlink(missing_ok=True)
-    tok = out / TOKENIZER_DIR
-    tok.mkdir(exist_ok=True)
-    from slipstream.models.checks import CONFIG_FILES, TOKENIZER_FILES
-
-    for name in (*CONFIG_FILES, *TOKENIZER_FILES, "generation_config.json"):
-        if (src / name).exists():
-            shutil.copy2(src / name, tok / name)
+    copy_tokenizer(src, out)
     from slipstream.extras import version_of
 
     return facts | {"tensor_types": tensor_types(target), "llama_cpp_python": version_of("llama_cpp_python")}

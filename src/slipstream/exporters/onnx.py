@@ -27,8 +27,9 @@ calibration cannot follow the down projections' inputs from token to token, and 
 attention's input holds most of what remains (BENCHMARKS.md). Static int8 multiplies int8 inputs into a float32
 output (ONNX Runtime's QDQ default would also requantize every MatMul's output, the logits included).
 
-The variant directory holds ``model.onnx`` (plus ``model.onnx.data`` for models over 2 GB) and a
-``tokenizer/`` folder with the parent's tokenizer and config.json.
+The variant directory holds ``model.onnx`` (plus ``model.onnx.data`` for models over 2 GB), a
+``tokenizer/`` folder with the parent's tokenizer and config.json, and ONNX Runtime GenAI's
+``genai_config.json`` with the tokenizer files beside it (:mod:`slipstream.exporters.onnx_genai`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ from typing import Any, Iterator, Literal
 
 from slipstream.calibration import Calibration
 from slipstream.errors import InvalidModel, Unsupported
+from slipstream.exporters import onnx_genai
+from slipstream.exporters.files import copy_tokenizer
 from slipstream.extras import require
 from slipstream.progress import Progress, or_null
 from slipstream.config import TechniqueConfig
@@ -50,7 +53,6 @@ Activations = Literal["per_token", "per_tensor"]
 Ranges = Literal["minmax", "percentile"]
 QUANTIZATIONS: tuple[str, ...] = Quantization.__args__  # type: ignore[attr-defined]
 MODEL_FILE = "model.onnx"
-TOKENIZER_DIR = "tokenizer"
 OPSET = 18
 # Decoders whose attention reads a plain DynamicCache and whose logits need nothing else.
 ARCHITECTURES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3"})
@@ -502,13 +504,8 @@ def export(src: Path, out: Path, config: ONNX, device: str = "cpu", progress: Pr
                 facts |= quantize(staging / MODEL_FILE, target, config, src, facts, progress)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    tok = out / TOKENIZER_DIR
-    tok.mkdir(exist_ok=True)
-    from slipstream.models.checks import CONFIG_FILES, TOKENIZER_FILES
-
-    for name in (*CONFIG_FILES, *TOKENIZER_FILES, "generation_config.json"):
-        if (src / name).exists():
-            shutil.copy2(src / name, tok / name)
+    copy_tokenizer(src, out)
+    facts |= onnx_genai.write(read_config(src), src, out, MODEL_FILE)
     return facts | {"onnxruntime": ort.__version__}
 
 

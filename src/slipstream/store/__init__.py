@@ -20,7 +20,7 @@ from typing import Any, Iterator
 from slipstream.errors import InvalidConfig, NotFound, SlipstreamError
 from slipstream.extras import library_versions
 from slipstream.home import slipstream_home
-from slipstream.store.manifest import MANIFEST, Manifest, list_files, tree_digest
+from slipstream.store.manifest import MANIFEST, Manifest, list_files, size_on_disk, tree_digest
 from slipstream.store.registry import Registry, ResultRow, VariantRow, now
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -136,7 +136,7 @@ class Store:
             device=device,
             library_versions=versions or library_versions(),
             files=files,
-            size_bytes=sum(f.size for f in files),
+            size_bytes=size_on_disk(staged, files),
             sha256=tree_digest(files),
             created=now(),
             extra=extra or {},

@@ -71,13 +71,27 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+# Written from the manifest and the registry, again whenever a figure is stored: not part of the variant.
+DERIVED = (MANIFEST, MANIFEST + ".tmp", "README.md", "README.md.tmp")
+
+
 def list_files(directory: Path) -> tuple[FileEntry, ...]:
-    """Every file under ``directory`` (except the manifest), with size and sha256, sorted by path."""
+    """Every file under ``directory`` (except the manifest and the README rendered from it), with size and
+    sha256, sorted by path."""
     entries = []
     for p in sorted(directory.rglob("*")):
-        if p.is_file() and p.name not in (MANIFEST, MANIFEST + ".tmp"):
+        if p.is_file() and str(p.relative_to(directory)) not in DERIVED:
             entries.append(FileEntry(str(p.relative_to(directory)), p.stat().st_size, sha256_file(p)))
     return tuple(entries)
+
+
+def size_on_disk(directory: Path, files: tuple[FileEntry, ...]) -> int:
+    """Bytes the files take, each hard-linked file once (an ONNX variant links its tokenizer files twice)."""
+    seen: dict[tuple[int, int], int] = {}
+    for f in files:
+        st = (directory / f.path).stat()
+        seen[(st.st_dev, st.st_ino)] = f.size
+    return sum(seen.values())
 
 
 def tree_digest(files: tuple[FileEntry, ...]) -> str:
