@@ -47,11 +47,11 @@ def row_groups(lengths: Sequence[int], overhead: int = 96, max_groups: int = 8) 
 
     One call over every row pads each row to the longest one: a single 400-token prompt among rows of
     100 makes the whole batch read 400 columns. A group costs ``rows x (its longest length + 1)``
-    column reads plus ``overhead`` (a call's fixed cost, in the same units: on one Xeon core PyTorch's
-    fused attention took 9 us per call plus 0.13 us per row and column, SmolLM2's 9 query and 3
-    key/value heads); cuts are added greedily, the one that saves most first, while they save more than
-    they cost. Replaying the serving benchmark's 16 streams on the engine alone, W8A8 SmolLM2, the
-    grouped decode steps took 86.8 ms on average against 99.2 ms in one group."""
+    column reads plus ``overhead`` (a call's fixed cost, in the same units: PyTorch's fused attention on
+    one CPU core costs about as much per call as reading several dozen row-columns, at SmolLM2's 9 query
+    and 3 key/value heads); cuts are added greedily, the one that saves most first, while they save more
+    than they cost. On a served batch whose prompts differ in length, the grouped decode steps are
+    shorter than one group's."""
     n = len(lengths)
     widths = np.asarray(lengths, dtype=np.int64) + 1
     groups = [(0, n)]
@@ -155,12 +155,12 @@ def grouped_decode_attention(module: Any, query: Any, key: Any, value: Any, atte
     transformers' SDPA path copies every key/value head ``heads / kv_heads`` times whenever there is
     an attention mask (and a continuous batch always has one); at 64 rows of a few hundred columns
     those copies took most of a decode step. Here PyTorch's fused attention reads each key/value head
-    once for its group of query heads (``enable_gqa``), from the cache rows in place. SmolLM2's 30 layers,
-    one thread, Zen 4, at 1 / 16 / 64 rows of 200 / 200 / 300 columns: 1.1 / 23.7 / 123.8 ms, against
-    1.9 / 25.3 / 129.9 ms for the same arithmetic as batched matrix products (this function's earlier
-    form). At 16 rows that is still a fifth of a W8A8 decode step: the float32 keys and values are
-    read from memory once per step, 148 MB at 200 columns. Prefill (more than one query token) and models without grouped heads
-    go to transformers' SDPA path unchanged.
+    once for its group of query heads (``enable_gqa``), from the cache rows in place, a little faster than
+    the same arithmetic as batched matrix products (this function's earlier form). At 16 rows it is still
+    a large part of a W8A8 decode step: the float32 keys and values are read from memory once per step
+    (SmolLM2's 30 layers at 16 rows of 200 columns: about 150 MB; figures:
+    docs/engines.md#decode-attention). Prefill (more than one query token) and models without grouped
+    heads go to transformers' SDPA path unchanged.
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 

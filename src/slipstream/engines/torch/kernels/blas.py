@@ -1,9 +1,8 @@
 """Linear layers through numpy's BLAS (OpenBLAS in numpy's wheels) instead of PyTorch's MKL.
 
-PyTorch's CPU wheels multiply float32 matrices with MKL, which on AMD CPUs is slow for the few rows a
-decode step has. Measured on an AMD EPYC (AVX2, one thread), SmolLM2-135M's 210 decoder matrices at
-1 / 4 / 16 rows: MKL 48 / 105 / 136 ms, OpenBLAS 39 / 57 / 90 ms (``benchmarks/kernels/gemm_rows.py``,
-BENCHMARKS.md). The product is the same float32 arithmetic summed in another order.
+PyTorch's CPU wheels multiply float32 matrices with MKL, which on AMD CPUs is slower than OpenBLAS for
+the few rows a decode step has (figures: docs/engines.md#matrix-products, from
+``benchmarks/kernels/gemm_rows.py``). The product is the same float32 arithmetic summed in another order.
 
 ``gemm="auto"`` (the transformers engine's default) takes OpenBLAS for float32 at one thread on a CPU
 whose vendor is not Intel, when numpy's BLAS is OpenBLAS; ``torch`` and ``openblas`` force one or the
@@ -11,17 +10,16 @@ other.
 
 ``gemm="onednn"`` multiplies float32 through oneDNN with each weight reordered once into oneDNN's
 blocked layout (``torch.ops.mkldnn._linear_pointwise``, the kernel PyTorch's own compiler uses on the
-CPU). It is made for the few rows of a continuous batch: SmolLM2-135M's matrices and head, one thread,
-AMD EPYC Zen 4, 1 / 4 / 16 / 64 rows: 42.7 / 34.9 / 62.4 / 185.6 ms, against OpenBLAS's 34.2 / 89.1 /
-125.5 / 273.1 (``benchmarks/kernels/gemm_rows.py``). Its one-row product is slower than OpenBLAS's there, so
+CPU). It is made for the few rows of a continuous batch: at 16 rows it takes about half OpenBLAS's
+time, but its one-row product is slower than OpenBLAS's (docs/engines.md#matrix-products), so
 auto does not take it for float32 models; it does for the float layers left in a W8A8 int8 model (the
-output head), where the reordered head was also the fastest at one row (8.9 against 10.2 ms). A
-weight tied to the embeddings is reordered into a copy (the embeddings keep theirs); an untied
-layer's float weight is released after the reorder. With more threads, OpenBLAS's own thread pool and PyTorch's OpenMP threads wait for the cores
-in turn (measured at two threads: each decode step 2-3x slower than either alone), so auto keeps
-PyTorch's product there. Only
-plain ``nn.Linear`` layers with float32 weights change (bitsandbytes and compressed-tensors layers
-keep their own kernels); with gradients enabled a layer falls back to PyTorch's own product.
+output head), where the reordered head is also the fastest at one row. A weight tied to the embeddings
+is reordered into a copy (the embeddings keep theirs); an untied layer's float weight is released after
+the reorder. With more threads, OpenBLAS's own thread pool and PyTorch's OpenMP threads wait for the
+cores in turn (each decode step several times slower than with either alone), so auto keeps PyTorch's
+product there. Only plain ``nn.Linear`` layers with float32 weights change (bitsandbytes and
+compressed-tensors layers keep their own kernels); with gradients enabled a layer falls back to
+PyTorch's own product.
 """
 
 from __future__ import annotations
@@ -143,9 +141,10 @@ def _float32_linears(model: Any) -> Iterator[tuple[Any, Any, bool]]:
 def use_bfloat16_head(model: Any) -> bool:
     """Multiply ``model``'s output head (the vocabulary projection) in bfloat16 through oneDNN: hidden states
     and a reordered bfloat16 copy of the weight in, bfloat16 logits out, returned as float32. On a CPU
-    with AMX (Intel Xeon, 2026-12-02) SmolLM2's 49152 x 576 head took 2.5 / 2.8 ms at 1 / 16 rows against
-    6.1 / 15.2 ms in float32 through oneDNN; the logits carry bfloat16's 8-bit mantissa (BENCHMARKS.md,
-    Serving, for what that costs). Returns False (nothing changed) when the head is not a CPU ``nn.Linear``."""
+    with AMX that takes a fraction of the float32 product's time, more so at many rows; without AMX it is
+    not faster. The logits carry bfloat16's 8-bit mantissa (what that costs in perplexity, and the figures:
+    docs/engines.md#output-head-in-bfloat16). Returns False (nothing changed) when the head is not a CPU
+    ``nn.Linear``."""
     import torch
 
     head = model.get_output_embeddings()

@@ -3,8 +3,9 @@ own columns of the shared key/value buffers, every key/value head read once for 
 that share it (grouped-query attention).
 
 PyTorch's CPU ``scaled_dot_product_attention`` with one query token per row reads each key/value head
-once per *query* head (SmolLM2: 3 times) in small blocks, and reaches about 5 GB/s of this core's
-memory bandwidth at serving context lengths: a third of a 16-row decode step (BENCHMARKS.md, "Serving").
+once per *query* head (SmolLM2: 3 times) in small blocks, and so reaches a small share of the core's
+memory bandwidth at serving context lengths, where attention is a large part of a many-row decode step
+(figures: docs/engines.md#decode-attention).
 This kernel is a plain C loop (compiled on first use with the system C compiler, ``-O3 -march=native``,
 and cached under ``~/.cache/slipstream/kernels``; no PyTorch headers): per row and key/value head it
 streams the row's keys once, scoring all of that head's query heads together, then its values once.

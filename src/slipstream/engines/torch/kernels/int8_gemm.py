@@ -4,7 +4,8 @@ A compressed-tensors W8A8 checkpoint (the ``w8a8`` technique's output: int8 weig
 output channel, activations quantized to int8 per token at run time) is, as transformers loads it,
 decompressed to float32 weights on the first forward pass; every layer then rounds its input to int8
 and back in float ("fake quantization") and multiplies in float32. That runs the int8 arithmetic at
-more than float32's cost (0.57x the float32 original's decode speed in BENCHMARKS.md).
+more than float32's cost: such a checkpoint decodes slower than its float32 original
+(docs/engines.md#w8a8-in-int8).
 
 Here the same arithmetic runs as int8 products: each layer keeps its int8 weight, quantizes its input
 per token exactly as compressed-tensors does (``scale = max|x| / 127.5``, ``q = clamp(round(x /
@@ -13,9 +14,9 @@ int8 GEMM, AVX-512 VNNI or AVX2 as the CPU has) into int32, and scales the sums 
 channel's scales. The int32 sums are exact, so the result differs from the float32 path only by float
 rounding (greedy tokens equal in ``tests/engines/test_int8_gemm.py``).
 
-Measured on SmolLM2-135M's 210 decoder matrices, one thread, AMD EPYC Zen 4: 15.9 / 22.7 ms at 1 / 16
-rows, against 39.3 / 75.2 ms for the same products in float32 (``benchmarks/kernels/gemm_rows.py --int8``):
-the int8 weights are a quarter of the bytes to read, and a few rows cost little more than one.
+The int8 products take less time than the same products in float32, the more so as rows are added:
+the int8 weights are a quarter of the bytes to read, and a few rows cost little more than one (figures:
+docs/engines.md#matrix-products, from ``benchmarks/kernels/gemm_rows.py --int8``).
 
 Only layers of exactly that scheme change; a checkpoint with any other quantized layer (4-bit groups,
 static activation scales) is left to compressed-tensors untouched.
