@@ -25,17 +25,17 @@ RECIPES: tuple[tuple[tuple[str, dict], ...], ...] = (
 class DemoSettings:
     model: str = MODEL
     recipes: tuple[tuple[tuple[str, dict], ...], ...] = RECIPES
-    eval_tokens: int = 8_192  # first N WikiText-2 test tokens (all ~290k take hours on 2 cores)
+    eval_tokens: int = 8_192  # first N WikiText-2 test tokens (all ~290k take hours on a few CPU cores)
     window: int = 1024
     stride: int = 512
     output_tokens: int = 64
     batch_sizes: tuple[int, ...] = (1, 8)
     repeats: int = 5
     rounds: int = 1  # benchmark rounds, interleaved across variants
-    # Benchmarks run one thread per engine: on a shared 2-core machine a second thread adds noise,
-    # and CTranslate2 decodes slower with two threads than with one here (see BENCHMARKS.md).
+    # Benchmarks run one thread per engine: on a small shared machine a second thread adds noise, and
+    # CTranslate2 can decode slower with two threads than with one (docs/benchmarks.md#method).
     bench_threads: int | None = 1
-    eval_threads: int | None = None  # scoring long windows does use both cores well
+    eval_threads: int | None = None  # scoring long windows does use every core well
 
 
 def run_demo(settings: DemoSettings | None = None, *, store: Store | None = None,

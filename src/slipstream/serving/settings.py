@@ -77,7 +77,8 @@ class DeploymentSettings(_Strict):
     max_prompt_spread: Optional[int] = Field(32, ge=0)
     prefill_tokens: int = Field(512, ge=1)  # continuous batching: prompt tokens prefilled per step
     # continuous batching: the keys/values cache's dtype ("auto": the model's); bfloat16 halves what
-    # attention reads, and on CPUs with AMX it is also faster to attend over (BENCHMARKS.md, Serving)
+    # attention reads, and on CPUs with AMX it is also faster to attend over
+    # (docs/engines.md#keyvalue-cache-in-bfloat16)
     kv_cache_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     exact_cache: ExactCacheSettings = Field(default_factory=ExactCacheSettings)
     semantic_cache: SemanticCacheSettings = Field(default_factory=SemanticCacheSettings)
