@@ -26,10 +26,14 @@ LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"
 REFERENCE = re.compile(r"^\s*\[[^\]]+\]:\s*(\S+)", re.M)
 
 
+def _unfenced(text: str) -> str:
+    """``text`` without fenced code blocks, where ``#`` lines are not headings."""
+    return re.sub(r"^(```|~~~).*?^\1", "", text, flags=re.M | re.S)
+
+
 def _prose(text: str) -> str:
     """``text`` without fenced code blocks and inline code, where brackets are not links."""
-    text = re.sub(r"^(```|~~~).*?^\1", "", text, flags=re.M | re.S)
-    return re.sub(r"`[^`\n]*`", "", text)
+    return re.sub(r"`[^`\n]*`", "", _unfenced(text))
 
 
 def links(path: Path) -> list[str]:
@@ -38,11 +42,11 @@ def links(path: Path) -> list[str]:
 
 
 def anchors(path: Path) -> set[str]:
-    """The ids GitHub gives ``path``'s headings: lowercased, punctuation dropped, spaces to hyphens,
-    repeats numbered."""
+    """The ids GitHub gives ``path``'s headings: lowercased, punctuation dropped (inline code keeps its
+    text), spaces to hyphens, repeats numbered."""
     seen: dict[str, int] = {}
     out = set()
-    for line in _prose(path.read_text()).splitlines():
+    for line in _unfenced(path.read_text()).splitlines():
         m = re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
         if not m:
             continue
@@ -72,6 +76,8 @@ def test_relative_links_resolve(doc: Path):
 def test_anchor_rules():
     assert _slugs("## CPUs without VNNI\n### Key/value cache in bfloat16\n## Serving\n## Serving\n") == \
         {"cpus-without-vnni", "keyvalue-cache-in-bfloat16", "serving", "serving-1"}
+    assert _slugs("## CTranslate2, SmoothQuant and `int8-rows`\n```bash\n# not a heading\n```\n") == \
+        {"ctranslate2-smoothquant-and-int8-rows"}
 
 
 def _slugs(text: str) -> set[str]:
