@@ -33,8 +33,9 @@ class BitsAndBytes(TechniqueConfig):
     # int8 only: an input column with any activation above this magnitude is multiplied in float
     # (LLM.int8's outlier decomposition). bitsandbytes' own default, 6.0, was chosen for the outlier
     # features that emerge in models of 6.7B parameters and more; on small models it leaves too much in
-    # int8: SmolLM2-135M loses 1.91% perplexity at 6.0 and 0.65% at 2.0, Gemma-3-270m 1.74% and 0.31%
-    # (BENCHMARKS.md, quantization table), so slipstream defaults to 2.0, at 15% lower decode speed.
+    # int8 (SmolLM2-135M and Gemma-3-270m lose several times more perplexity at 6.0 than at 2.0:
+    # docs/techniques.md#bitsandbytes-and-casts), so slipstream defaults to 2.0, at some decode speed
+    # (more columns are multiplied in float).
     int8_threshold: float = DEFAULT_INT8_THRESHOLD
 
     def __post_init__(self) -> None:

@@ -61,7 +61,8 @@ def check_device(dtype: str, device: str) -> bool:
 
 
 # Architectures whose activations leave float16's range (its largest value is 65504): float16 logits
-# come out NaN (measured on Gemma-3-270m: BENCHMARKS.md; Gemma 2 shares the architecture's scale).
+# come out NaN (Gemma-3-270m does; Gemma 2 shares the architecture's scale;
+# docs/techniques.md#bitsandbytes-and-casts).
 FLOAT16_OVERFLOWS = ("gemma2", "gemma3", "gemma3_text")
 
 

@@ -17,10 +17,10 @@ calibration pass, not layer after layer as GPTQ's reference does: at 8 bits the 
 and the output head too when it is not tied to the embedding (a tied head is the embedding table,
 whose lookups want rounding to nearest; ``smoothquant -o lm_head=true`` unties it).
 
-Measured (BENCHMARKS.md, "GPTQ onto CTranslate2's int8 grid"): the layers' output error on calibration
-text falls 2.9-3.5x and CTranslate2 int8's KL 9-25%; after ``smoothquant -o alpha=auto -o lm_head=true``,
-CTranslate2 int8 on Gemma-3-270m is +0.54% perplexity on 32,768 tokens of WikiText-2 (+1.67% without
-this step), the one CTranslate2 int8 recipe within 1% there.
+What it buys: the layers' output error on calibration text falls severalfold and CTranslate2 int8's KL
+with it, at no cost in speed (the same int8 weights). After ``smoothquant -o alpha=auto -o lm_head=true``
+it is what takes CTranslate2 int8 within 1% perplexity on Gemma-3-270m, which smoothing alone does not
+(figures: docs/techniques.md#ctranslate2-smoothquant-and-int8-rows, BENCHMARKS.md#quantization).
 """
 
 from __future__ import annotations

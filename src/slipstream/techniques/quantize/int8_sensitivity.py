@@ -2,13 +2,14 @@
 
 W8A8 quantizes each linear's weights (one scale per output channel) and its input (one scale per
 token, at run time). How much that costs depends on the model and on a few module kinds whose inputs
-carry outliers that change from token to token: with every linear in int8, SmolLM2-135M is +0.82%
-perplexity and Gemma-3-270m +2.69%; with the down projections in float SmolLM2 is +0.47%, with them and
-q/k/v Gemma is +0.16% (BENCHMARKS.md). ``keep_float="auto"`` decides per model, the way Intel Neural
+carry outliers that change from token to token: with every linear in int8 one model stays within 1%
+perplexity and another does not, and the kinds worth keeping in float differ (SmolLM2-135M: the down
+projections; Gemma-3-270m: those and q/k/v; figures: docs/techniques.md#what-each-costs-in-accuracy,
+BENCHMARKS.md#quantization). ``keep_float="auto"`` decides per model, the way Intel Neural
 Compressor's accuracy-aware tuning falls back to float op by op: it simulates W8A8 in float32 (weights
 rounded to int8 per output channel, inputs rounded to int8 per token: the scheme compressed-tensors'
 W8A8 checkpoints run with; round to nearest where the technique uses GPTQ, so the estimate errs on the
-safe side: 1.3-2.2x the real checkpoints' KL on those two models), measures the KL divergence from
+safe side: above the real checkpoints' KL), measures the KL divergence from
 the full-precision model on a few calibration samples with every kind in int8 and with each kind alone
 in float, then keeps kinds in float, the most harmful first, until the KL is within the budget.
 

@@ -12,13 +12,13 @@ are run in simulated W8A8 (weights rounded to int8 per output channel, the smoot
 for every candidate alpha and for no smoothing at all, and the one whose outputs stay closest to the
 float outputs (squared error) is kept. Every group's input comes from the float model, which smoothing
 leaves unchanged, so one pass measures them all. With ``lm_head=True`` the head gets its own alpha,
-which matters: on Gemma-3-270m the head's error at 0.7 is 7-8x that of no smoothing, at 0.2 half.
-Measured before CTranslate2 int8 (BENCHMARKS.md, "SmoothQuant with alpha chosen per group"), with the
-head: KL 0.022-0.023 on Gemma-3-270m against 0.028 at 0.7, 0.011 on SmolLM2-135M against 0.016; the
-perplexity does not follow (Gemma +0.77% and +2.07% in two builds, SmolLM2 +1.6% against +0.93% at
-0.7): the output error it minimizes tracks KL, not perplexity, so the search tries both. On 32,768
-tokens the two Gemma builds are +1.30% and +1.67%; GPTQ onto CTranslate2's grid after the smoothing
-(:mod:`~slipstream.techniques.quantize.int8_rows`) brings it to +0.54%.
+which matters: a head can want far less smoothing than the layers (Gemma-3-270m's prefers 0.2, where
+0.7 makes its error several times that of no smoothing). Before CTranslate2 int8, ``alpha="auto"`` with
+the head lowers KL against one alpha of 0.7 on both SmolLM2-135M and Gemma-3-270m, but the perplexity
+need not follow: the output error it minimizes tracks KL, not perplexity, so the search tries both.
+GPTQ onto CTranslate2's grid after the smoothing (:mod:`~slipstream.techniques.quantize.int8_rows`)
+takes CTranslate2 int8 within 1% (figures: docs/techniques.md#ctranslate2-smoothquant-and-int8-rows,
+BENCHMARKS.md#quantization).
 """
 
 from __future__ import annotations

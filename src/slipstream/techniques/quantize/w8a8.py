@@ -37,8 +37,8 @@ class W8A8(TechniqueConfig):
     # parts ("down_proj", "layers.0.mlp.down_proj"); the head always is. "auto": chosen per model on the
     # calibration text (slipstream.techniques.quantize.int8_sensitivity): W8A8 simulated in float32, the
     # module kinds whose int8 inputs cost the most kept in float until the simulated KL from the original
-    # is within kl_budget. SmolLM2-135M keeps its down projections (+0.47% perplexity, where every linear
-    # in int8 is +0.82%), Gemma-3-270m its down projections and q/k/v (+0.16%, against +2.69%; BENCHMARKS.md).
+    # is within kl_budget. SmolLM2-135M keeps its down projections, Gemma-3-270m its down projections and
+    # q/k/v (docs/techniques.md#llm-compressor-rtn-awq-gptq-w8a8-fp8; figures: BENCHMARKS.md#quantization).
     # (): every linear in int8
     kl_budget: float = 0.005  # "auto": the simulated KL (nats per token) allowed
     auto_samples: int = 8  # "auto": calibration samples the simulation is measured on
