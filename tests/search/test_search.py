@@ -6,6 +6,7 @@ import pytest
 
 from slipstream.evaluation.gate import Gate
 from slipstream.search.executors import LocalExecutor
+from slipstream.search.record import Status
 from slipstream.search.run import SearchSettings, search
 
 pytest.importorskip("ctranslate2")
@@ -64,27 +65,27 @@ def local_run(tmp_path_factory, tiny_store):
 def test_search_picks_smallest_passing_and_keeps_every_candidate(local_run, tiny_store):
     tmp_path, result, events, executor = local_run
     assert len(result.records) == 3 and len(executor.started) == 3
-    assert {r["label"] for r in result.records} == {"ct2-float32", "ct2-int8", f"ct2-{SMALL_LOSS}"} or \
-        len({r["label"] for r in result.records}) == 3
+    assert {r.label for r in result.records} == {"ct2-float32", "ct2-int8", f"ct2-{SMALL_LOSS}"} or \
+        len({r.label for r in result.records}) == 3
     for r in result.records:  # recipe, lineage, metrics, and a status for every candidate
-        assert r["steps"] and r["status"] in ("passed", "failed_gate", "screened_out"), r
-        assert tiny_store.get(r["name"]).parent == "tiny"
-    passing = [r for r in result.records if r["status"] == "passed"]
-    f32 = next(r for r in result.records if r["label"] == "ct2-float32")
-    assert f32["status"] == "passed" and abs(f32["drop"]) < 1e-3  # float32 conversion is exact
-    assert result.best["size_bytes"] == min(r["size_bytes"] for r in passing)
-    assert result.best["name"] in [r["name"] for r in result.frontier]
+        assert r.steps and r.status in (Status.PASSED, Status.FAILED_GATE, Status.SCREENED_OUT), r
+        assert tiny_store.get(r.name).parent == "tiny"
+    passing = [r for r in result.records if r.status is Status.PASSED]
+    f32 = next(r for r in result.records if r.label == "ct2-float32")
+    assert f32.status is Status.PASSED and abs(f32.drop) < 1e-3  # float32 conversion is exact
+    assert result.best.size_bytes == min(r.size_bytes for r in passing)
+    assert result.best.name in [r.name for r in result.frontier]
     # progress: candidate, stage, best so far
     assert any(e["event"] == "stage" and e["stage"] == "evaluate" for e in events)
     assert any(e["event"] == "finished" and e["best"] for e in events)
     html = (tmp_path / "report.html").read_text()
-    assert "<h2>Search</h2>" in html and result.best["name"] in html
+    assert "<h2>Search</h2>" in html and result.best.name in html
 
     # Resume: the same arguments again reuse every finished candidate and run nothing.
     again = CountingExecutor()
     second = search(settings(tmp_path), store=tiny_store, executor=again)
     assert again.started == [] and second.resumed == 3
-    assert second.best["name"] == result.best["name"]
+    assert second.best.name == result.best.name
 
     # A kill mid-search: the ledger lost its last candidate (and holds half a line); only that one reruns.
     ledger = tiny_store.home / "searches" / result.search_id / "ledger.jsonl"
@@ -93,7 +94,7 @@ def test_search_picks_smallest_passing_and_keeps_every_candidate(local_run, tiny
     third_exec = CountingExecutor()
     third = search(settings(tmp_path), store=tiny_store, executor=third_exec)
     assert third.resumed == 2 and len(third_exec.started) == 1
-    assert third.best["name"] == result.best["name"]
+    assert third.best.name == result.best.name
 
 
 def test_nothing_passes_names_the_closest(tmp_path, tiny_store):
@@ -104,8 +105,8 @@ def test_nothing_passes_names_the_closest(tmp_path, tiny_store):
                     executor=LocalExecutor())
     assert result.best is None
     (miss,) = result.closest
-    assert miss["drop"] > 0 and miss["status"] in ("failed_gate", "screened_out")
-    assert "missed by" in result.summary() and miss["reason"]
+    assert miss.drop > 0 and miss.status in (Status.FAILED_GATE, Status.SCREENED_OUT)
+    assert "missed by" in result.summary() and miss.reason
 
 
 def test_a_relative_gate_on_kl_is_refused():
@@ -130,9 +131,9 @@ def test_ray_spreads_candidates_with_the_same_result(local_run, tmp_path, tiny_s
     finally:
         ray.shutdown()
     assert result.resumed == 0 and len(result.records) == 3
-    assert len({r["worker"]["pid"] for r in result.records}) == 2  # two workers took candidates
-    assert result.best["name"] == local.best["name"]
-    assert {r["label"]: r["status"] for r in result.records} == {r["label"]: r["status"] for r in local.records}
+    assert len({r.worker.pid for r in result.records}) == 2  # two workers took candidates
+    assert result.best.name == local.best.name
+    assert {r.label: r.status for r in result.records} == {r.label: r.status for r in local.records}
 
 
 def test_candidates_that_cannot_beat_the_best_are_not_run(tmp_path, tiny_store):
@@ -148,9 +149,9 @@ def test_candidates_that_cannot_beat_the_best_are_not_run(tmp_path, tiny_store):
     s = settings(tmp_path, recipes=recipes, confirm=0)
     s = SearchSettings(**{**s.__dict__, "objective": "latency"})
     result = search(s, store=tiny_store, executor=executor)
-    assert executor.started == ["ct2-float32"] and result.best["label"] == "ct2-float32"
+    assert executor.started == ["ct2-float32"] and result.best.label == "ct2-float32"
     (skipped,) = result.not_run
-    assert skipped["label"] == f"ct2-{SMALL_LOSS}" and "cannot beat ct2-float32" in skipped["reason"]
+    assert skipped.label == f"ct2-{SMALL_LOSS}" and "cannot beat ct2-float32" in skipped.reason
 
     everything = CountingExecutor()
     s = SearchSettings(**{**s.__dict__, "skip_margin": None, "screen_tokens": 255})

@@ -4,42 +4,51 @@ import json
 
 import pytest
 
+from dataclasses import replace
+
 from slipstream.errors import InvalidConfig
+from slipstream.search.record import SearchRecord, Status
 from slipstream.search.run import Ledger, SearchSettings, expected_value
 from slipstream.search.select import closest_misses, frontier, select
 from slipstream.search.space import Candidate, Prior, build_space, read_recipe_file
 from slipstream.techniques.registry import make_config
 
+
+def record(name, status, objective, drop, max_drop=0.01):
+    return SearchRecord(id=name, label=name, steps=[], status=Status(status), name=name, objective=objective,
+                        drop=drop, max_drop=max_drop)
+
+
 RECORDS = [
-    {"name": "a", "status": "passed", "objective": 40.0, "drop": 0.008, "max_drop": 0.01},
-    {"name": "b", "status": "passed", "objective": 30.0, "drop": 0.001, "max_drop": 0.01},
-    {"name": "c", "status": "failed_gate", "objective": 80.0, "drop": 0.037, "max_drop": 0.01},
-    {"name": "d", "status": "passed", "objective": 25.0, "drop": 0.004, "max_drop": 0.01},  # dominated by b
-    {"name": "e", "status": "screened_out", "objective": None, "drop": 0.9, "max_drop": 0.01},
-    {"name": "f", "status": "error", "objective": None, "drop": None, "max_drop": 0.01},
+    record("a", "passed", 40.0, 0.008),
+    record("b", "passed", 30.0, 0.001),
+    record("c", "failed_gate", 80.0, 0.037),
+    record("d", "passed", 25.0, 0.004),  # dominated by b
+    record("e", "screened_out", None, 0.9),
+    record("f", "error", None, None),
 ]
 
 
 def test_select_takes_best_passing_objective():
-    assert select(RECORDS)["name"] == "a"
-    assert select([r for r in RECORDS if r["status"] != "passed"]) is None
+    assert select(RECORDS).name == "a"
+    assert select([r for r in RECORDS if r.status is not Status.PASSED]) is None
 
 
 def test_select_breaks_exact_ties_the_same_way_in_any_order():
     # Two variants with the same bytes and the same measurements (CTranslate2 int8 and int8_float32 of
     # a float32 model): whichever order the workers finished in, the same one is chosen.
-    x = {"name": "m-ct2-int8_float32", "status": "passed", "objective": -5.0, "drop": -0.03}
-    y = {**x, "name": "m-ct2-int8"}
-    worse = {**x, "name": "m-ct2-a", "drop": 0.01}
-    assert select([x, y, worse])["name"] == select([worse, y, x])["name"] == "m-ct2-int8"
+    x = record("m-ct2-int8_float32", "passed", -5.0, -0.03, max_drop=None)
+    y = replace(x, name="m-ct2-int8")
+    worse = replace(x, name="m-ct2-a", drop=0.01)
+    assert select([x, y, worse]).name == select([worse, y, x]).name == "m-ct2-int8"
 
 
 def test_frontier_is_objective_against_accuracy():
-    assert sorted(r["name"] for r in frontier(RECORDS)) == ["a", "b", "c"]
+    assert sorted(r.name for r in frontier(RECORDS)) == ["a", "b", "c"]
 
 
 def test_closest_misses_ordered_by_margin():
-    assert [r["name"] for r in closest_misses(RECORDS)] == ["c", "e"]
+    assert [r.name for r in closest_misses(RECORDS)] == ["c", "e"]
 
 
 def test_expected_value_prefers_cheap_likely_fast():
@@ -59,7 +68,7 @@ def test_recipe_file_extends_and_restricts(tmp_path):
     assert replace and len(recipes) == 2
     candidates, skipped = build_space("cpu", path, replace_defaults=False)
     assert [c.label for c in candidates] == [make_config("ctranslate2", {"quantization": "int8"}).slug()]
-    assert "no-such-technique" in skipped[0]["recipe"].__repr__() and skipped[0]["reason"]
+    assert "no-such-technique" in skipped[0].recipe.__repr__() and skipped[0].reason
     default, _ = build_space("cpu", include=["ctranslate2"], exclude=["smoothquant"])
     assert default and all(any(s.technique == "ctranslate2" for s in c.steps) for c in default)
     assert not any(s.technique == "smoothquant" for c in default for s in c.steps)
@@ -84,7 +93,7 @@ def test_settings_reject_bad_input():
 
 def test_ledger_survives_a_line_cut_short(tmp_path):
     ledger = Ledger(tmp_path / "s", {"v": 1})
-    ledger.append({"id": "x", "status": "passed"})
+    ledger.append(SearchRecord(id="x", label="x", steps=[], status=Status.PASSED))
     with open(ledger.path, "a") as f:
         f.write('{"id": "y", "stat')  # killed mid-write
     assert list(Ledger(tmp_path / "s", {"v": 1}).load()) == ["x"]
@@ -102,7 +111,7 @@ def test_budget_stops_a_running_candidate(tmp_path):
     request = {"candidate": {"id": "x", "label": "x", "steps": []}}
     started = time.time()
     ((_, record),) = list(LocalExecutor(1, python=str(slow)).run([request], lambda *_: None, time.time() + 1))
-    assert record["status"] == "cancelled" and "budget" in record["reason"]
+    assert record.status is Status.CANCELLED and "budget" in record.reason
     assert time.time() - started < 10
 
 
@@ -116,7 +125,7 @@ def test_a_dead_worker_is_a_record_not_a_crash(tmp_path):
     os.chmod(crash, 0o755)
     request = {"candidate": {"id": "x", "label": "x", "steps": []}}
     ((_, record),) = list(LocalExecutor(1, python=str(crash)).run([request], lambda *_: None))
-    assert record["status"] == "error" and "code 9" in record["reason"] and "MemoryError" in record["reason"]
+    assert record.status is Status.ERROR and "code 9" in record.reason and "MemoryError" in record.reason
 
 
 def test_ctranslate2_int8_priors_follow_the_cpu(monkeypatch):

@@ -43,14 +43,14 @@ class _Printer:
         if kind == "reference":
             if e["stage"] == "done":
                 r = e["reference"]
-                err.print(f"original: {r['metric']} {r['value']:.4g}, {r['size_bytes'] / 1e6:.0f} MB")
+                err.print(f"original: {r.metric} {r.value:.4g}, {r.size_bytes / 1e6:.0f} MB")
             else:
                 err.print(f"original: {e['stage']}")
         elif kind == "space":
             err.print(f"{e['candidates']} candidates ({e['resumed']} already done, {len(e['skipped'])} left out "
                       f"as not runnable here)")
             for s in e["skipped"]:
-                err.print(f"  left out {s['recipe']}: {s['reason']}", highlight=False)
+                err.print(f"  left out {s.recipe}: {s.reason}", highlight=False)
         elif kind == "start":
             err.print(f"[{e['index']}/{e['of']}] {e['label']}{left_s}", highlight=False)
         elif kind == "stage":
@@ -58,9 +58,9 @@ class _Printer:
         elif kind == "finished":
             r = e["record"]
             self.best = e.get("best") or self.best
-            detail = r.get("reason") or ""
-            ratio = r.get("objective_ratio")
-            err.print(f"      {r['status']}" + (f", gate metric {r['drop']:+.2%}" if r.get("drop") is not None else "")
+            detail = r.reason or ""
+            ratio = r.objective_ratio
+            err.print(f"      {r.status}" + (f", gate metric {r.drop:+.2%}" if r.drop is not None else "")
                       + (f", {ratio:.2f}x the original" if ratio else "") + (f" ({detail})" if detail else "")
                       + f" · best so far: {self.best or 'none'}{left_s}", highlight=False)
         elif kind == "confirm":
@@ -101,6 +101,7 @@ def auto_cmd(
     """Find the fastest (or smallest, or cheapest) variant within the accuracy gate; keep every candidate."""
     from slipstream.evaluation.gate import Gate
     from slipstream.search.executors import make_executor
+    from slipstream.search.record import Status
     from slipstream.search.run import SearchSettings, search
 
     gate = Gate.parse(metric, default_drop=max_drop)
@@ -117,17 +118,16 @@ def auto_cmd(
         print_json(result.to_dict())
         return
     rows = []
-    for r in sorted(result.records, key=lambda r: (r.get("status") != "passed", -(r.get("objective") or -1e30))):
-        ratio = r.get("confirmed_speedup") or r.get("objective_ratio")
-        rows.append([(r.get("name") or r["label"]) + (" ★" if r in result.frontier else ""), r["status"],
-                     "—" if r.get("drop") is None else f"{r['drop']:+.2%}" if gate.relative else f"{r['drop']:+.4g}",
-                     "—" if ratio is None else f"{ratio:.2f}x",
-                     "—" if not r.get("size_bytes") else f"{r['size_bytes'] / 1e6:.0f}",
-                     f"{r.get('seconds', 0):.0f}", (r.get("reason") or "")[:80]])
+    for r in sorted(result.records, key=lambda r: (r.status is not Status.PASSED, -(r.objective or -1e30))):
+        rows.append([r.shown_name + (" ★" if r in result.frontier else ""), r.status.value,
+                     "—" if r.drop is None else f"{r.drop:+.2%}" if gate.relative else f"{r.drop:+.4g}",
+                     "—" if r.ratio is None else f"{r.ratio:.2f}x",
+                     "—" if not r.size_bytes else f"{r.size_bytes / 1e6:.0f}",
+                     f"{r.seconds or 0:.0f}", (r.reason or "")[:80]])
     table(f"search {result.search_id}: {gate.describe()}, objective {objective} (★ Pareto frontier)",
           ["variant", "status", "gate Δ", f"{objective} ×", "MB", "s", "reason"], rows)
-    for r in result.not_run:
-        err.print(f"not run: {r['label']} ({r['reason']})", highlight=False)
+    for n in result.not_run:
+        err.print(f"not run: {n.label} ({n.reason})", highlight=False)
     out.print(result.summary(), highlight=False)
     if result.report:
         out.print(f"report: {result.report}", highlight=False)

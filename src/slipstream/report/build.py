@@ -12,6 +12,7 @@ from slipstream.benchmark.roofline import machine_peaks, roofline, token_cost
 from slipstream.comparison import Comparison
 from slipstream.machine import describe_machine
 from slipstream.pareto import pareto_front
+from slipstream.report.search_table import SearchTable
 from slipstream.store import Store, Variant
 
 
@@ -54,8 +55,8 @@ def enrich(comparison: Comparison, store: Store, price: Price, workload: Workloa
 
 
 def write_report(comparison: Comparison, out: Path, store: Store, price: Price, workload: Workload | None = None,
-                 title: str | None = None, search: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``search``: an automatic search's summary and ledger; its frontier (accuracy against the
+                 title: str | None = None, search: SearchTable | None = None) -> dict[str, Any]:
+    """``search``: an automatic search's summary and candidates; its frontier (accuracy against the
     search objective) is the one highlighted."""
     from slipstream.report.html import render
 
@@ -63,7 +64,7 @@ def write_report(comparison: Comparison, out: Path, store: Store, price: Price, 
     if search is not None:
         data["search"] = search
         shown = {r["name"] for r in data["rows"]}
-        data["front"] = [n for n in search["frontier"] if n in shown]
+        data["front"] = [n for n in search.frontier if n in shown]
     data["title"] = title or f"slipstream: {comparison.base} and {len(comparison.rows) - 1} variant(s)"
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

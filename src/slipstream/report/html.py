@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from slipstream.report import plots
+from slipstream.report.search_table import SearchTable
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;color:#222;
@@ -33,7 +34,8 @@ def _cell(value: Any, fmt: str = "{:.2f}") -> str:
 
 def render(data: dict[str, Any]) -> str:
     """``data``: title, machine, settings, rows (the comparison rows enriched with cost and roofline),
-    front (names on the Pareto frontier), samples ({name: {"tpot": [...], "ttft": [...]}}), price."""
+    front (names on the Pareto frontier), samples ({name: {"tpot": [...], "ttft": [...]}}), price, and
+    for an automatic search its :class:`~slipstream.report.search_table.SearchTable`."""
     rows, front, base = data["rows"], set(data["front"]), data["rows"][0]
     names = [r["name"] for r in rows]
     figures = {
@@ -103,27 +105,23 @@ the lower of the memory-bandwidth and matrix-multiply limits measured on this ma
 """
 
 
-def _search_section(search: dict[str, Any]) -> str:
+def _search_section(search: SearchTable) -> str:
     """Every candidate the search measured, passing or not, with its reason."""
-    front, best = set(search.get("frontier") or []), search.get("best")
-    rel = search.get("relative", True)
+    front, best, rel = set(search.frontier), search.best, search.relative
     body = []
-    for r in sorted(search["records"], key=lambda r: (r.get("status") != "passed", -(r.get("objective") or -1e30))):
-        name = r.get("name") or r.get("label", "")
-        drop = r.get("drop")
-        drop_s = "" if drop is None else (f"{100 * drop:+.2f}%" if rel else f"{drop:+.4g}")
-        ratio = r.get("confirmed_speedup") or r.get("objective_ratio")
-        cls = ' class="front"' if name in front else ""
-        mark = " (best)" if name == best else ""
+    for r in sorted(search.rows, key=lambda r: (r.status != "passed", -(r.objective or -1e30))):
+        drop_s = "" if r.drop is None else (f"{100 * r.drop:+.2f}%" if rel else f"{r.drop:+.4g}")
+        cls = ' class="front"' if r.name in front else ""
+        mark = " (best)" if r.name == best else ""
         body.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in (
-            html.escape(name) + mark, html.escape(r.get("label", "")), html.escape(r.get("status", "")), drop_s,
-            _cell(ratio, "{:.2f}×"), _cell((r.get("size_bytes") or 0) / 1e6 or None, "{:.0f}"),
-            _cell(r.get("seconds"), "{:.0f}"), html.escape(r.get("reason", "") or ""))) + "</tr>")
-    for r in search.get("not_run") or []:
-        body.append(f"<tr><td></td><td>{html.escape(r['label'])}</td><td>not run</td><td></td><td></td><td></td>"
-                    f"<td></td><td>{html.escape(r['reason'])}</td></tr>")
+            html.escape(r.name) + mark, html.escape(r.label), html.escape(r.status), drop_s,
+            _cell(r.ratio, "{:.2f}×"), _cell((r.size_bytes or 0) / 1e6 or None, "{:.0f}"),
+            _cell(r.seconds, "{:.0f}"), html.escape(r.reason or ""))) + "</tr>")
+    for n in search.not_run:
+        body.append(f"<tr><td></td><td>{html.escape(n.label)}</td><td>not run</td><td></td><td></td><td></td>"
+                    f"<td></td><td>{html.escape(n.reason)}</td></tr>")
     head = ["variant", "recipe", "status", "gate metric Δ", "objective ×", "MB", "seconds", "reason"]
-    return (f"<h2>Search</h2><p>{html.escape(search['summary'])}</p>"
+    return (f"<h2>Search</h2><p>{html.escape(search.summary)}</p>"
             f"<div class=\"scroll\"><table><thead><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr></thead>"
             f"<tbody>{''.join(body)}</tbody></table></div>"
             "<p class=\"note\">★: on the search's Pareto frontier (gate metric against the objective). "

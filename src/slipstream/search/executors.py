@@ -3,7 +3,7 @@
 An executor takes candidate requests (plain JSON-able dicts, see :mod:`slipstream.search.worker`) and
 yields ``(request, record)`` as each finishes, calling ``on_event(request, event)`` with progress
 events (stage changes) where the transport carries them. A worker that dies still yields a record
-(status "error"), so the search never loses track of a candidate.
+(status ``ERROR``), so the search never loses track of a candidate.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from slipstream.errors import MissingExtra, SlipstreamError
 from slipstream.jsonlines import json_lines
+from slipstream.search.record import SearchRecord, Status
 
 Request = dict[str, Any]
-Record = dict[str, Any]
+Record = SearchRecord
 OnEvent = Callable[[Request, dict[str, Any]], None]
 
 
@@ -77,7 +78,7 @@ class LocalExecutor:
         assert proc.stdout is not None
         for event in json_lines(proc.stdout):  # lines a library prints to stdout are skipped
             if event.get("event") == "result":
-                record = event["record"]
+                record = SearchRecord.from_dict(event["record"])
             else:
                 on_event(request, event)
         proc.wait()
@@ -87,9 +88,8 @@ class LocalExecutor:
             return cancelled_record(request)
         if record is None:
             tail = "".join(stderr).strip().splitlines()[-1:] or ["no output"]
-            record = {"id": request["candidate"]["id"], "label": request["candidate"]["label"],
-                      "steps": request["candidate"]["steps"], "status": "error", "objective": None, "drop": None,
-                      "reason": f"worker exited with code {proc.returncode}: {tail[0][:300]}"}
+            record = SearchRecord.failed(request["candidate"], Status.ERROR,
+                                         f"worker exited with code {proc.returncode}: {tail[0][:300]}")
         return record
 
     def run(self, requests: Iterable[Request], on_event: OnEvent,
@@ -104,9 +104,8 @@ class LocalExecutor:
             try:
                 record = self._one(request, on_event, deadline)
             except BaseException as exc:  # never leave the search waiting for a thread that died
-                record = {"id": request["candidate"]["id"], "label": request["candidate"]["label"],
-                          "steps": request["candidate"]["steps"], "status": "error", "objective": None,
-                          "drop": None, "reason": f"executor: {type(exc).__name__}: {exc}"}
+                record = SearchRecord.failed(request["candidate"], Status.ERROR,
+                                             f"executor: {type(exc).__name__}: {exc}")
             done.put((request, record))
 
         def start(request: Request) -> None:
@@ -179,9 +178,8 @@ class RayExecutor:
             try:
                 record = ray.get(ready[0])
             except Exception as exc:  # a worker node lost, a task killed
-                record = {"id": request["candidate"]["id"], "label": request["candidate"]["label"],
-                          "steps": request["candidate"]["steps"], "status": "error", "objective": None,
-                          "drop": None, "reason": f"ray task failed: {type(exc).__name__}: {str(exc)[:300]}"}
+                record = SearchRecord.failed(request["candidate"], Status.ERROR,
+                                             f"ray task failed: {type(exc).__name__}: {str(exc)[:300]}")
             yield request, record
             nxt = next(pending, None)
             if nxt is not None:
@@ -193,9 +191,7 @@ class RayExecutor:
 
 
 def cancelled_record(request: Request) -> Record:
-    return {"id": request["candidate"]["id"], "label": request["candidate"]["label"],
-            "steps": request["candidate"]["steps"], "status": "cancelled", "objective": None, "drop": None,
-            "reason": "stopped when the budget ran out"}
+    return SearchRecord.failed(request["candidate"], Status.CANCELLED, "stopped when the budget ran out")
 
 
 def make_executor(kind: str, workers: int | None = None, address: str | None = None) -> Executor:

@@ -1,151 +1,96 @@
 """The automatic search: the fastest (smallest, cheapest) variant that meets an accuracy gate.
 
-1. The original is measured first (evaluation on the gate's task, benchmark).
-2. Candidates from the catalog (:mod:`slipstream.search.space`) are ordered by expected value: prior
-   gain on the objective times the chance of passing, per expected minute. For speed objectives, a
-   candidate whose prior speed-up, even 1.5 times over, is below the best passing one measured so far
-   is not run (``skip_margin``; ``--run-all`` runs it): it is listed as not run, with why.
-3. Each candidate is built, screened on a small slice (dropped when even the best case the slice
-   allows misses the gate), then fully evaluated and benchmarked, in a worker (local process or Ray).
-4. The search goes on through the whole space or until the budget is spent; every finished candidate
-   is appended to a ledger at once, so a killed search restarted with the same arguments reuses it.
-5. The best passing candidates are confirmed side by side with the original in interleaved rounds
-   (single benchmarks on a shared machine drift), and the winner is chosen on those ratios.
+:func:`search` runs these stages in order, each a function below:
+
+1. :func:`start`: the recipes loaded and checked (built-in and a recipe file), the model imported, the
+   ledger opened (a search restarted with the same settings resumes from it).
+2. :func:`measure_reference`: the original, evaluated on the gate's task and benchmarked.
+3. :func:`plan`: the candidates that can run here, in expected-value order: prior gain on the objective
+   times the chance of passing, per expected minute; those already in the ledger are resumed.
+4. :func:`run_candidates`: each candidate built, screened on a small slice (dropped when even the best
+   case the slice allows misses the gate), then fully evaluated and benchmarked, in a worker (local
+   process or Ray; :mod:`slipstream.search.worker`). For speed objectives, a candidate whose prior
+   speed-up, even ``skip_margin`` times over, is below the best passing one measured so far is not run
+   (``--run-all`` runs it); nor is one the budget has no time left for. Every finished candidate is
+   appended to the ledger at once.
+5. :func:`confirm_leaders`: the best passing candidates re-measured side by side with the original in
+   interleaved rounds (single benchmarks on a shared machine drift); the winner is chosen on those ratios.
+6. :func:`conclude`: the best passing candidate (:func:`~slipstream.search.select.select`), the Pareto
+   frontier, the closest misses; then the report and ``result.json``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from slipstream.errors import InvalidConfig, SlipstreamError
-from slipstream.evaluation.gate import SELF_VALUES, Gate
-from slipstream.jsonlines import json_lines
+from slipstream.evaluation.gate import SELF_VALUES
+from slipstream.search.ledger import Ledger
+from slipstream.search.recipes import Recipe
+from slipstream.search.record import LeftOut, NotRun, SearchRecord, Status
 from slipstream.search.select import closest_misses, frontier, select
-from slipstream.search.space import Candidate, build_space
-from slipstream.search.worker import OBJECTIVES, objective_value
+from slipstream.search.settings import LEDGER_VERSION, SearchSettings
+from slipstream.search.side_by_side import Confirmation, confirm, ppl_settings
+from slipstream.search.space import Candidate, candidates_from, gather_recipes
+from slipstream.search.worker import objective_value
 from slipstream.store import Store
 
-LEDGER_VERSION = 1
+__all__ = ["LEDGER_VERSION", "Confirmation", "Ledger", "Reference", "SearchResult", "SearchSettings",
+           "expected_value", "search"]
+
 Listener = Callable[[dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
-class SearchSettings:
-    model: str
-    gate: Gate = Gate("perplexity", 0.01)
-    task: str | None = None  # the gate's task; None: from the metric (perplexity -> wikitext2, "t.m" -> t)
-    objective: str = "latency"
-    budget_s: float | None = 1800.0
-    device: str = "cpu"
-    eval_tokens: int = 8_192  # perplexity tasks: full evaluation (first N WikiText-2 test tokens)
-    screen_tokens: int = 2_048  # perplexity tasks: screening slice
-    window: int = 1024  # perplexity tasks: tokens per window, and between window starts
-    stride: int = 512
-    eval_limit: int | None = None  # dataset tasks: items in the full evaluation
-    screen_limit: int = 200  # dataset tasks: items in the screening slice
-    output_tokens: int = 64
-    repeats: int = 3
-    bench_threads: int | None = 1
-    eval_threads: int | None = None
-    instance: str | None = None  # cost objective: a priced instance (default aws-m7g.large) ...
-    price_per_hour: float | None = None  # ... or a price of your own
-    confirm: int = 2  # best passing candidates re-measured side by side with the original
-    confirm_rounds: int = 2
-    recipe_file: str | None = None
-    replace_defaults: bool = False
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    # latency/throughput: a candidate whose prior speed-up times this margin is below the best passing
-    # candidate's measured speed-up is not run (listed as not run, with why); None runs every candidate.
-    skip_margin: float | None = 1.5
+class Reference:
+    """The original as the gate and the objective see it."""
 
-    def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise InvalidConfig(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
-        if self.budget_s is not None and self.budget_s <= 0:
-            raise InvalidConfig(f"budget must be positive, got {self.budget_s}s")
-        if self.device not in ("cpu", "cuda"):
-            raise InvalidConfig(f"device must be cpu or cuda, got {self.device!r}")
-        if self.skip_margin is not None and self.skip_margin < 1:
-            raise InvalidConfig(f"skip margin must be at least 1 (or None to run every candidate), got {self.skip_margin}")
-
-    @property
-    def gate_task(self) -> str:
-        if self.task:
-            return self.task
-        if "." in self.gate.metric:
-            return self.gate.metric.split(".", 1)[0]
-        if self.gate.metric in ("perplexity", "kl_mean", "top1_agreement"):
-            return "wikitext2"
-        raise InvalidConfig(f"gate metric {self.gate.metric!r}: name its task as TASK.METRIC "
-                            "(e.g. arc_easy.acc_norm) or pass --task")
-
-    def eval_settings(self, screen: bool) -> dict[str, Any]:
-        from slipstream.evaluation.tasks import get_task
-
-        task = get_task(self.gate_task)
-        d: dict[str, Any] = {"task": task.name, "threads": self.eval_threads}
-        if task.kind == "perplexity":
-            d |= {"max_tokens": self.screen_tokens if screen else self.eval_tokens, "window": self.window,
-                  "stride": self.stride}
-        else:
-            d["limit"] = self.screen_limit if screen else self.eval_limit
-        return d
-
-    def bench_settings(self) -> dict[str, Any]:
-        batch = (1,) if self.objective in ("latency", "size") else (1, 8)
-        return {"output_tokens": self.output_tokens, "batch_sizes": batch, "repeats": self.repeats,
-                "threads": self.bench_threads, "device": self.device}
-
-    def identity(self, model_sha: str) -> dict[str, Any]:
-        """What decides every candidate's record: a restart with the same identity resumes."""
-        return {"v": LEDGER_VERSION, "model": self.model, "sha": model_sha, "gate": asdict(self.gate),
-                "objective": self.objective, "device": self.device, "screen": self.eval_settings(True),
-                "evaluate": self.eval_settings(False), "bench": self.bench_settings(),
-                "price": asdict(self.price()) if self.objective == "cost" else None}
-
-    def price(self) -> Any:
-        from slipstream.benchmark.cost import resolve_price
-
-        return resolve_price(self.instance, self.price_per_hour)
+    name: str
+    metric: str  # the gate's metric, without its task
+    value: float | None
+    size_bytes: int
+    objective: float | None  # larger is better (sizes and costs negated)
 
 
 @dataclass
 class SearchResult:
     search_id: str
     settings: dict[str, Any]
-    reference: dict[str, Any]
-    records: list[dict[str, Any]]
-    best: dict[str, Any] | None
-    frontier: list[dict[str, Any]]
-    closest: list[dict[str, Any]]
-    skipped: list[dict[str, Any]]
-    not_run: list[dict[str, Any]]
-    confirmed: dict[str, Any] | None = None
+    reference: Reference
+    records: list[SearchRecord]
+    best: SearchRecord | None
+    frontier: list[SearchRecord]
+    closest: list[SearchRecord]
+    skipped: list[LeftOut]
+    not_run: list[NotRun]
+    confirmed: Confirmation | None = None
     report: str | None = None
     seconds: float = 0.0
     resumed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"search_id": self.search_id, "settings": self.settings, "reference": asdict(self.reference),
+                "records": [r.to_dict() for r in self.records], "best": self.best and self.best.to_dict(),
+                "frontier": [r.to_dict() for r in self.frontier], "closest": [r.to_dict() for r in self.closest],
+                "skipped": [asdict(s) for s in self.skipped], "not_run": [asdict(n) for n in self.not_run],
+                "confirmed": self.confirmed and asdict(self.confirmed), "report": self.report,
+                "seconds": self.seconds, "resumed": self.resumed}
 
     def summary(self) -> str:
         if self.best:
             speed = ""
-            if self.confirmed and self.best["name"] in self.confirmed["speedup"]:
-                speed = f", {self.confirmed['speedup'][self.best['name']]:.2f}x the original (confirmed side by side)"
-            return (f"best: {self.best['name']} ({self.best['label']}), {_drop_text(self.best)} on the gate metric"
-                    f"{speed}")
+            if self.confirmed and self.best.name in self.confirmed.speedup:
+                speed = f", {self.confirmed.speedup[self.best.name]:.2f}x the original (confirmed side by side)"
+            return f"best: {self.best.name} ({self.best.label}), {_drop_text(self.best)} on the gate metric{speed}"
         if self.closest:
             c = self.closest[0]
-            return (f"no candidate passed; closest: {c.get('name', c['label'])} missed by "
-                    f"{_fmt_drop(c['drop'] - c['max_drop'], self.settings['gate']['relative'])}")
+            return (f"no candidate passed; closest: {c.shown_name} missed by "
+                    f"{_fmt_drop(c.drop - c.max_drop, self.settings['gate']['relative'])}")  # type: ignore[operator]
         return "no candidate passed and none was measured"
 
 
@@ -153,32 +98,32 @@ def _fmt_drop(value: float, relative: bool) -> str:
     return f"{value:+.2%}" if relative else f"{value:+.4g}"
 
 
-def _drop_text(record: dict[str, Any]) -> str:
-    return f"{record['drop']:+.2%}" if record.get("drop") is not None else "n/a"
+def _drop_text(record: SearchRecord) -> str:
+    return f"{record.drop:+.2%}" if record.drop is not None else "n/a"
 
 
-class Ledger:
-    """Append-only JSON lines, one per finished candidate, fsynced: a kill loses at most the candidate
-    that was running, never a finished one."""
+@dataclass(frozen=True)
+class Run:
+    """What the stages of one search share: where it keeps things, how it reports, when it must stop."""
 
-    def __init__(self, directory: Path, identity: dict[str, Any]) -> None:
-        self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "search.json").write_text(json.dumps(identity, indent=2, sort_keys=True))
-        self.path = directory / "ledger.jsonl"
+    search_id: str
+    identity: dict[str, Any]
+    store: Store
+    ledger: Ledger
+    recipes: list[Recipe]
+    emit: Listener
+    deadline: float | None
 
-    def load(self) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {}
-        if self.path.exists():
-            for record in json_lines(self.path.read_text().splitlines()):  # a line cut short by a kill is skipped
-                out[record["id"]] = record
-        return out
+    def time_left(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.time()
 
-    def append(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record, default=str) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+
+@dataclass(frozen=True)
+class Plan:
+    candidates: list[Candidate]  # in expected-value order
+    skipped: list[LeftOut]  # recipes that cannot run here
+    resumed: list[SearchRecord]  # candidates finished by an earlier run of this search
+    todo: list[Candidate]
 
 
 def expected_value(candidate: Candidate, objective: str) -> float:
@@ -189,201 +134,223 @@ def expected_value(candidate: Candidate, objective: str) -> float:
 
 def search(settings: SearchSettings, *, store: Store | None = None, executor: Any = None,
            listener: Listener | None = None, report: Path | None = None) -> SearchResult:
-    from slipstream.benchmark.run import BenchSettings, bench
-    from slipstream.evaluation.run import EvalSettings, evaluate
-    from slipstream.models.intake import import_model
-
+    """Search ``settings.model``'s space for the best variant within the gate (the stages above, in order);
+    ``listener`` receives progress events, ``report`` is the HTML report to write."""
     started = time.time()
-    store = store or Store()
-    emit = listener or (lambda event: None)
-    deadline = started + settings.budget_s if settings.budget_s else None
     if executor is None:
         from slipstream.search.executors import LocalExecutor
 
         executor = LocalExecutor(1)
+    run = start(settings, store or Store(), listener or (lambda event: None), started)
+    reference, bench_s = measure_reference(settings, run)
+    space = plan(settings, run)
+    records, not_run = run_candidates(settings, run, space, reference, bench_s, executor)
+    records, confirmed = confirm_leaders(settings, run, records)
+    result = conclude(settings, run, space, reference, records, not_run, confirmed, started)
+    if report is not None:
+        result.report = str(write_search_report(result, settings, report, run.store))
+    (run.ledger.directory / "result.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
+    run.emit({"event": "done", "summary": result.summary()})
+    return result
 
+
+def start(settings: SearchSettings, store: Store, emit: Listener, started: float) -> Run:
+    """Recipes checked before anything is measured; the model in the store; this search's ledger."""
+    from slipstream.models.intake import import_model
+
+    recipes = gather_recipes(settings.device, Path(settings.recipe_file) if settings.recipe_file else None,
+                             settings.replace_defaults)
     if not store.exists(settings.model):
         emit({"event": "log", "message": f"importing {settings.model}"})
         import_model(settings.model, store=store)
-    model = store.get(settings.model)
-    identity = settings.identity(model.sha256)
+    identity = settings.identity(store.get(settings.model).sha256)
     search_id = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
-    ledger = Ledger(store.home / "searches" / search_id, identity)
-    done = ledger.load()
+    return Run(search_id=search_id, identity=identity, store=store,
+               ledger=Ledger(store.home / "searches" / search_id, identity), recipes=recipes, emit=emit,
+               deadline=started + settings.budget_s if settings.budget_s else None)
 
-    # 1. The original, measured first (cached in the store when already done).
-    emit({"event": "reference", "stage": "evaluate", "name": settings.model})
+
+def measure_reference(settings: SearchSettings, run: Run) -> tuple[Reference, float]:
+    """The original, measured first (cached in the store when already done), and how long a benchmark takes
+    (0 when the objective needs none)."""
+    from slipstream.benchmark.run import BenchSettings, bench
+    from slipstream.evaluation.run import EvalSettings, evaluate
+
+    run.emit({"event": "reference", "stage": "evaluate", "name": settings.model})
     ref_eval = evaluate(settings.model, reference=None, settings=EvalSettings(**settings.eval_settings(False)),
-                        store=store)
+                        store=run.store)
     metric = settings.gate.metric.rsplit(".", 1)[-1]
     if metric not in ref_eval.metrics and metric not in SELF_VALUES:
         raise InvalidConfig(f"task {settings.gate_task} reports {', '.join(sorted(ref_eval.metrics))}; "
                             f"the gate's metric {metric!r} is not among them")
     ref_bench, bench_s = None, 0.0
     if settings.objective != "size":
-        emit({"event": "reference", "stage": "benchmark", "name": settings.model})
+        run.emit({"event": "reference", "stage": "benchmark", "name": settings.model})
         t = time.time()
-        ref_bench = bench(settings.model, settings=BenchSettings(**settings.bench_settings()), store=store,
+        ref_bench = bench(settings.model, settings=BenchSettings(**settings.bench_settings()), store=run.store,
                           use_cache=True).metrics
         bench_s = max(time.time() - t, 20.0)  # the original is the slowest to benchmark; cached: a guess
-    reference = {"name": settings.model, "metric": metric, "value": ref_eval.metrics.get(metric, SELF_VALUES.get(metric)),
-                 "size_bytes": model.size_bytes,
-                 "objective": objective_value(settings.objective, ref_bench, model.size_bytes,
-                                              settings.price().price_per_hour)}
-    emit({"event": "reference", "stage": "done", "reference": reference})
+    size = run.store.get(settings.model).size_bytes
+    reference = Reference(name=settings.model, metric=metric,
+                          value=ref_eval.metrics.get(metric, SELF_VALUES.get(metric)), size_bytes=size,
+                          objective=objective_value(settings.objective, ref_bench, size,
+                                                    settings.price().price_per_hour))
+    run.emit({"event": "reference", "stage": "done", "reference": reference})
+    return reference, bench_s
 
-    # 2. The space, in expected-value order.
-    candidates, skipped = build_space(settings.device, Path(settings.recipe_file) if settings.recipe_file else None,
-                                      list(settings.include) or None, list(settings.exclude) or None,
-                                      settings.replace_defaults)
+
+def plan(settings: SearchSettings, run: Run) -> Plan:
+    """The space in expected-value order, split into what the ledger already holds and what is to run."""
+    candidates, skipped = candidates_from(run.recipes, settings.device, list(settings.include) or None,
+                                          list(settings.exclude) or None)
     if not candidates:
         raise SlipstreamError("no candidate can run here: " +
-                              "; ".join(f"{s['recipe']}: {s['reason']}" for s in skipped[:5]))
+                              "; ".join(f"{s.recipe}: {s.reason}" for s in skipped[:5]))
     candidates.sort(key=lambda c: -expected_value(c, settings.objective))
-    records = [done[c.id] for c in candidates if c.id in done]
-    resumed = len(records)
-    todo = [c for c in candidates if c.id not in done]
-    emit({"event": "space", "candidates": len(candidates), "resumed": resumed, "skipped": skipped,
-          "order": [c.label for c in candidates]})
+    done = run.ledger.load()
+    space = Plan(candidates=candidates, skipped=skipped, resumed=[done[c.id] for c in candidates if c.id in done],
+                 todo=[c for c in candidates if c.id not in done])
+    run.emit({"event": "space", "candidates": len(candidates), "resumed": len(space.resumed), "skipped": skipped,
+              "order": [c.label for c in candidates]})
+    return space
 
-    base_request = {"model": settings.model, "home": str(store.home), "device": settings.device,
+
+def run_candidates(settings: SearchSettings, run: Run, space: Plan, reference: Reference, bench_s: float,
+                   executor: Any) -> tuple[list[SearchRecord], list[NotRun]]:
+    """Build, screen, evaluate and benchmark each candidate to run, in its worker; every finished record
+    goes to the ledger at once. Returns every record (resumed ones first) and the candidates not run."""
+    records = list(space.resumed)
+    durations = [r.seconds for r in records if r.seconds]
+    # Time kept back for the confirmation rounds and the report at the end.
+    reserve = (settings.confirm_rounds * (settings.confirm + 1) + 1) * bench_s
+    not_run: list[NotRun] = []
+    by_id = {c.id: c for c in space.todo}
+    base_request = {"model": settings.model, "home": str(run.store.home), "device": settings.device,
                     "gate": asdict(settings.gate), "objective": settings.objective,
                     "screen": settings.eval_settings(True), "evaluate": settings.eval_settings(False),
                     "bench": settings.bench_settings(), "price_per_hour": settings.price().price_per_hour}
-    durations = [r["seconds"] for r in records if r.get("seconds")]
-    # Time kept back for the confirmation rounds and the report at the end.
-    confirm_reserve = (settings.confirm_rounds * (settings.confirm + 1) + 1) * bench_s if ref_bench else 0.0
-    not_run: list[dict[str, Any]] = []
-    state = {"index": 0}
-
-    def best_record() -> dict[str, Any] | None:
-        return select(records)
-
-    def hopeless(c: Candidate) -> str | None:
-        """Why ``c`` cannot beat the best passing candidate even at ``skip_margin`` times its prior."""
-        if settings.skip_margin is None or settings.objective not in ("latency", "throughput"):
-            return None
-        best = best_record()
-        ratio = (best or {}).get("objective_ratio")
-        if not ratio or c.prior.speedup * settings.skip_margin >= ratio:
-            return None
-        return (f"cannot beat {best['label']} ({ratio:.2f}x measured): expected {c.prior.speedup:g}x, "
-                f"x{settings.skip_margin:g} margin")
 
     def requests():
-        for c in todo:
-            why = hopeless(c)
+        started = 0
+        for c in space.todo:
+            why = _hopeless(c, select(records), settings) or _no_time(c, run, durations, reserve)
             if why:
-                not_run.append({"label": c.label, "reason": why})
+                not_run.append(NotRun(c.label, why))
                 continue
-            if deadline is not None:
-                expected = (sum(durations) / len(durations)) if durations else c.prior.minutes * 60
-                left = deadline - time.time() - confirm_reserve
-                if left < expected * 0.5:
-                    not_run.append({"label": c.label, "reason": f"budget: {max(left, 0):.0f}s left, a candidate "
-                                                                f"takes about {expected:.0f}s"})
-                    continue
-            state["index"] += 1
-            emit({"event": "start", "label": c.label, "index": state["index"], "of": len(todo),
-                  "time_left_s": None if deadline is None else deadline - time.time()})
+            started += 1
+            run.emit({"event": "start", "label": c.label, "index": started, "of": len(space.todo),
+                      "time_left_s": run.time_left()})
             yield base_request | {"candidate": c.to_dict()}
 
     def on_event(request: dict[str, Any], event: dict[str, Any]) -> None:
-        emit({"event": "stage", "label": request["candidate"]["label"], "stage": event.get("stage"),
-              "time_left_s": None if deadline is None else deadline - time.time()})
+        run.emit({"event": "stage", "label": request["candidate"]["label"], "stage": event.get("stage"),
+                  "time_left_s": run.time_left()})
 
-    # 3-4. Run, keeping every record.
     # In-flight candidates are stopped shortly before the confirmation rounds' share of the budget.
-    hard_stop = None if deadline is None else deadline - confirm_reserve * 0.5
+    hard_stop = None if run.deadline is None else run.deadline - reserve * 0.5
     try:
-        for request, record in executor.run(requests(), on_event, hard_stop):
-            if record.get("status") == "cancelled":  # not in the ledger: a resumed search runs it
-                not_run.append({"label": record["label"], "reason": record["reason"]})
-                emit({"event": "finished", "record": record, "best": (best_record() or {}).get("name"),
-                      "time_left_s": deadline - time.time() if deadline else None})
-                continue
-            record["prior"] = request["candidate"]["prior"]
-            if reference["objective"] and record.get("objective") is not None and settings.objective != "size":
-                record["objective_ratio"] = record["objective"] / reference["objective"] \
-                    if settings.objective in ("latency", "throughput") else reference["objective"] / record["objective"]
-            if record.get("seconds"):
-                durations.append(record["seconds"])
-            records.append(record)
-            ledger.append(record)
-            best = best_record()
-            emit({"event": "finished", "record": record, "best": best and best.get("name"),
-                  "time_left_s": None if deadline is None else deadline - time.time()})
+        for _, record in executor.run(requests(), on_event, hard_stop):
+            if record.status is Status.CANCELLED:  # not in the ledger: a resumed search runs it
+                not_run.append(NotRun(record.label, record.reason or ""))
+            else:
+                record = _against_reference(replace(record, prior=by_id[record.id].prior), reference,
+                                            settings.objective)
+                if record.seconds:
+                    durations.append(record.seconds)
+                records.append(record)
+                run.ledger.append(record)
+            best = select(records)
+            run.emit({"event": "finished", "record": record, "best": best and best.name,
+                      "time_left_s": run.time_left()})
     finally:
         executor.close()
-
-    # 5. Confirm the leaders side by side.
-    confirmed = None
-    passing = sorted([r for r in records if r.get("status") == "passed"], key=lambda r: -r["objective"])
-    if ref_bench is not None and passing and settings.confirm > 0:
-        leaders = [r["name"] for r in passing[: settings.confirm]]
-        emit({"event": "confirm", "names": leaders, "rounds": settings.confirm_rounds})
-        confirmed = confirm(settings, leaders, store)
-        for r in records:
-            if r.get("name") in confirmed["decode_tokens_per_s"]:
-                r["confirmed_speedup"] = confirmed["speedup"][r["name"]]
-                if settings.objective == "latency":
-                    r["objective"] = confirmed["decode_tokens_per_s"][r["name"]]
-                    r["objective_ratio"] = confirmed["speedup"][r["name"]]
-
-    result = SearchResult(
-        search_id=search_id, settings=identity | {"budget_s": settings.budget_s}, reference=reference,
-        records=records, best=best_record(), frontier=frontier(records), closest=closest_misses(records),
-        skipped=skipped, not_run=not_run, confirmed=confirmed, seconds=time.time() - started, resumed=resumed)
-    if report is not None:
-        result.report = str(write_search_report(result, settings, report, store))
-    (ledger.directory / "result.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
-    emit({"event": "done", "summary": result.summary()})
-    return result
+    return records, not_run
 
 
-
-def confirm(settings: SearchSettings, names: list[str], store: Store) -> dict[str, Any]:
-    """Interleaved rounds: original, leader 1, leader 2, ... repeated; ratios are medians per round."""
-    from slipstream.comparison import compare
-    from slipstream.evaluation.run import EvalSettings
-    from slipstream.benchmark.run import BenchSettings
-
-    comparison = compare(settings.model, names, eval_settings=EvalSettings(**_ppl_settings(settings)),
-                         bench_settings=BenchSettings(**settings.bench_settings()), rounds=settings.confirm_rounds,
-                         store=store)
-    return {"rounds": settings.confirm_rounds, "comparison": comparison.to_dict(),
-            "speedup": {r.name: r.speedup for r in comparison.rows},
-            "decode_tokens_per_s": {r.name: r.decode_tokens_per_s for r in comparison.rows}}
+def _hopeless(c: Candidate, best: SearchRecord | None, settings: SearchSettings) -> str | None:
+    """Why ``c`` cannot beat the best passing candidate even at ``skip_margin`` times its prior."""
+    if settings.skip_margin is None or settings.objective not in ("latency", "throughput"):
+        return None
+    ratio = best.objective_ratio if best else None
+    if not ratio or c.prior.speedup * settings.skip_margin >= ratio:
+        return None
+    return (f"cannot beat {best.label} ({ratio:.2f}x measured): expected {c.prior.speedup:g}x, "  # type: ignore[union-attr]
+            f"x{settings.skip_margin:g} margin")
 
 
-def _ppl_settings(settings: SearchSettings) -> dict[str, Any]:
-    """The comparison table's perplexity: the gate's own evaluation when it is perplexity, else a short one."""
-    e = settings.eval_settings(False)
-    if "max_tokens" in e:
-        return e
-    return {"task": "wikitext2", "max_tokens": settings.screen_tokens, "threads": settings.eval_threads,
-            "window": settings.window, "stride": settings.stride}
+def _no_time(c: Candidate, run: Run, durations: list[float], reserve: float) -> str | None:
+    """Why the budget has no time left for ``c``: less than half what a candidate takes."""
+    if run.deadline is None:
+        return None
+    expected = (sum(durations) / len(durations)) if durations else c.prior.minutes * 60
+    left = run.deadline - time.time() - reserve
+    if left >= expected * 0.5:
+        return None
+    return f"budget: {max(left, 0):.0f}s left, a candidate takes about {expected:.0f}s"
+
+
+def _against_reference(record: SearchRecord, reference: Reference, objective: str) -> SearchRecord:
+    """The record's objective as a ratio to the original's, above 1 when better."""
+    if not reference.objective or record.objective is None or objective == "size":
+        return record
+    ratio = record.objective / reference.objective if objective in ("latency", "throughput") \
+        else reference.objective / record.objective
+    return replace(record, objective_ratio=ratio)
+
+
+def confirm_leaders(settings: SearchSettings, run: Run,
+                    records: list[SearchRecord]) -> tuple[list[SearchRecord], Confirmation | None]:
+    """The best passing candidates re-measured side by side with the original; their records take the
+    confirmed ratios (and, for latency, the confirmed objective)."""
+    passing = sorted([r for r in records if r.status is Status.PASSED], key=lambda r: -r.objective)  # type: ignore[operator]
+    if settings.objective == "size" or not passing or settings.confirm <= 0:
+        return records, None
+    leaders = [r.name for r in passing[: settings.confirm]]
+    run.emit({"event": "confirm", "names": leaders, "rounds": settings.confirm_rounds})
+    confirmed = confirm(settings, leaders, run.store)  # type: ignore[arg-type]
+    out = []
+    for r in records:
+        if r.name in confirmed.decode_tokens_per_s:
+            r = replace(r, confirmed_speedup=confirmed.speedup[r.name])
+            if settings.objective == "latency":
+                r = replace(r, objective=confirmed.decode_tokens_per_s[r.name],
+                            objective_ratio=confirmed.speedup[r.name])
+        out.append(r)
+    return out, confirmed
+
+
+def conclude(settings: SearchSettings, run: Run, space: Plan, reference: Reference, records: list[SearchRecord],
+             not_run: list[NotRun], confirmed: Confirmation | None, started: float) -> SearchResult:
+    """The best passing candidate, the frontier, and (when nothing passed) the closest misses."""
+    return SearchResult(
+        search_id=run.search_id, settings=run.identity | {"budget_s": settings.budget_s}, reference=reference,
+        records=records, best=select(records), frontier=frontier(records), closest=closest_misses(records),
+        skipped=space.skipped, not_run=not_run, confirmed=confirmed, seconds=time.time() - started,
+        resumed=len(space.resumed))
 
 
 def write_search_report(result: SearchResult, settings: SearchSettings, out: Path, store: Store) -> Path:
-    """The measurement report over the original, the frontier and the best, plus the search ledger."""
+    """The measurement report over the original, the frontier and the best, plus the search's candidates."""
     from slipstream.benchmark.run import BenchSettings
     from slipstream.comparison import compare
     from slipstream.evaluation.run import EvalSettings
     from slipstream.report.build import write_report
+    from slipstream.report.search_table import NotRunRow, SearchRow, SearchTable
 
-    names = [r["name"] for r in result.frontier if r.get("name") and r.get("status") in ("passed", "failed_gate")]
-    if result.best and result.best["name"] not in names:
-        names.insert(0, result.best["name"])
+    names = [r.name for r in result.frontier if r.name and r.status in (Status.PASSED, Status.FAILED_GATE)]
+    if result.best and result.best.name not in names:
+        names.insert(0, result.best.name)  # type: ignore[arg-type]
     if not names:
-        names = [r["name"] for r in result.closest if r.get("name")]
-    comparison = compare(settings.model, names[:8], eval_settings=EvalSettings(**_ppl_settings(settings)),
+        names = [r.name for r in result.closest if r.name]
+    comparison = compare(settings.model, names[:8], eval_settings=EvalSettings(**ppl_settings(settings)),
                          bench_settings=BenchSettings(**settings.bench_settings()), rounds=1, store=store)
-    price = settings.price()
     title = f"slipstream auto: {settings.model}, {settings.gate.describe()}, objective {settings.objective}"
-    write_report(comparison, out, store, price, title=title,
-                 search={"summary": result.summary(), "best": result.best and result.best.get("name"),
-                         "frontier": [r.get("name") for r in result.frontier],
-                         "records": result.records, "not_run": result.not_run, "skipped": result.skipped,
-                         "relative": settings.gate.relative})
+    table = SearchTable(
+        summary=result.summary(), best=result.best and result.best.name,
+        frontier=[r.name for r in result.frontier if r.name], relative=settings.gate.relative,
+        rows=[SearchRow(name=r.shown_name, label=r.label, status=r.status.value, drop=r.drop, ratio=r.ratio,
+                        objective=r.objective, size_bytes=r.size_bytes, seconds=r.seconds, reason=r.reason)
+              for r in result.records],
+        not_run=[NotRunRow(n.label, n.reason) for n in result.not_run])
+    write_report(comparison, out, store, settings.price(), title=title, search=table)
     return out

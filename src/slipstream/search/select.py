@@ -1,37 +1,35 @@
-"""Choosing among measured candidates, as pure functions over plain records.
+"""Choosing among measured candidates, as pure functions over :class:`~slipstream.search.record.SearchRecord`.
 
-A record is a dict with at least ``name``, ``status`` ("passed", "failed_gate", "error", ...),
-``objective`` (larger is better; the search stores cost-like objectives negated) and ``drop``
-(how much worse than the reference on the gate's metric, in the gate's units).
+``objective`` is larger-is-better (the search stores cost-like objectives negated) and ``drop`` is how much
+worse than the reference on the gate's metric, in the gate's units.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 from slipstream.pareto import pareto_front
+from slipstream.search.record import SearchRecord, Status
 
-Record = dict[str, Any]
 
-
-def select(records: Sequence[Record]) -> Record | None:
+def select(records: Sequence[SearchRecord]) -> SearchRecord | None:
     """The passing record with the best objective (ties: smaller drop, then name), or None.
 
     The name settles exact ties (int8 and int8_float32 CTranslate2 variants of a float32 model are the
     same bytes), so the choice does not depend on which worker finished first."""
-    passing = [r for r in records if r.get("status") == "passed"]
+    passing = [r for r in records if r.status is Status.PASSED]
     if not passing:
         return None
-    return min(passing, key=lambda r: (-r["objective"], r["drop"], r["name"]))
+    return min(passing, key=lambda r: (-r.objective, r.drop, r.name))  # type: ignore[operator]
 
 
-def frontier(records: Sequence[Record]) -> list[Record]:
+def frontier(records: Sequence[SearchRecord]) -> list[SearchRecord]:
     """Measured records no other is better than on both the objective and accuracy."""
-    measured = [r for r in records if r.get("objective") is not None and r.get("drop") is not None]
-    return pareto_front(measured, [lambda r: r["objective"], lambda r: -r["drop"]])
+    measured = [r for r in records if r.objective is not None and r.drop is not None]
+    return pareto_front(measured, [lambda r: r.objective, lambda r: -r.drop])  # type: ignore[operator]
 
 
-def closest_misses(records: Sequence[Record], n: int = 3) -> list[Record]:
+def closest_misses(records: Sequence[SearchRecord], n: int = 3) -> list[SearchRecord]:
     """When nothing passes: the measured candidates that missed the gate by the least."""
-    missed = [r for r in records if r.get("status") in ("failed_gate", "screened_out") and r.get("drop") is not None]
-    return sorted(missed, key=lambda r: r["drop"] - r["max_drop"])[:n]
+    missed = [r for r in records if r.status in (Status.FAILED_GATE, Status.SCREENED_OUT) and r.drop is not None]
+    return sorted(missed, key=lambda r: r.drop - r.max_drop)[:n]  # type: ignore[operator]

@@ -2,7 +2,11 @@
 
 Runs in a local worker process (``python -m slipstream.search.worker REQUEST``, JSON lines out) or as
 a Ray task (:func:`run_candidate` called in the Ray worker). Every outcome, failure included, comes
-back as one record; nothing raises past this module.
+back as one :class:`~slipstream.search.record.SearchRecord`; nothing raises past this module.
+
+The request is the JSON the search hands a worker: ``model``, ``home`` (the store), ``device``, ``gate``,
+``objective``, the ``screen``/``evaluate`` evaluation settings, ``bench`` settings, ``price_per_hour`` and
+the ``candidate`` (:meth:`slipstream.search.space.Candidate.to_dict`).
 """
 
 from __future__ import annotations
@@ -12,9 +16,11 @@ import os
 import socket
 import sys
 import time
+from dataclasses import replace
 from typing import Any, Callable
 
 from slipstream.evaluation.gate import SELF_VALUES
+from slipstream.search.record import BenchSummary, Measurement, SearchRecord, Status, Worker
 
 Emit = Callable[..., None]
 
@@ -35,77 +41,105 @@ def objective_value(objective: str, bench: dict | None, size_bytes: int, price_p
     return -price_per_hour / (best * 3600) * 1e6  # cost: negated dollars per million tokens
 
 
-def run_candidate(request: dict[str, Any], emit: Emit = lambda **_: None) -> dict[str, Any]:
-    from slipstream.benchmark.run import BenchSettings, bench
+def run_candidate(request: dict[str, Any], emit: Emit = lambda **_: None) -> SearchRecord:
+    """The stages in order; each returns the record moved on, or a final one (screened out) that ends it."""
     from slipstream.evaluation.gate import Gate
-    from slipstream.evaluation.run import EvalSettings, evaluate
-    from slipstream.pipeline import build
     from slipstream.store import Store
-    from slipstream.techniques.registry import config_from_dict
 
     started = time.time()
-    record: dict[str, Any] = {"id": request["candidate"]["id"], "label": request["candidate"]["label"],
-                              "steps": request["candidate"]["steps"], "worker": {"host": socket.gethostname(),
-                                                                                 "pid": os.getpid()},
-                              "max_drop": request["gate"]["max_drop"], "timings": {}}
+    candidate = request["candidate"]
+    record = SearchRecord(id=candidate["id"], label=candidate["label"], steps=candidate["steps"],
+                          status=Status.ERROR, worker=Worker(socket.gethostname(), os.getpid()),
+                          max_drop=request["gate"]["max_drop"], timings={})
     stage = "build"
     try:
-        store = Store(request["home"])
-        gate = Gate(**request["gate"])
-        emit(event="stage", stage="build")
-        t = time.time()
-        variant = build(request["model"], [config_from_dict(s) for s in request["candidate"]["steps"]],
-                        device=request.get("device"), store=store)
-        record |= {"name": variant.name, "size_bytes": variant.size_bytes}
-        record["timings"]["build_s"] = time.time() - t
-
-        reference = request["model"]
+        store, gate = Store(request["home"]), Gate(**request["gate"])
+        record = _build(record, request, store, emit)
         if request.get("screen"):
             stage = "screen"
-            emit(event="stage", stage="screen")
-            t = time.time()
-            screen = _drop(evaluate(variant.name, reference=reference, settings=EvalSettings(**request["screen"]),
-                                    store=store), gate)
-            record["screen"] = screen
-            record["timings"]["screen_s"] = time.time() - t
-            if screen["best_case_drop"] > gate.max_drop:
-                return record | {"status": "screened_out", "drop": screen["drop"], "objective": None,
-                                 "reason": f"even the best case on the screening slice is {screen['best_case_drop']:.2%} "
-                                           f"worse (allowed {gate.max_drop:.2%})" if gate.relative else
-                                           f"even the best case on the screening slice misses the gate",
-                                 "seconds": time.time() - started}
+            record = _screen(record, request, store, gate, emit)
+            if record.status is Status.SCREENED_OUT:
+                return replace(record, seconds=time.time() - started)
         stage = "evaluate"
-        emit(event="stage", stage="evaluate")
-        t = time.time()
-        full = _drop(evaluate(variant.name, reference=reference, settings=EvalSettings(**request["evaluate"]),
-                              store=store), gate)
-        record |= {"evaluation": full, "drop": full["drop"]}
-        record["timings"]["evaluate_s"] = time.time() - t
-        passed = full["drop"] <= gate.max_drop + 1e-12
-
+        record = _evaluate(record, request, store, gate, emit)
         bench_metrics = None
         if request["objective"] != "size":  # size needs no benchmark
             stage = "benchmark"
-            emit(event="stage", stage="benchmark")
-            t = time.time()
-            bench_metrics = bench(variant.name, settings=BenchSettings(**request["bench"]), store=store,
-                                  use_cache=True).metrics
-            record["timings"]["benchmark_s"] = time.time() - t
-            record["bench"] = _bench_summary(bench_metrics)
-        record["objective"] = objective_value(request["objective"], bench_metrics, variant.size_bytes,
-                                              request.get("price_per_hour", 0.0816))
-        record["status"] = "passed" if passed else "failed_gate"
-        if not passed:
-            record["reason"] = (f"{gate.metric} {full['drop']:+.2%} vs the original, allowed {gate.max_drop:.2%}"
-                                if gate.relative else f"{gate.metric} drop {full['drop']:.4g} > {gate.max_drop:g}")
+            record, bench_metrics = _benchmark(record, request, store, emit)
+        record = _judge(record, request, gate, bench_metrics)
     except Exception as exc:  # every failure is a result too
-        record |= {"status": "error", "stage": stage, "reason": f"{type(exc).__name__}: {exc}", "objective": None,
-                   "drop": record.get("drop")}
-    record["seconds"] = time.time() - started
+        record = replace(record, status=Status.ERROR, stage=stage, reason=f"{type(exc).__name__}: {exc}",
+                         objective=None)
+    return replace(record, seconds=time.time() - started)
+
+
+def _build(record: SearchRecord, request: dict[str, Any], store: Any, emit: Emit) -> SearchRecord:
+    from slipstream.pipeline import build
+    from slipstream.techniques.registry import config_from_dict
+
+    emit(event="stage", stage="build")
+    t = time.time()
+    variant = build(request["model"], [config_from_dict(s) for s in record.steps], device=request.get("device"),
+                    store=store)
+    record = replace(record, name=variant.name, size_bytes=variant.size_bytes)
+    record.timings["build_s"] = time.time() - t  # type: ignore[index]
     return record
 
 
-def _drop(report: Any, gate: Any) -> dict:
+def _screen(record: SearchRecord, request: dict[str, Any], store: Any, gate: Any, emit: Emit) -> SearchRecord:
+    """The screening slice: a candidate whose best case there misses the gate goes no further."""
+    from slipstream.evaluation.run import EvalSettings, evaluate
+
+    emit(event="stage", stage="screen")
+    t = time.time()
+    screen = _measure(evaluate(record.name, reference=request["model"], settings=EvalSettings(**request["screen"]),
+                               store=store), gate)
+    record = replace(record, screen=screen)
+    record.timings["screen_s"] = time.time() - t  # type: ignore[index]
+    if screen.best_case_drop <= gate.max_drop:
+        return record
+    reason = (f"even the best case on the screening slice is {screen.best_case_drop:.2%} worse "
+              f"(allowed {gate.max_drop:.2%})" if gate.relative else
+              "even the best case on the screening slice misses the gate")
+    return replace(record, status=Status.SCREENED_OUT, drop=screen.drop, objective=None, reason=reason)
+
+
+def _evaluate(record: SearchRecord, request: dict[str, Any], store: Any, gate: Any, emit: Emit) -> SearchRecord:
+    from slipstream.evaluation.run import EvalSettings, evaluate
+
+    emit(event="stage", stage="evaluate")
+    t = time.time()
+    full = _measure(evaluate(record.name, reference=request["model"], settings=EvalSettings(**request["evaluate"]),
+                             store=store), gate)
+    record = replace(record, evaluation=full, drop=full.drop)
+    record.timings["evaluate_s"] = time.time() - t  # type: ignore[index]
+    return record
+
+
+def _benchmark(record: SearchRecord, request: dict[str, Any], store: Any,
+               emit: Emit) -> tuple[SearchRecord, dict[str, Any]]:
+    from slipstream.benchmark.run import BenchSettings, bench
+
+    emit(event="stage", stage="benchmark")
+    t = time.time()
+    metrics = bench(record.name, settings=BenchSettings(**request["bench"]), store=store, use_cache=True).metrics
+    record.timings["benchmark_s"] = time.time() - t  # type: ignore[index]
+    return replace(record, bench=BenchSummary.from_metrics(metrics)), metrics
+
+
+def _judge(record: SearchRecord, request: dict[str, Any], gate: Any, bench_metrics: dict | None) -> SearchRecord:
+    """The objective, and the gate's verdict on the full evaluation."""
+    objective = objective_value(request["objective"], bench_metrics, record.size_bytes,  # type: ignore[arg-type]
+                                request.get("price_per_hour", 0.0816))
+    drop = record.drop
+    if drop <= gate.max_drop + 1e-12:  # type: ignore[operator]
+        return replace(record, objective=objective, status=Status.PASSED)
+    reason = (f"{gate.metric} {drop:+.2%} vs the original, allowed {gate.max_drop:.2%}" if gate.relative
+              else f"{gate.metric} drop {drop:.4g} > {gate.max_drop:g}")
+    return replace(record, objective=objective, status=Status.FAILED_GATE, reason=reason)
+
+
+def _measure(report: Any, gate: Any) -> Measurement:
     """How much worse than the reference on the gate's metric, with the best case the data allows."""
     metric = gate.metric.rsplit(".", 1)[-1]
     m, r = report.metrics, report.reference_metrics or {}
@@ -117,20 +151,9 @@ def _drop(report: Any, gate: Any) -> dict:
         drop = gate.drop(ref, m[metric])
         se = (m.get(f"{metric}_stderr") or 0.0) + (r.get(f"{metric}_stderr") or 0.0)
         best = drop - 1.96 * (se / abs(ref) if gate.relative and ref else se)
-    out = {"drop": drop, "best_case_drop": best, "candidate": m.get(metric), "reference": ref,
-           "tokens": m.get("tokens"), "items": m.get("items")}
-    for k in ("kl_mean", "top1_agreement", "perplexity"):
-        if k in m:
-            out[k] = m[k]
-    return out
-
-
-def _bench_summary(m: dict) -> dict:
-    lat = m["latency"]
-    return {"decode_tokens_per_s": lat["decode_tokens_per_s"]["median"],
-            "tpot_p50_s": lat["tpot_s"]["p50"], "tpot_p95_s": lat["tpot_s"]["p95"], "ttft_p50_s": lat["ttft_s"]["p50"],
-            "batch_tokens_per_s": {str(t["batch_size"]): t["output_tokens_per_s"]["median"] for t in m["throughput"]},
-            "peak_rss_bytes": m["memory"]["peak_rss_bytes"], "engine": m["engine"]}
+    return Measurement(drop=drop, best_case_drop=best, candidate=m.get(metric), reference=ref,
+                       tokens=m.get("tokens"), items=m.get("items"),
+                       **{k: m[k] for k in ("kl_mean", "top1_agreement", "perplexity") if k in m})
 
 
 def main() -> None:
@@ -139,7 +162,7 @@ def main() -> None:
         sys.stdout.flush()
 
     record = run_candidate(json.loads(sys.argv[1]), emit)
-    emit(event="result", record=record)
+    emit(event="result", record=record.to_dict())
 
 
 if __name__ == "__main__":

@@ -1,0 +1,97 @@
+"""What a search is asked to do: the model, the gate, the objective, the budget, the measurement settings.
+
+:meth:`SearchSettings.identity` is what decides every candidate's record: a search restarted with the same
+identity resumes from its ledger.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from slipstream.errors import InvalidConfig
+from slipstream.evaluation.gate import Gate
+from slipstream.search.worker import OBJECTIVES
+
+LEDGER_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    model: str
+    gate: Gate = Gate("perplexity", 0.01)
+    task: str | None = None  # the gate's task; None: from the metric (perplexity -> wikitext2, "t.m" -> t)
+    objective: str = "latency"
+    budget_s: float | None = 1800.0
+    device: str = "cpu"
+    eval_tokens: int = 8_192  # perplexity tasks: full evaluation (first N WikiText-2 test tokens)
+    screen_tokens: int = 2_048  # perplexity tasks: screening slice
+    window: int = 1024  # perplexity tasks: tokens per window, and between window starts
+    stride: int = 512
+    eval_limit: int | None = None  # dataset tasks: items in the full evaluation
+    screen_limit: int = 200  # dataset tasks: items in the screening slice
+    output_tokens: int = 64
+    repeats: int = 3
+    bench_threads: int | None = 1
+    eval_threads: int | None = None
+    instance: str | None = None  # cost objective: a priced instance (default aws-m7g.large) ...
+    price_per_hour: float | None = None  # ... or a price of your own
+    confirm: int = 2  # best passing candidates re-measured side by side with the original
+    confirm_rounds: int = 2
+    recipe_file: str | None = None
+    replace_defaults: bool = False
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    # latency/throughput: a candidate whose prior speed-up times this margin is below the best passing
+    # candidate's measured speed-up is not run (listed as not run, with why); None runs every candidate.
+    skip_margin: float | None = 1.5
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise InvalidConfig(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.budget_s is not None and self.budget_s <= 0:
+            raise InvalidConfig(f"budget must be positive, got {self.budget_s}s")
+        if self.device not in ("cpu", "cuda"):
+            raise InvalidConfig(f"device must be cpu or cuda, got {self.device!r}")
+        if self.skip_margin is not None and self.skip_margin < 1:
+            raise InvalidConfig(f"skip margin must be at least 1 (or None to run every candidate), got {self.skip_margin}")
+
+    @property
+    def gate_task(self) -> str:
+        if self.task:
+            return self.task
+        if "." in self.gate.metric:
+            return self.gate.metric.split(".", 1)[0]
+        if self.gate.metric in ("perplexity", "kl_mean", "top1_agreement"):
+            return "wikitext2"
+        raise InvalidConfig(f"gate metric {self.gate.metric!r}: name its task as TASK.METRIC "
+                            "(e.g. arc_easy.acc_norm) or pass --task")
+
+    def eval_settings(self, screen: bool) -> dict[str, Any]:
+        from slipstream.evaluation.tasks import get_task
+
+        task = get_task(self.gate_task)
+        d: dict[str, Any] = {"task": task.name, "threads": self.eval_threads}
+        if task.kind == "perplexity":
+            d |= {"max_tokens": self.screen_tokens if screen else self.eval_tokens, "window": self.window,
+                  "stride": self.stride}
+        else:
+            d["limit"] = self.screen_limit if screen else self.eval_limit
+        return d
+
+    def bench_settings(self) -> dict[str, Any]:
+        batch = (1,) if self.objective in ("latency", "size") else (1, 8)
+        return {"output_tokens": self.output_tokens, "batch_sizes": batch, "repeats": self.repeats,
+                "threads": self.bench_threads, "device": self.device}
+
+    def identity(self, model_sha: str) -> dict[str, Any]:
+        """What decides every candidate's record: a restart with the same identity resumes."""
+        return {"v": LEDGER_VERSION, "model": self.model, "sha": model_sha, "gate": asdict(self.gate),
+                "objective": self.objective, "device": self.device, "screen": self.eval_settings(True),
+                "evaluate": self.eval_settings(False), "bench": self.bench_settings(),
+                "price": asdict(self.price()) if self.objective == "cost" else None}
+
+    def price(self) -> Any:
+        from slipstream.benchmark.cost import resolve_price
+
+        return resolve_price(self.instance, self.price_per_hour)
