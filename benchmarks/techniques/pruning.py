@@ -41,7 +41,7 @@ from common import result_path  # noqa: E402
 
 MODEL = "smollm2-135m"
 CALIBRATION = {"samples": 32, "sequence_length": 512}
-SGPT_CALIBRATION = {"samples": 16, "sequence_length": 512}  # fewer: the shared machine was loaded 10-25x
+SGPT_CALIBRATION = {"samples": 16, "sequence_length": 512}  # fewer, to keep the run short on a shared machine
 METHODS: dict[str, list] = {
     "magnitude 50%": [("prune-unstructured", {"method": "magnitude", "sparsity": 0.5})],
     "Wanda 50%": [("prune-unstructured", {"method": "wanda", "sparsity": 0.5} | CALIBRATION)],

@@ -46,8 +46,8 @@ CONFIGS = [  # (technique, options)
     ("rtn", {"bits": 8, "group_size": "none"}),
     ("rtn", {"bits": 4, "group_size": 128}),
     ("rtn", {"bits": 4, "group_size": 64}),
-    # AWQ's grid search costs grid x samples forward passes per layer group: at 64 samples and grid 20 it reached
-    # layer 6 of 30 in 44 minutes on the shared machine, so it runs with half the samples and half the grid
+    # AWQ's grid search costs grid x samples forward passes per layer group: at 64 samples and grid 20 it takes
+    # hours on a few CPU cores, so it runs with half the samples and half the grid
     ("awq", {"group_size": 128, "samples": 32, "sequence_length": 512, "grid": 10}),
     # AWQ balancing Gemma 3's input norm too (llm-compressor's Gemma 3 table leaves it out); Llama: the same
     ("awq", {"group_size": 128, "samples": 32, "sequence_length": 512, "grid": 10, "mappings": "all"}),
@@ -235,7 +235,7 @@ def step_vllm(store: Store, data: dict, threads: int, rounds: int, only: list[st
 
 
 def markdown(data: dict) -> str:
-    """The tables for BENCHMARKS.md, from the results file."""
+    """Markdown tables of the results file (BENCHMARKS.md#quantization prints its table with quantize_table.py)."""
     mb = lambda b: f"{b / 1e6:.0f} MB" if b else "-"  # noqa: E731
     ref = data.get("eval", {}).get("reference", {})
     lines = ["| variant | size | quantize time | peak RSS | perplexity (change) | KL mean | top-1 | greedy identical "

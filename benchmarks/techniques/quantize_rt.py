@@ -11,8 +11,8 @@ Usage (the full run; writes benchmarks/results/<machine>/quantize_rt.json and pr
     SLIPSTREAM_HOME=/tmp/home-quant-rt OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/techniques/quantize_rt.py \
         --eval-tokens 8192 --rounds 2 --repeats 2 --threads 1
 On a loaded machine run it in stages (``--stage eval``, ``--stage speed``, ``--only LABEL ...``, separate
-``--out`` files) and merge them with ``--report FILE ... --out benchmarks/results/<machine>/quantize_rt.json``:
-the commands behind BENCHMARKS.md are listed there.
+``--out`` files) and merge them with ``--report FILE ... --out benchmarks/results/<machine>/quantize_rt.json``.
+BENCHMARKS.md#quantization names the runs and result files behind its figures.
 """
 
 from __future__ import annotations
@@ -48,14 +48,14 @@ VARIANTS = [  # (label, technique, options[, steps before it: [(technique, optio
     ("fp16 cast", "cast", {"dtype": "float16"}),
     ("bf16 cast", "cast", {"dtype": "bfloat16"}),
     ("ONNX fp32", "onnx", {"quantization": "float32"}),
-    # one activation scale per token; 16 outlier channels per input in float (the default since 2026-12-02)
+    # one activation scale per token; 16 outlier channels per input in float (slipstream's default)
     ("ONNX int8 dynamic", "onnx", {"quantization": "int8_dynamic"}),
     ("ONNX int8 dynamic, no outlier channels", "onnx", {"quantization": "int8_dynamic", "outlier_channels": 0}),
     ("ONNX int8 dynamic, per-tensor activations", "onnx", {"quantization": "int8_dynamic", "activations": "per_tensor"}),
     ("SmoothQuant 0.8, then ONNX int8 dynamic, down_proj and lm_head in float", "onnx",
      {"quantization": "int8_dynamic", "keep_float": ["down_proj", "lm_head"]}, [("smoothquant", {"alpha": 0.8})]),
-    # int8 inputs, float32 outputs (since 2026-12-02), the MLP down projections and q/k/v in float (the
-    # default since 2026-12-03; the down projections alone before)
+    # int8 inputs, float32 outputs, the MLP down projections and q/k/v in float (slipstream's default;
+    # older result files kept the down projections alone in float: quantize_table.py relabels them)
     ("ONNX int8 static", "onnx", {"quantization": "int8_static", "samples": 32, "sequence_length": 256}),
     ("ONNX int8 static, down_proj in float", "onnx",
      {"quantization": "int8_static", "samples": 32, "sequence_length": 256, "keep_float": ["down_proj"]}),

@@ -45,8 +45,8 @@ LLMC_LABELS = {"rtn-w8": "RTN int8, per channel", "rtn-w4g128": "RTN int4, group
                "gptq-w4g128": "GPTQ W4A16, group 128"}
 
 
-# llm-compressor files measured before W8A8's keep_float="auto" default (2026-12-03): their W8A8 variants
-# had every linear in int8, what "-keep-none" names now
+# llm-compressor files measured before W8A8's keep_float="auto" default: their W8A8 variants had every
+# linear in int8, what "-keep-none" names now
 W8A8_ALL_INT8_FROM = {"xeon/quantize_llmc.json", "zen4/quantize_llmc-w8a8-int8.json", "xeon/quantize_llmc-gemma3-270m.json",
                       "zen3/quantize_llmc-gemma3-270m-amd.json"}
 
@@ -98,20 +98,20 @@ def _machines(names: list[str]) -> str:
 
 
 # quantize_rt labels whose meaning a later default changed: bitsandbytes int8's outlier threshold
-# was 6.0 (bitsandbytes' own default) until 2026-12-02, then 2.0
+# was 6.0 (bitsandbytes' own default) at first, then 2.0
 RELABEL = {"bnb int8": "bnb int8, threshold 6 (bitsandbytes' default)",
            "bnb int8, threshold 2": "bnb int8, threshold 2 (slipstream's default)"}
-# ONNX int8 variants measured before outlier channels existed (2026-12-02): none split out
+# ONNX int8 variants measured before outlier channels existed: none split out
 OUTLIER_CHANNELS_FROM = {"zen4/quantize_rt-smollm2-outliers.json", "zen4/quantize_rt-gemma3-270m-outliers.json"}
 
 
 # ONNX static int8 measured before its MatMul outputs stayed float32 and its down projections float32 by
-# default (2026-12-02, later): every weight MatMul in int8, each output requantized to uint8
+# default: every weight MatMul in int8, each output requantized to uint8
 STATIC_FLOAT_OUTPUTS_FROM = {"zen4/quantize_rt-smollm2-static.json", "zen4/quantize_rt-gemma3-270m-static-eval.json",
                              "zen4/quantize_rt-gemma3-270m-static-speed.json", "zen4/quantize_rt-gemma3-270m-static-qkv.json",
                              "zen4/quantize_rt-smollm2-static-qkv.json"}
-# ... all of them while static int8 kept only the down projections in float by default (until 2026-12-03;
-# q/k/v too since): their labels as the defaults of now name them
+# ... all of them while static int8 kept only the down projections in float by default (q/k/v joined them
+# later): their labels as the defaults of now name them
 STATIC_DOWN_ONLY_DEFAULT = {"ONNX int8 static": "ONNX int8 static, down_proj in float",
                             "ONNX int8 static, down_proj and q/k/v in float": "ONNX int8 static"}
 
