@@ -7,7 +7,7 @@ environment) and are parsed by each field's annotation.
 
 They reach an engine three ways: ``open_engine(variant, options=...)`` (an instance, or a mapping);
 ``slipstream bench`` and ``slipstream serve`` with ``--engine-option key=value``; and a deployment's
-settings file, in its ``engine:`` section. docs/engines.md has the table. This module imports nothing
+settings file, in its ``engine:`` section. docs/engines.md#engine-options has the table. This module imports nothing
 heavy: the CLI and the server's settings read it before any engine is chosen.
 """
 
