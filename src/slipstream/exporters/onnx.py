@@ -16,7 +16,7 @@ activations, with activation ranges measured on calibration samples streamed fro
 :class:`~slipstream.calibration.Calibration`, which never overlaps evaluation text), or
 ``MatMulNBits`` 8-bit (``int8_blockwise``: weights in blocks of 32 with a scale each, the kernel
 quantizing activations per block too). One scale per tensor is coarse for a prompt: a single
-outlier token sets it for every token of the prefill (measured on SmolLM2: BENCHMARKS.md), which is
+outlier token sets it for every token of the prefill (what that costs: docs/techniques.md#onnx-runtime), which is
 why dynamic int8 scales each token apart by default. A few input channels with outlier values then
 still set each token's scale; dynamic and static int8 split the 16 largest channels of each MatMul input
 (found on the calibration text) out into float32 products by default (``outlier_channels``,
@@ -24,8 +24,9 @@ still set each token's scale; dynamic and static int8 split the 16 largest chann
 and the output head hurt most) in float32, found by matching each MatMul's weight to the checkpoint's;
 static int8 leaves the down projections and q/k/v in float32 by default: one range fixed at
 calibration cannot follow the down projections' inputs from token to token, and on Gemma-3-270m the
-attention's input holds most of what remains (BENCHMARKS.md). Static int8 multiplies int8 inputs into a float32
-output (ONNX Runtime's QDQ default would also requantize every MatMul's output, the logits included).
+attention's input holds most of what remains (docs/techniques.md#onnx-runtime). Static int8 multiplies
+int8 inputs into a float32 output (ONNX Runtime's QDQ default would also requantize every MatMul's
+output, the logits included).
 
 The variant directory holds ``model.onnx`` (plus ``model.onnx.data`` for models over 2 GB), a
 ``tokenizer/`` folder with the parent's tokenizer and config.json, and ONNX Runtime GenAI's
@@ -84,9 +85,9 @@ class ONNX(TechniqueConfig):
     # "lm_head", "layers.0.mlp.down_proj"): int8 activations cost most where a few channels or tokens
     # carry outliers (the MLP down projections) and at the output head, whose error goes straight into
     # the logits. None: down_proj and q/k/v for int8_static, whose one fixed range per tensor cannot
-    # follow the down projections' inputs from token to token (SmolLM2: +3.58% perplexity with every
-    # MatMul in int8, +0.72% with down_proj in float, +0.45% with q/k/v too; Gemma-3-270m +6.24%,
-    # +1.39%, +0.31%; BENCHMARKS.md), () otherwise; (): every weight MatMul in int8
+    # follow the down projections' inputs from token to token (with every MatMul in int8 SmolLM2-135M and
+    # Gemma-3-270m lose several percent of perplexity, with these in float under half a percent:
+    # docs/techniques.md#onnx-runtime), () otherwise; (): every weight MatMul in int8
     keep_float: tuple[str, ...] | None = None
     # static: how calibration sets each activation range: the min and max seen (ONNX Runtime's
     # default), or the given percentile of the absolute values seen (clips rare outliers); percentile
@@ -96,8 +97,9 @@ class ONNX(TechniqueConfig):
     # dynamic/static: per distinct MatMul input, this many input channels (those with the largest
     # values on the calibration text) stay float32 and the rest are quantized, so that a few outlier
     # channels no longer set every token's scale (slipstream.exporters.onnx_outliers). None: 16 for
-    # int8_dynamic and int8_static (SmolLM2 dynamic: +3.38% perplexity with none, +0.57% with 16;
-    # BENCHMARKS.md), 0 for the others; 0: none
+    # int8_dynamic and int8_static (16 take dynamic int8 within 1% perplexity on SmolLM2-135M and
+    # Gemma-3-270m, where none leaves SmolLM2 several percent off: docs/techniques.md#onnx-runtime), 0 for
+    # the others; 0: none
     outlier_channels: int | None = None
 
     def __post_init__(self) -> None:
@@ -306,7 +308,7 @@ def _reader(feeds: Iterator[dict[str, Any]], total: int = 0) -> Any:
 
 def percentile_stride(samples: int, most: int = 4) -> int:
     """Samples per collection for histogram ranges: ONNX Runtime's HistogramCalibrater keeps every
-    activation of a collection in memory (SmolLM2, 32 samples of 256 tokens at once: over 22 GB, killed),
+    activation of a collection in memory (for SmolLM2, 32 samples of 256 tokens at once need over 22 GB),
     and merges histograms across collections; the stride must divide the sample count."""
     return next(k for k in range(min(most, samples), 0, -1) if samples % k == 0)
 
@@ -473,8 +475,8 @@ def quantize(inp: Path, out: Path, config: ONNX, src: Path, shape: dict[str, Any
                         extra_options={"CalibPercentile": config.percentile, **strided,
                                        # int8 inputs, float32 output (MatMulIntegerToFloat): ONNX Runtime's
                                        # QDQ default also requantizes each MatMul's output to uint8 with
-                                       # one scale per tensor, the logits included (SmolLM2: KL 0.065 of
-                                       # the 0.098 its static int8 lost; BENCHMARKS.md)
+                                       # one scale per tensor, the logits included (on SmolLM2, most of
+                                       # the KL its static int8 loses)
                                        "OpTypesToExcludeOutputQuantization": ["MatMul"]})
     return facts | {
             "calibration": {"source": calibration.source, "samples": calibration.samples,

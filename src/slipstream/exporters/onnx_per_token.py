@@ -3,7 +3,7 @@
 ONNX Runtime's ``quantize_dynamic`` quantizes a MatMul's input with one scale for the whole tensor
 (``DynamicQuantizeLinear``): in a prompt, a single token with outlier activations (the first token of
 a Llama-family model carries activations hundreds of times the others') sets the step for every other
-token, and SmolLM2 loses 50% perplexity to it (BENCHMARKS.md). This rewrite gives each token (each row
+token (what that costs: docs/techniques.md#onnx-runtime). This rewrite gives each token (each row
 of the MatMul's input) its own symmetric scale, the scheme of W8A8 checkpoints (SmoothQuant,
 llm-compressor), and each weight column its own scale:
 
