@@ -6,7 +6,7 @@ tensors (``input_ids``, ``attention_mask``, ``position_ids`` and one ``past.{i}.
 ``past.{i}.value`` pair per layer) and which builds a transformers ``DynamicCache`` from them; its
 outputs are the logits and the ``present.{i}.key/value`` tensors, which the engine feeds back as the
 next step's past. Prefill is the same graph with an empty past (length 0). optimum-onnx is not used:
-it pins transformers below 4.58 (see DEPENDENCIES.md).
+it pins transformers below 4.58.
 
 Quantization applies to the MatMuls that multiply by a weight (never to the rotary or attention MatMuls
 between activations): dynamic int8 (int8 weights, activations quantized at run time, by default with
