@@ -13,6 +13,21 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 TINY_VOCAB = 512
 
 
+def pytest_addoption(parser):
+    parser.addoption("--real-models", action="store_true",
+                     help="also run the real_models checks: every export of SmolLM2-135M and Gemma-3-270m "
+                          "through its target tool (tens of minutes on 2 cores)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--real-models"):
+        return
+    skip = pytest.mark.skip(reason="a real-model export check (tens of minutes): run with --real-models")
+    for item in items:
+        if "real_models" in item.keywords:
+            item.add_marker(skip)
+
+
 def build_tokenizer(directory: Path) -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast

@@ -39,13 +39,11 @@ def gguf_to_safetensors(path: Path, out_dir: Path, dtype: str = "float32") -> No
     """Dequantize ``path`` with transformers' GGUF loader and save a plain model plus tokenizer."""
     require("accelerate", "core", "loading GGUF files")
     torch = require("torch", "core")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     check_gguf(path)
-    kwargs = {"gguf_file": path.name}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, **kwargs)
-        quantized = AutoModelForCausalLM.from_pretrained(path.parent, dtype=getattr(torch, dtype), **kwargs)
+        quantized = AutoModelForCausalLM.from_pretrained(path.parent, dtype=getattr(torch, dtype), gguf_file=path.name)
     except Exception as exc:
         raise InvalidModel(f"{path}: transformers cannot read this GGUF ({type(exc).__name__}: {exc})") from exc
     # A model loaded straight from GGUF refuses save_pretrained; rebuild a plain one from its
@@ -60,13 +58,29 @@ def gguf_to_safetensors(path: Path, out_dir: Path, dtype: str = "float32") -> No
     plain.tie_weights()
     plain.generation_config = quantized.generation_config
     plain.save_pretrained(out_dir)
-    _byte_level_as_written(tokenizer, path)
-    _set_special_tokens(tokenizer, path)
-    _sentencepiece_as_bpe(tokenizer, path)
+    save_tokenizer(path, out_dir)
+
+
+def save_tokenizer(path: Path, out_dir: Path) -> None:
+    """Save the GGUF's vocabulary as a Hugging Face tokenizer that splits text as llama.cpp does with it."""
+    from transformers import AutoTokenizer
+
+    check_gguf(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    except Exception as exc:
+        raise InvalidModel(f"{path}: transformers cannot read this GGUF's tokenizer ({type(exc).__name__}: {exc})") \
+            from exc
+    import gguf
+
+    fields = gguf.GGUFReader(str(path)).fields  # parsed once: a 262k-word vocabulary takes seconds
+    _byte_level_as_written(tokenizer, fields)
+    _set_special_tokens(tokenizer, fields)
+    _sentencepiece_as_bpe(tokenizer, fields)
     tokenizer.save_pretrained(out_dir)
 
 
-def _byte_level_as_written(tokenizer, path: Path) -> None:
+def _byte_level_as_written(tokenizer, fields: dict) -> None:
     """Give a byte-level BPE vocabulary (GGUF ``gpt2``) back the pre-tokenizer its file names.
 
     transformers' GGUF conversion keeps only the byte-level split, so SmolLM2 (``smollm``: digits one at a
@@ -74,12 +88,10 @@ def _byte_level_as_written(tokenizer, path: Path) -> None:
     """
     import json
 
-    import gguf
     from tokenizers import Tokenizer as Fast
 
     from slipstream.models.gguf_vocab import restore_byte_level
 
-    fields = gguf.GGUFReader(str(path)).fields
     model, pre = fields.get("tokenizer.ggml.model"), fields.get("tokenizer.ggml.pre")
     if model is None or model.contents() != "gpt2" or pre is None:
         return
@@ -88,7 +100,7 @@ def _byte_level_as_written(tokenizer, path: Path) -> None:
         tokenizer._tokenizer = Fast.from_str(json.dumps(state))
 
 
-def _sentencepiece_as_bpe(tokenizer, path: Path) -> None:
+def _sentencepiece_as_bpe(tokenizer, fields: dict) -> None:
     """Rebuild a SentencePiece vocabulary that transformers converted to a Unigram model as the BPE
     that llama.cpp runs.
 
@@ -109,7 +121,6 @@ def _sentencepiece_as_bpe(tokenizer, path: Path) -> None:
     state = json.loads(backend.to_str())
     if state["model"]["type"] != "Unigram":
         return
-    fields = gguf.GGUFReader(str(path)).fields
     if fields.get("tokenizer.ggml.model") is None or fields["tokenizer.ggml.model"].contents() != "llama":
         return
     types = fields["tokenizer.ggml.token_type"].contents()
@@ -148,12 +159,10 @@ _SPECIAL_IDS = {
 }
 
 
-def _set_special_tokens(tokenizer, path: Path) -> None:
+def _set_special_tokens(tokenizer, fields: dict) -> None:
     """Take the special tokens from the GGUF's own metadata: transformers' GGUF tokenizer conversion
     can get them wrong (5.17 turns SmolLM2's eos <|im_end|> into <|im_start|>)."""
-    import gguf
 
-    fields = gguf.GGUFReader(str(path)).fields
     for attr, key in _SPECIAL_IDS.items():
         field = fields.get(key)
         if field is not None:
