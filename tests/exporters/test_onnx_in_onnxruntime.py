@@ -81,11 +81,15 @@ def test_the_readme_documents_the_graph(onnx_store):
 
 # --- ONNX Runtime GenAI: its own tokenizer and generation loop over the same directory -----------------------
 
-def genai_greedy(directory: Path, prompt: str, max_tokens: int) -> list[int]:
+def genai_greedy(directory: Path, prompt: str, max_tokens: int, bos: int | None = None) -> list[int]:
+    """GenAI's own tokenizer and loop; ``bos`` is put first by hand where GenAI's tokenizer leaves it out
+    (it does for Gemma's SentencePiece vocabulary, whose model needs it)."""
     import onnxruntime_genai as og
 
     model = og.Model(str(directory))
-    ids = og.Tokenizer(model).encode(prompt)
+    ids = [int(i) for i in og.Tokenizer(model).encode(prompt)]
+    if bos is not None and ids[:1] != [bos]:
+        ids = [bos] + ids
     params = og.GeneratorParams(model)
     params.set_search_options(max_length=len(ids) + max_tokens, do_sample=False)
     generator = og.Generator(model, params)

@@ -134,7 +134,8 @@ def test_onnx_in_onnxruntime_and_genai(real):
     for prompt in PROMPTS:
         ours = _ours(store, variant, tok.encode(prompt)).token_ids
         assert plain_greedy(variant.path, prompt, 24) == ours
-        assert genai_greedy(variant.path, prompt, 24) == ours
+        # GenAI's tokenizer leaves out Gemma's BOS, which its model needs: put first by hand (docs/exports.md)
+        assert genai_greedy(variant.path, prompt, 24, bos=(tok.bos_prefix() or [None])[0]) == ours
 
 
 @pytest.mark.real_models
@@ -156,5 +157,7 @@ def test_checkpoints_in_transformers_alone(real, technique, options):
         with torch.no_grad():
             out = model.generate(**ids, max_new_tokens=24, do_sample=False, pad_token_id=tok.pad_token_id)
         theirs = out[0, ids["input_ids"].shape[1]:].tolist()
-        ours = _ours(store, variant, ids["input_ids"][0].tolist(), gemm="torch").token_ids
+        # slipstream's engine on transformers' own arithmetic: its faster paths (OpenBLAS products, W8A8 in
+        # int8) differ by float rounding, which can tip a near-tie in a real model's greedy choice
+        ours = _ours(store, variant, ids["input_ids"][0].tolist(), gemm="torch", int8_gemm=False).token_ids
         assert theirs[:len(ours)] == ours
