@@ -11,6 +11,7 @@ import textwrap
 
 import pytest
 
+from tests.engines.test_vllm import _vllm_python, needs_vllm
 from tests.quant_checks import PROMPTS
 
 CAL = {"samples": 16, "sequence_length": 128}
@@ -73,17 +74,6 @@ def test_transformers_alone_gives_slipstreams_greedy_tokens(checkpoint_store, na
         theirs.append(new[:new.index(tok.eos_token_id)] if tok.eos_token_id in new else new)
     assert theirs == _ours(checkpoint_store, variant)
     assert all(len(t) > 0 for t in theirs)
-
-
-def _vllm_python() -> str | None:
-    from slipstream.engines import vllm_server as vs
-
-    python = vs.find_python()
-    return python if python and vs.has_vllm(python) else None
-
-
-needs_vllm = pytest.mark.skipif(_vllm_python() is None, reason="no interpreter with vLLM (set "
-                                "SLIPSTREAM_VLLM_PYTHON or run `make vllm`)")
 
 
 @pytest.fixture(scope="module")
