@@ -150,22 +150,25 @@ def render(manifest: Any, path: Path, results: list[Any]) -> str:
 
 
 def _figures(results: list[Any]) -> list[str]:
+    """One row per measurement setting, the newest (a benchmark interleaved in rounds stores each round)."""
+    latest = {(r.kind, r.key): r for r in results}
     rows = []
-    for r in results:
-        cpu = r.machine.get("cpu", "?")
-        when = r.created[:10]
-        m = r.metrics
+    for r in latest.values():
+        cpu, when, m, st = r.machine.get("cpu", "?"), r.created[:10], r.metrics, r.settings
         if r.kind == "evaluation" and "perplexity" in m:
-            against = f"; KL {m['kl_mean']:.4f}, top-1 {m['top1_agreement']:.1%} against `{r.settings.get('reference')}`" \
-                if m.get("kl_mean") is not None and m.get("top1_agreement") is not None else ""
-            rows.append(f"| {r.settings.get('task', '?')} | perplexity {m['perplexity']:.3f}{against} | {cpu} | {when} |")
+            tokens = f", {st['max_tokens']:,} tokens" if st.get("max_tokens") else ""
+            against = (f"; KL {m['kl_mean']:.4f}, top-1 {m['top1_agreement']:.1%} against `{st.get('reference')}`"
+                       if m.get("kl_mean") is not None and m.get("top1_agreement") is not None else "")
+            rows.append(f"| {st.get('task', '?')}{tokens} | perplexity {m['perplexity']:.3f}{against} | {cpu} | {when} |")
         elif r.kind == "evaluation":
             scores = ", ".join(f"{k} {v:.4g}" for k, v in m.items() if isinstance(v, (int, float)))
-            rows.append(f"| {r.settings.get('task', '?')} | {scores} | {cpu} | {when} |")
+            rows.append(f"| {st.get('task', '?')} | {scores} | {cpu} | {when} |")
         elif r.kind == "benchmark" and "latency" in m:
             lat = m["latency"]
-            threads = (m.get("engine") or {}).get("threads")
-            rows.append(f"| speed, batch 1{f', {threads} thread(s)' if threads else ''} | "
+            threads = st.get("threads") or (m.get("engine") or {}).get("threads")
+            shape = f"{st['prompt_tokens']} prompt + {st['output_tokens']} new tokens, " \
+                if st.get("prompt_tokens") and st.get("output_tokens") else ""
+            rows.append(f"| speed, batch 1, {shape}{threads or '?'} thread(s) | "
                         f"{lat['decode_tokens_per_s']['median']:.1f} tokens/s, TTFT p50 "
                         f"{lat['ttft_s']['p50'] * 1e3:.0f} ms, peak RSS "
                         f"{m.get('memory', {}).get('peak_rss_bytes', 0) / 1e6:.0f} MB | {cpu} | {when} |")
