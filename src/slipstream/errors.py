@@ -27,5 +27,9 @@ class Unsupported(SlipstreamError):
     """A technique, setting or device combination that cannot run here."""
 
 
+class CorruptVariant(SlipstreamError):
+    """A variant's files on disk differ from what its manifest recorded when it was written."""
+
+
 class InvalidConfig(SlipstreamError):
     """A technique configuration or option that fails validation."""

@@ -15,7 +15,8 @@ from slipstream.errors import Unsupported
 from slipstream.exporters.readme import write as write_readme
 from slipstream.extras import library_versions
 from slipstream.progress import Progress
-from slipstream.store import Store, Variant
+from slipstream.store import Store, Variant, check_name
+from slipstream.store.manifest import verify
 from slipstream.config import TechniqueConfig
 from slipstream.techniques.registry import make_config, spec_for
 
@@ -35,9 +36,12 @@ def optimize(
     >>> optimize("smollm2-135m", CTranslate2(quantization="int8"))  # doctest: +SKIP
     """
     store = store or Store()
+    if name is not None:
+        check_name(name)  # before any work: a name given by a user must not leave the store
     config = make_config(technique, options) if isinstance(technique, str) else technique
     spec = spec_for(config)
     parent = store.get(model)
+    verify(parent.path)  # a parent changed on disk would pass its damage on to the variant
     if parent.format not in spec.input_formats:
         raise Unsupported(
             f"technique {spec.name!r} takes a {' or '.join(spec.input_formats)} model, "

@@ -71,7 +71,7 @@ def test_killed_run_leaves_no_half_variant(store):
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True)
     assert proc.returncode == -signal.SIGKILL
-    assert len(list(store.staging_dir.iterdir())) == 1  # the dead process's leftovers
+    assert len(list(store.staging_dir.glob("half.*"))) == 2  # the dead process's leftovers: directory and lock
     fresh = Store(store.home)
     assert not fresh.exists("half")
     assert list(fresh.staging_dir.iterdir()) == []

@@ -48,9 +48,9 @@ def open_engine(
         variant = (store or Store()).get(variant)
     name = engine_name(variant, engine)
     module, cls = _engine_path(variant, name)
-    from slipstream.store.manifest import Manifest
+    from slipstream.store.manifest import verify
 
-    extra = Manifest.read(Path(variant.path)).extra
+    extra = verify(Path(variant.path)).extra  # a variant changed on disk is refused before it is loaded
     given = options.given() if isinstance(options, EngineOptions) else dict(options or {})
     given.update(option_values)
     if threads is not None:

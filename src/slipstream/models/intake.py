@@ -13,7 +13,7 @@ from pathlib import Path
 from slipstream.errors import InvalidModel, NotFound
 from slipstream.models import bundled, checks, gguf, hub
 from slipstream.progress import Progress, or_null
-from slipstream.store import Store, Variant
+from slipstream.store import Store, Variant, check_name
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,8 @@ def import_model(
     """Import ``source`` into the store and return its registry entry."""
     store = store or Store()
     progress = or_null(progress)
+    if name is not None:
+        check_name(name)  # before any download or copy
     src = resolve_source(source)
     name = name or src.default_name
     described = src.location

@@ -4,10 +4,19 @@ Writes are atomic: a variant is built in ``staging/``, its manifest written last
 ``variants/`` in one step and only then registered. A process killed at any point leaves either
 nothing or a complete directory; :meth:`Store.recover` removes dead staging directories and
 re-registers complete directories whose registry row is missing.
+
+Each staging directory has a lock file beside it (``<dir>.lock``), held with ``flock`` for as long
+as the writing process lives: the kernel drops the lock when the process dies, however it dies, so
+the next store to open can tell a dead writer's leftovers from a live one's work in progress (a pid
+alone cannot: a killed child that nobody reaped, or a pid reused by another process, still looks
+alive). See docs/reliability.md.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import logging
 import os
 import re
 import shutil
@@ -20,10 +29,15 @@ from typing import Any, Iterator
 from slipstream.errors import InvalidConfig, NotFound, SlipstreamError
 from slipstream.extras import library_versions
 from slipstream.home import slipstream_home
-from slipstream.store.manifest import MANIFEST, Manifest, list_files, size_on_disk, tree_digest
+from slipstream.store.manifest import MANIFEST, Manifest, list_files, size_on_disk, tree_digest, verify
 from slipstream.store.registry import Registry, ResultRow, VariantRow, now
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# One path component, never "." or "..", no separators, no NUL or control characters. Matched with
+# fullmatch: ``$`` alone would let a trailing newline through.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+LOCK = ".lock"
+
+log = logging.getLogger("slipstream.store")
 
 
 @dataclass(frozen=True)
@@ -51,9 +65,12 @@ class Variant:
 
 
 def check_name(name: str) -> str:
-    if not _NAME.match(name):
+    """``name`` if it is safe as a directory name inside the store, else a clear refusal: a name given by
+    a user (``--name``) must not reach outside ``variants/`` (``../x``, ``/abs``, ``a/../../b``, NUL)."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise InvalidConfig(
-            f"invalid name {name!r}: use letters, digits, '.', '_' and '-', starting with a letter or digit"
+            f"invalid name {name!r}: use up to 128 letters, digits, '.', '_' and '-', starting with a letter "
+            "or digit (no '/', no '..')"
         )
     return name
 
@@ -98,13 +115,29 @@ class Store:
         check_name(name)
         if self.exists(name) or (self.variants_dir / name).exists():
             raise InvalidConfig(f"{name!r} already exists in the store; choose another --name or remove it first")
-        tmp = self.staging_dir / f"{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
-        tmp.mkdir(parents=True)
+        tmp, lock_fd = self._locked_staging(name)
         try:
+            tmp.mkdir(parents=True)
             yield tmp
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+            _lock_path(tmp).unlink(missing_ok=True)
+            os.close(lock_fd)  # releases the lock; last, so the directory is never unguarded while it exists
+
+    def _locked_staging(self, name: str) -> tuple[Path, int]:
+        """A fresh staging path and the descriptor of its lock file, locked before the directory exists."""
+        while True:
+            tmp = self.staging_dir / f"{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+            lock = _lock_path(tmp)
+            fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:  # a recovering store may have unlinked the file between our open and our lock: try again
+                if os.fstat(fd).st_ino == os.stat(lock).st_ino:
+                    return tmp, fd
+            except FileNotFoundError:
+                pass
+            os.close(fd)
 
     def commit(
         self,
@@ -146,7 +179,13 @@ class Store:
         if final.exists():
             raise InvalidConfig(f"{name!r} already exists in the store")
         os.replace(staged, final)
-        self._register(manifest)
+        try:
+            self._register(manifest)
+        except BaseException:
+            # The registry could not take the row (a full disk, say): put the directory back in staging, where
+            # the caller's stage() removes it, rather than leave a variant that the next open would register.
+            os.replace(final, staged)
+            raise
         return self.get(name)
 
     def _register(self, m: Manifest) -> None:
@@ -181,6 +220,13 @@ class Store:
     def manifest(self, name: str) -> Manifest:
         return Manifest.read(self.get(name).path)
 
+    def verify(self, name: str, hashes: bool | None = None) -> Variant:
+        """``name``'s files checked against its manifest (sizes; sha256 too unless ``hashes`` is False or
+        ``SLIPSTREAM_VERIFY=size``); raises :class:`~slipstream.errors.CorruptVariant` naming the file."""
+        variant = self.get(name)
+        verify(variant.path, hashes=hashes)
+        return variant
+
     # results --------------------------------------------------------------------------------
     def add_result(self, variant: str, kind: str, key: str, settings: dict, metrics: dict,
                    machine: dict, versions: dict) -> int:
@@ -194,11 +240,35 @@ class Store:
         return self.registry.results(variant, kind)
 
     # crash recovery -------------------------------------------------------------------------
-    def recover(self) -> None:
-        for tmp in self.staging_dir.iterdir():
-            pid = _pid_of(tmp.name)
-            if pid is None or not _alive(pid):
-                shutil.rmtree(tmp, ignore_errors=True)
+    def recover(self) -> list[str]:
+        """Remove staging left by dead processes (reported on the ``slipstream.store`` logger, and returned),
+        keep what live ones are writing, and register complete variants whose row is missing."""
+        removed = []
+        for entry in sorted(self.staging_dir.iterdir()):
+            if entry.name.endswith(LOCK):
+                continue
+            held = _hold_if_dead(entry)
+            if held is None:
+                continue  # a live process is writing it
+            try:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+                _lock_path(entry).unlink(missing_ok=True)
+                removed.append(entry.name)
+            finally:
+                if held >= 0:
+                    os.close(held)
+        for lock in self.staging_dir.glob("*" + LOCK):  # a writer died after its directory was gone
+            held = _hold_if_dead(lock.with_name(lock.name[: -len(LOCK)]))
+            if held is not None and not lock.with_name(lock.name[: -len(LOCK)]).exists():
+                lock.unlink(missing_ok=True)
+            if held is not None and held >= 0:
+                os.close(held)
+        if removed:
+            log.warning("removed %d staging director%s left by killed processes in %s: %s", len(removed),
+                        "y" if len(removed) == 1 else "ies", self.staging_dir, ", ".join(removed))
         for d in self.variants_dir.iterdir():
             if not d.is_dir():
                 continue
@@ -207,7 +277,35 @@ class Store:
                 # anything else is not ours to keep.
                 shutil.rmtree(d, ignore_errors=True)
             elif self.registry.get_variant(d.name) is None:
-                self._register(Manifest.read(d))
+                manifest = Manifest.read(d)
+                if manifest.name != d.name:  # a row's path is built from the name: it must be this directory
+                    log.warning("not registering %s: its manifest names it %r", d, manifest.name)
+                    continue
+                self._register(manifest)
+        return removed
+
+
+def _lock_path(staging: Path) -> Path:
+    return staging.with_name(staging.name + LOCK)
+
+
+def _hold_if_dead(staging: Path) -> int | None:
+    """None when a live process owns ``staging``; else the descriptor of its lock, now held by us (-1 when it
+    has no lock file: written before locks, or by a process that died before making one)."""
+    lock = _lock_path(staging)
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except FileNotFoundError:
+        pid = _pid_of(staging.name)
+        return None if pid is not None and _alive(pid) and staging.exists() else -1
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return None
+        raise
+    return fd
 
 
 def _pid_of(staging_name: str) -> int | None:

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from slipstream.errors import CorruptVariant, InvalidConfig
 
 MANIFEST = "slipstream.json"
 MANIFEST_VERSION = 1
@@ -100,3 +103,35 @@ def tree_digest(files: tuple[FileEntry, ...]) -> str:
     for f in sorted(files, key=lambda e: e.path):
         h.update(f"{f.path}\0{f.sha256}\n".encode())
     return h.hexdigest()
+
+
+# How much of a variant is checked when it is loaded: "sha256" (the default) hashes every file the manifest
+# lists; "size" checks only that each is there with its size (for multi-GB variants loaded often).
+VERIFY_ENV = "SLIPSTREAM_VERIFY"
+
+
+def verify(directory: Path, hashes: bool | None = None) -> Manifest:
+    """Check ``directory``'s files against its manifest before anything loads them, so a file changed on
+    disk (a bad copy, a disk error, an edit by hand) is refused with its name instead of loading wrong
+    weights. ``hashes``: also compare sha256 (default: unless ``$SLIPSTREAM_VERIFY`` is ``size``). Files
+    the manifest does not list (caches an engine writes beside the weights) are not checked."""
+    if hashes is None:
+        mode = os.environ.get(VERIFY_ENV, "sha256").strip().lower()
+        if mode not in ("sha256", "size"):
+            raise InvalidConfig(f"{VERIFY_ENV} must be 'sha256' or 'size', got {mode!r}")
+        hashes = mode == "sha256"
+    manifest = Manifest.read(directory)
+    fix = f"remove it (slipstream models remove {manifest.name}) and make it again"
+    for entry in manifest.files:
+        path = directory / entry.path
+        if not path.is_file():
+            raise CorruptVariant(f"{manifest.name}: {entry.path} is missing from {directory}; {fix}")
+        size = path.stat().st_size
+        if size != entry.size:
+            raise CorruptVariant(f"{manifest.name}: {entry.path} is {size} bytes on disk, its manifest says "
+                                 f"{entry.size}: it was changed after the variant was written; {fix}")
+        if hashes and (digest := sha256_file(path)) != entry.sha256:
+            raise CorruptVariant(f"{manifest.name}: {entry.path} has sha256 {digest[:16]}…, its manifest says "
+                                 f"{entry.sha256[:16]}…: it was changed after the variant was written; {fix} "
+                                 f"({VERIFY_ENV}=size skips this check)")
+    return manifest
