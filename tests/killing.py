@@ -1,8 +1,9 @@
 """Run a ``slipstream`` command in a real process, stop it at a chosen point, and SIGKILL it there.
 
-The point is a function or method (``"module:Class.method"``) wrapped in the child process only: when the
-wrapped call returns (``after=True``) or is entered, and ``when`` (a Python expression over ``args``,
-``kwargs`` and ``result``) holds, the child touches a marker file and sleeps. The test waits for the marker
+The point is a function or method (``"module:Class.method"``) wrapped, through a ``sitecustomize`` on the
+child's PYTHONPATH, in the child and in every Python process it starts: when the wrapped call returns
+(``after=True``) or is entered, and ``when`` (a Python expression over ``args``, ``kwargs`` and ``result``)
+holds, that process writes its pid into a marker file and sleeps. The test waits for the marker
 and kills the process from outside, as the OOM killer or ``kill -9`` would; nothing in slipstream knows.
 """
 
@@ -15,36 +16,51 @@ import sys
 import time
 from pathlib import Path
 
-_CHILD = r"""
-import importlib, sys, time
-from pathlib import Path
+# Loaded by every Python process started with ``hooked_env``'s PYTHONPATH (the command and any worker it
+# starts): the hook is installed wherever its module imports.
+_SITECUSTOMIZE = r"""
+import os
 
-hook, marker, when, after = sys.argv[1], Path(sys.argv[2]), sys.argv[3], sys.argv[4] == "after"
-module, _, attr = hook.partition(":")
-owner = importlib.import_module(module)
-*parents, last = attr.split(".")
-for p in parents:
-    owner = getattr(owner, p)
-original = getattr(owner, last)
+if os.environ.get("SLIPSTREAM_TEST_HOOK"):
+    import importlib, time
+    from pathlib import Path
 
-def pause():
-    marker.touch()
-    while True:
-        time.sleep(60)
+    hook, marker = os.environ["SLIPSTREAM_TEST_HOOK"], Path(os.environ["SLIPSTREAM_TEST_MARKER"])
+    when, after = os.environ["SLIPSTREAM_TEST_WHEN"], os.environ["SLIPSTREAM_TEST_AFTER"] == "1"
+    module, _, attr = hook.partition(":")
+    owner = importlib.import_module(module)
+    *parents, last = attr.split(".")
+    for p in parents:
+        owner = getattr(owner, p)
+    original = getattr(owner, last)
 
-def hooked(*args, **kwargs):
-    if not after and eval(when, {"args": args, "kwargs": kwargs, "result": None}):
-        pause()
-    result = original(*args, **kwargs)
-    if after and eval(when, {"args": args, "kwargs": kwargs, "result": result}):
-        pause()
-    return result
+    def pause():
+        marker.write_text(str(os.getpid()))
+        while True:
+            time.sleep(60)
 
-setattr(owner, last, hooked)
-sys.argv = ["slipstream", *sys.argv[5:]]
-from slipstream.cli.main import main
-main()
+    def hooked(*args, **kwargs):
+        if not after and eval(when, {"args": args, "kwargs": kwargs, "result": None}):
+            pause()
+        result = original(*args, **kwargs)
+        if after and eval(when, {"args": args, "kwargs": kwargs, "result": result}):
+            pause()
+        return result
+
+    setattr(owner, last, hooked)
 """
+
+
+def hooked_env(home: Path, hook: str, *, when: str = "True", after: bool = True) -> tuple[dict[str, str], Path]:
+    """The environment that pauses ``hook`` (see the module's docstring) in every Python process it reaches,
+    and the marker file the pausing process writes its pid into."""
+    site = home.parent / f"hook-{time.monotonic_ns()}"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_SITECUSTOMIZE)
+    marker = site / "reached"
+    path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p)
+    return cli_env(home) | {"PYTHONPATH": path, "SLIPSTREAM_TEST_HOOK": hook, "SLIPSTREAM_TEST_MARKER": str(marker),
+                            "SLIPSTREAM_TEST_WHEN": when, "SLIPSTREAM_TEST_AFTER": "1" if after else "0"}, marker
 
 
 def cli_env(home: Path) -> dict[str, str]:
@@ -61,11 +77,10 @@ def kill_at(home: Path, hook: str, args: list[str], *, when: str = "True", after
             timeout: float = 120) -> str:
     """Run ``slipstream ARGS`` until ``hook`` is reached (see the module's docstring), SIGKILL it there and
     reap it; returns what it wrote to stderr. Fails when the command ends before reaching the point."""
-    marker = home.parent / f"reached-{time.monotonic_ns()}"
-    log = marker.with_suffix(".stderr")  # a file, not a pipe: a chatty child never blocks on a full pipe
+    env, marker = hooked_env(home, hook, when=when, after=after)
+    log = marker.with_name("stderr")  # a file, not a pipe: a chatty child never blocks on a full pipe
     with open(log, "w") as stderr:
-        proc = subprocess.Popen([sys.executable, "-c", _CHILD, hook, str(marker), when,
-                                 "after" if after else "before", *args], env=cli_env(home),
+        proc = subprocess.Popen([sys.executable, "-m", "slipstream.cli.main", *args], env=env,
                                 stdout=subprocess.DEVNULL, stderr=stderr)
     deadline = time.monotonic() + timeout
     try:

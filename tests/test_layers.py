@@ -27,10 +27,10 @@ ROOT = Path(slipstream.__file__).parent
 # prefix that matches its dotted name (a package prefix covers the package's modules).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # shared by every layer: errors, optional extras, the machine, progress, the config base, the tokenizer,
-    # calibration text, the Pareto front
+    # calibration text, the Pareto front, workers that die with their parent
     ("core", ("slipstream.errors", "slipstream.extras", "slipstream.home", "slipstream.jsonlines",
               "slipstream.machine", "slipstream.progress", "slipstream.devices", "slipstream.config",
-              "slipstream.tokenizer", "slipstream.calibration", "slipstream.pareto")),
+              "slipstream.tokenizer", "slipstream.calibration", "slipstream.pareto", "slipstream.lifetime")),
     ("store", ("slipstream.store",)),  # models, variants and results on disk
     ("models", ("slipstream.models",)),  # where a model comes from
     ("exporters", ("slipstream.exporters",)),  # model -> files (their configs are techniques' data)

@@ -19,6 +19,7 @@ from slipstream.errors import InvalidConfig, SlipstreamError
 from slipstream.exporters.readme import write as write_readme
 from slipstream.extras import library_versions
 from slipstream.jsonlines import json_lines
+from slipstream.lifetime import child_env
 from slipstream.machine import describe_machine
 from slipstream.progress import Progress, or_null
 from slipstream.store import Store
@@ -96,7 +97,7 @@ def bench(
             stdout=subprocess.PIPE,
             stderr=errors,
             text=True,
-            env=os.environ | {"PYTHONUNBUFFERED": "1"},
+            env=os.environ | {"PYTHONUNBUFFERED": "1"} | child_env(),
         )
         assert proc.stdout is not None
         error = None

@@ -95,7 +95,8 @@ def auto_cmd(
                                  "cannot beat the best passing one measured so far"),
     instance: Optional[str] = typer.Option(None, "--instance", help="Cost objective: a priced instance"),
     price_per_hour: Optional[float] = typer.Option(None, "--price-per-hour", help="Cost objective: your price"),
-    report: Optional[Path] = typer.Option(Path("slipstream-auto.html"), "--report", help="HTML report to write"),
+    report: Optional[Path] = typer.Option(Path("slipstream-auto.html"), "--report",
+                                          help="HTML report to write ('' for none)"),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON"),
 ) -> None:
     """Find the fastest (or smallest, or cheapest) variant within the accuracy gate; keep every candidate."""
@@ -112,6 +113,8 @@ def auto_cmd(
                               replace_defaults=only_recipes, include=tuple(include), exclude=tuple(exclude),
                               skip_margin=None if run_all else 1.5)
     start = time.perf_counter()
+    if report is not None and not report.name:  # --report '' (typer makes it Path('.')): no report
+        report = None
     result = search(settings, executor=make_executor(executor, workers, address), listener=_Printer(not as_json),
                     report=report)
     if as_json:

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from slipstream.errors import MissingExtra, SlipstreamError
 from slipstream.jsonlines import json_lines
+from slipstream.lifetime import child_env
 from slipstream.search.record import SearchRecord, Status
 
 Request = dict[str, Any]
@@ -55,7 +56,7 @@ class LocalExecutor:
     def _one(self, request: Request, on_event: OnEvent, deadline: float | None = None) -> Record:
         proc = subprocess.Popen([self.python, "-m", "slipstream.search.worker", json.dumps(request)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=os.environ | {"PYTHONUNBUFFERED": "1"}, start_new_session=True)
+                                env=os.environ | {"PYTHONUNBUFFERED": "1"} | child_env(), start_new_session=True)
         self._live.add(proc)
         stderr: list[str] = []
         drain = threading.Thread(target=lambda: stderr.extend(proc.stderr), daemon=True)  # type: ignore[arg-type]

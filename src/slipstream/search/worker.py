@@ -157,6 +157,10 @@ def _measure(report: Any, gate: Any) -> Measurement:
 
 
 def main() -> None:
+    from slipstream.lifetime import die_with_parent
+
+    die_with_parent()  # a search killed outright must not leave this worker building into the store
+
     def emit(**payload: Any) -> None:
         sys.stdout.write(json.dumps(payload) + "\n")
         sys.stdout.flush()
