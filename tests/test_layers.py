@@ -43,6 +43,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("report", ("slipstream.report",)),  # a comparison rendered
     ("search", ("slipstream.search",)),  # candidates optimized, measured, compared, one chosen
     ("serving", ("slipstream.serving",)),  # an engine behind the OpenAI API
+    ("deploy", ("slipstream.deploy",)),  # several models' servers as replicas on Ray Serve, one endpoint
     ("demo", ("slipstream.demo",)),  # the whole path on a bundled model
     ("cli", ("slipstream.cli",)),  # one module per subcommand
     ("api", ("slipstream",)),  # the package's lazy public facade (slipstream/__init__.py)

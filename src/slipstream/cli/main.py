@@ -9,7 +9,8 @@ from typing import Optional
 
 import typer
 
-from slipstream.cli import auto, bench, compare, demo, evaluate, lm_eval, models, optimize, report, serve, techniques
+from slipstream.cli import (auto, bench, compare, demo, deploy, evaluate, lm_eval, models, optimize, report, serve,
+                            techniques)
 
 app = typer.Typer(
     name="slipstream",
@@ -29,6 +30,7 @@ app.command("lm-eval")(lm_eval.lm_eval_cmd)
 app.command("report")(report.report_cmd)
 app.command("serve")(serve.serve_cmd)
 app.command("auto")(auto.auto_cmd)
+app.command("deploy")(deploy.deploy_cmd)
 
 
 @app.callback()

@@ -119,11 +119,12 @@ def create_app(engine: Any, settings: DeploymentSettings, *, model_name: str,
     app.include_router(info.router, dependencies=guarded)
     app.include_router(completions.router, dependencies=guarded)
     app.include_router(chat.router, dependencies=guarded)
-    _errors(app)
+    error_handlers(app)
     return app
 
 
-def _errors(app: FastAPI) -> None:
+def error_handlers(app: FastAPI) -> None:
+    """OpenAI-shaped errors for every failure: ApiError, invalid bodies, unknown routes, crashes."""
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         _count(request, exc.status)

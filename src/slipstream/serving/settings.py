@@ -61,11 +61,10 @@ class PrefixCacheSettings(_Strict):
     max_tokens: int = Field(8192, ge=0)  # prompt tokens whose keys/values are kept
 
 
-class DeploymentSettings(_Strict):
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)  # 0: any free port
-    served_model_name: Optional[str] = None  # default: the variant's name
-    api_keys: list[str] = Field(default_factory=list)  # empty: no authentication
+class ModelSettings(_Strict):
+    """How one model is served: sampling, batching, caches, threads and engine options. A deployment spec
+    (:mod:`slipstream.deploy.spec`) holds one of these per model; ``slipstream serve`` one in all."""
+
     defaults: SamplingDefaults = Field(default_factory=SamplingDefaults)
     limits: SamplingLimits = Field(default_factory=SamplingLimits)
     batching: Literal["auto", "continuous", "dynamic", "sequential"] = "auto"
@@ -83,7 +82,6 @@ class DeploymentSettings(_Strict):
     exact_cache: ExactCacheSettings = Field(default_factory=ExactCacheSettings)
     semantic_cache: SemanticCacheSettings = Field(default_factory=SemanticCacheSettings)
     prefix_cache: PrefixCacheSettings = Field(default_factory=PrefixCacheSettings)
-    grace_period_s: float = Field(10.0, ge=0)  # on SIGTERM: time for in-flight requests to finish
     threads: Optional[int] = Field(None, ge=1)  # engine CPU threads (default: all)
     # the engine's options (slipstream.engines.options), e.g. {gemm: onednn} or {compute_type: int8}; checked
     # here against every engine's, and against the engine that runs the variant once it is known
@@ -100,7 +98,7 @@ class DeploymentSettings(_Strict):
         return value
 
     @model_validator(mode="after")
-    def _defaults_within_limits(self) -> "DeploymentSettings":
+    def _defaults_within_limits(self) -> "ModelSettings":
         d, lim = self.defaults, self.limits
         if d.max_tokens > lim.max_tokens:
             raise ValueError(f"defaults.max_tokens ({d.max_tokens}) is above limits.max_tokens ({lim.max_tokens})")
@@ -109,6 +107,16 @@ class DeploymentSettings(_Strict):
         if d.temperature > lim.max_temperature:
             raise ValueError(f"defaults.temperature ({d.temperature}) is above limits.max_temperature")
         return self
+
+
+class DeploymentSettings(ModelSettings):
+    """``slipstream serve``: one model's settings plus the endpoint's (where to listen, keys, shutdown)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)  # 0: any free port
+    served_model_name: Optional[str] = None  # default: the variant's name
+    api_keys: list[str] = Field(default_factory=list)  # empty: no authentication
+    grace_period_s: float = Field(10.0, ge=0)  # on SIGTERM: time for in-flight requests to finish
 
     @classmethod
     def load(cls, path: Path | None = None, overrides: dict[str, Any] | None = None) -> "DeploymentSettings":
@@ -124,15 +132,22 @@ class DeploymentSettings(_Strict):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}"
-                                 for e in exc.errors())
-            raise InvalidConfig(f"invalid deployment settings: {problems}") from None
+            raise InvalidConfig(f"invalid deployment settings: {describe(exc)}") from None
 
     def summary(self) -> dict[str, Any]:
         """The settings as printed in the startup banner (keys hidden)."""
         d = self.model_dump()
         d["api_keys"] = f"{len(self.api_keys)} configured" if self.api_keys else "none (no authentication)"
         return d
+
+
+def describe(exc: Any) -> str:
+    """A pydantic ValidationError in one line, each problem named by its dotted key."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors())
+
+
+def read_mapping(path: Path) -> dict[str, Any]:
+    return _read(path)
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -1,0 +1,153 @@
+"""A deployment spec: the models behind one endpoint, each with its serving settings and its scaling.
+
+A spec extends ``slipstream serve``'s settings (:class:`~slipstream.serving.settings.ModelSettings`, one per
+model) with what Ray Serve needs to run replicas of it (:class:`Scaling`, named after Ray Serve's own
+``autoscaling_config`` and deployment options). Unknown keys are refused with the key named.
+
+The same loader takes GALE's deploy body (``hyperParameters``, ``scalingParameters``, ``optimizationInfo``,
+camelCase, GALE's ranges) and maps it onto these fields: see :mod:`slipstream.deploy.gale`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from slipstream.errors import InvalidConfig
+from slipstream.serving.settings import ModelSettings, describe, read_mapping
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Scaling(_Strict):
+    """Replicas of one model and how they follow load (Ray Serve's autoscaling_config and deployment options).
+
+    With ``min_replicas == max_replicas`` the model runs that many replicas and autoscaling is off.
+    """
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(1, ge=1)
+    initial_replicas: Optional[int] = Field(None, ge=0)  # default: min_replicas
+    # Ray Serve adds replicas when requests in flight per replica stay above this
+    target_ongoing_requests: float = Field(2.0, gt=0)
+    upscale_delay_s: float = Field(30.0, ge=0)  # load must stay high this long before a replica is added
+    downscale_delay_s: float = Field(600.0, ge=0)  # ... and low this long before one is removed
+    # how often replicas report their load, and over how long the autoscaler averages it
+    metrics_interval_s: float = Field(10.0, gt=0)
+    look_back_period_s: float = Field(30.0, gt=0)
+    # requests one replica takes at once (default: the model's max_batch_size: a replica holds no queue
+    # of its own); more wait at the endpoint, up to max_queued_requests per endpoint replica, then 429
+    max_ongoing_requests: Optional[int] = Field(None, ge=1)
+    max_queued_requests: int = Field(64, ge=0)
+    cpus_per_replica: float = Field(1.0, gt=0)  # Ray CPUs reserved per replica (fractions allowed)
+    threads_per_replica: Optional[int] = Field(None, ge=1)  # engine threads (default: cpus_per_replica, at least 1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Scaling":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})")
+        init = self.initial_replicas
+        if init is not None and not self.min_replicas <= init <= self.max_replicas:
+            raise ValueError(f"initial_replicas ({init}) is outside [min_replicas, max_replicas] "
+                             f"= [{self.min_replicas}, {self.max_replicas}]")
+        return self
+
+    @property
+    def autoscaling(self) -> bool:
+        return self.min_replicas != self.max_replicas
+
+    def threads(self) -> int:
+        return self.threads_per_replica or max(1, int(self.cpus_per_replica))
+
+
+class Optimization(_Strict):
+    """What the deployer believes the variant is (GALE's optimizationInfo); checked against the store."""
+
+    type: str  # "CTranslate2", "vLLM", or any slipstream technique name
+    quantization: Optional[str] = None
+
+
+class ModelSpec(ModelSettings):
+    """One model behind the endpoint: a store variant, the name clients ask for, how it is served and scaled."""
+
+    name: str  # the `model` clients send; /v1/models lists it
+    variant: str  # a model or variant in the store
+    engine_name: Optional[str] = None  # the engine that runs it (default: the variant format's first)
+    device: Optional[str] = None
+    scaling: Scaling = Field(default_factory=Scaling)
+    optimization: Optional[Optimization] = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("a model needs a non-empty name")
+        return value
+
+    def serving_settings(self) -> dict[str, Any]:
+        """The ModelSettings part, as ``slipstream serve`` takes it (threads from the scaling section)."""
+        data = self.model_dump(include=set(ModelSettings.model_fields))
+        data["threads"] = self.threads or self.scaling.threads()
+        return data
+
+
+class DeploySpec(_Strict):
+    """The whole endpoint: where it listens, its keys, and the models behind it."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_keys: list[str] = Field(default_factory=list)
+    grace_period_s: float = Field(30.0, ge=0)  # a replica being replaced finishes its requests within this
+    models: list[ModelSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> "DeploySpec":
+        seen: set[str] = set()
+        for m in self.models:
+            if m.name in seen:
+                raise ValueError(f"two models are named {m.name!r}; each model's name must be unique")
+            seen.add(m.name)
+        return self
+
+    def model(self, name: str) -> ModelSpec:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise InvalidConfig(f"the deployment has no model {name!r}; it has: {', '.join(m.name for m in self.models)}")
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> "DeploySpec":
+        """A spec from a mapping: slipstream's own keys, or GALE's deploy body (camelCase)."""
+        from slipstream.deploy.gale import is_gale, from_gale
+
+        if is_gale(data):
+            data = from_gale(data)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise InvalidConfig(f"invalid deployment spec: {describe(exc)}") from None
+
+    @classmethod
+    def load(cls, path: Path | str) -> "DeploySpec":
+        return cls.parse(read_mapping(Path(path)))
+
+    def to_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+
+
+def suggested_scaling(cpus: int | None = None) -> Scaling:
+    """The layout the spec suggests for a machine with ``cpus`` cores when a model's scaling is left out.
+
+    One replica per two cores, each with two engine threads, is what benchmarks/serving/ray_layouts.py
+    measured best at 16 streams on a 2-core machine (docs/deploy.md#layouts).
+    """
+    cpus = cpus or os.cpu_count() or 1
+    replicas = max(1, cpus // 2)
+    return Scaling(min_replicas=replicas, max_replicas=replicas, cpus_per_replica=min(2, cpus),
+                   threads_per_replica=min(2, cpus))
