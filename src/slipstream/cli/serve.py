@@ -36,6 +36,8 @@ def serve_cmd(
     assignments: Optional[List[str]] = typer.Option(None, "--set", help="Any setting as key=value, e.g. "
                                                     "defaults.temperature=0.7 or limits.max_tokens=256"),
     engine_option: Optional[List[str]] = typer.Option(None, "--engine-option", help=ENGINE_OPTION_HELP),
+    allow_unauthenticated: bool = typer.Option(False, "--allow-unauthenticated",
+                                               help="Listen beyond loopback with no API key (refused otherwise)"),
 ) -> None:
     """Serve VARIANT over HTTP with OpenAI's API: completions, chat, streaming, batching, caches, metrics."""
     from slipstream.cli.engine_options import engine_options
@@ -52,6 +54,14 @@ def serve_cmd(
     }
     overrides.update(dict(parse_assignment(a) for a in assignments or ()))
     settings = DeploymentSettings.load(config, overrides)
+    from slipstream.serving.auth import check_exposure, is_loopback
+
+    check_exposure(settings.host, settings.api_keys, allow_unauthenticated)  # before anything is loaded
+    if not settings.api_keys and not is_loopback(settings.host):
+        from slipstream.cli.output import err
+
+        err.print(f"warning: listening on {settings.host or 'every interface'} with no API key "
+                  "(--allow-unauthenticated)", highlight=False)
     store = Store()
     record = store.get(variant)
     from slipstream.serving.server import serve
