@@ -43,3 +43,49 @@ def test_rolling_and_generation_requests(session_store):
     assert rolling == pytest.approx(float(engine.score([ids])[0].sum()), rel=1e-4)
     gen = model.generate_until([Instance("generate_until", {}, ("The game", {"until": ["\n"], "max_gen_toks": 6}), 0)])
     assert isinstance(gen[0], str) and "\n" not in gen[0]
+
+
+NEXT_WORD_TASK = """task: next_word_local
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+output_type: loglikelihood
+test_split: test
+doc_to_text: "{{{{context}}}}"
+doc_to_target: " {{{{target}}}}"
+metric_list:
+  - metric: perplexity
+    aggregation: perplexity
+    higher_is_better: false
+metadata:
+  version: 1.0
+"""
+
+
+def test_lm_eval_json_is_the_only_thing_on_stdout(tmp_path, tiny_llama_dir):
+    """A perplexity aggregation makes lm-eval print ``bootstrapping for stddev`` to stdout: it goes to
+    stderr, and stdout is exactly one JSON document."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from slipstream.models.intake import import_model
+    from slipstream.store import Store
+
+    store = Store(tmp_path / "home")
+    import_model(str(tiny_llama_dir), "tiny", store=store)
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "data.jsonl").write_text("".join(json.dumps({"context": c, "target": t}) + "\n" for c, t in (
+        ("Robert Boulter is an English", "actor"), ("The river flows into the", "sea"),
+        ("The game was released in Japan in", "2011"))))
+    (tasks / "next_word_local.yaml").write_text(NEXT_WORD_TASK.format(data=tasks / "data.jsonl"))
+    proc = subprocess.run([sys.executable, "-m", "slipstream.cli.main", "lm-eval", "tiny", "--tasks", "next_word_local",
+                           "--include-path", str(tasks), "--threads", "1", "--json"], capture_output=True, text=True,
+                          env=os.environ | {"SLIPSTREAM_HOME": str(store.home)}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    scores = json.loads(proc.stdout)  # raises on anything before or after the document
+    assert scores["next_word_local"]["perplexity,none"] > 1
+    assert "bootstrapping for stddev" in proc.stderr  # lm-eval did print it: to stderr

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from slipstream.cli.output import print_json, table
+from slipstream.cli.output import print_json, stdout_to_stderr, table
 
 
 def lm_eval_cmd(
@@ -24,10 +24,11 @@ def lm_eval_cmd(
 
     from lm_eval.tasks import TaskManager
 
-    model = SlipstreamLM(variant, threads=threads)
-    manager = TaskManager(include_path=str(include_path) if include_path else None)
-    results = lm_eval.simple_evaluate(model=model, tasks=tasks.split(","), task_manager=manager, limit=limit,
-                                      num_fewshot=num_fewshot)
+    with stdout_to_stderr():  # stdout holds the result alone; progress and lm-eval's prints go to stderr
+        model = SlipstreamLM(variant, threads=threads)
+        manager = TaskManager(include_path=str(include_path) if include_path else None)
+        results = lm_eval.simple_evaluate(model=model, tasks=tasks.split(","), task_manager=manager, limit=limit,
+                                          num_fewshot=num_fewshot)
     scores = results["results"]
     if as_json:
         print_json(scores)

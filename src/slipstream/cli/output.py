@@ -21,6 +21,26 @@ def print_json(data: Any) -> None:
     print(json.dumps(_clean(data), indent=2, sort_keys=False, default=str))
 
 
+@contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Everything written to stdout inside the block goes to stderr, Python's ``print`` and writes to file
+    descriptor 1 by compiled code alike: a library's chatter (lm-eval prints ``bootstrapping for stddev``)
+    must not land in front of the one JSON document a ``--json`` command promises on stdout."""
+    import contextlib
+    import os
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _clean(value: Any) -> Any:
     if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
         return None
