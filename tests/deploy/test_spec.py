@@ -155,3 +155,29 @@ def test_check_prints_the_resolved_spec(tmp_path, session_store, monkeypatch):
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
     assert out["replicas"][0]["engine"] == "ctranslate2" and out["spec"]["models"][0]["name"] == "chat"
+
+
+def test_a_spec_that_cannot_be_placed_is_refused_before_it_starts():
+    from slipstream.deploy.ray_app import check_fits, cpus_needed
+
+    spec = DeploySpec.parse({"models": [
+        {"name": "a", "variant": "x", "scaling": {"cpus_per_replica": 2}},
+        {"name": "b", "variant": "y", "scaling": {"min_replicas": 1, "max_replicas": 3, "cpus_per_replica": 1}}]})
+    assert cpus_needed(spec) == (3.0, 5.0)
+    check_fits(spec, 4.0)  # starts; the third replica of b would wait for room
+    with pytest.raises(InvalidConfig, match="reserve 3 Ray CPUs but the cluster has 2"):
+        check_fits(spec, 2.0)
+
+
+def test_the_examples_in_docs_deploy_md_parse():
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "deploy.md").read_text()
+    (spec_yaml,) = re.findall(r"```yaml\n(.*?)```", text, re.S)
+    spec = DeploySpec.parse(yaml.safe_load(spec_yaml))
+    assert [m.name for m in spec.models] == ["chat", "fast"] and spec.models[0].scaling.autoscaling
+    (gale_json,) = re.findall(r"```json\n(.*?)```", text, re.S)
+    assert DeploySpec.parse(json.loads(gale_json)).models[0].name == "chat"

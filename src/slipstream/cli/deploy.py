@@ -33,6 +33,9 @@ def deploy_cmd(
     num_cpus: Optional[float] = typer.Option(None, "--num-cpus", help="CPUs of the Ray instance started here"),
     check: bool = typer.Option(False, "--check", help="Validate SPEC against the store and print it; start nothing"),
     as_json: bool = typer.Option(False, "--json", help="status: print JSON"),
+    allow_unauthenticated: bool = typer.Option(False, "--allow-unauthenticated",
+                                               help="Listen beyond loopback with no API key (a private network, "
+                                                    "or a proxy in front that authenticates)"),
 ) -> None:
     """Run a deployment spec on Ray Serve: one endpoint, each model in its own replicas, autoscaled."""
     if target in ACTIONS:
@@ -44,11 +47,16 @@ def deploy_cmd(
     from slipstream.deploy.spec import DeploySpec
     from slipstream.store import Store
 
+    from slipstream.serving.auth import check_exposure
+
     spec = DeploySpec.load(Path(target))
+    check_exposure(spec.host, spec.api_keys, allow_unauthenticated)  # before anything starts
     store = Store()
     plans = plan_spec(spec, store)
     if check:
-        typer.echo(json.dumps({"spec": spec.model_dump(mode="json"),
+        shown = spec.model_dump(mode="json")
+        shown["api_keys"] = f"{len(spec.api_keys)} configured" if spec.api_keys else "none (no authentication)"
+        typer.echo(json.dumps({"spec": shown,
                                "replicas": [{"model": p.name, "variant": p.variant, "engine": p.engine,
                                              "version": p.version()} for p in plans]}, indent=2))
         return

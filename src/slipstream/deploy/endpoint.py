@@ -138,7 +138,7 @@ def build_endpoint(models: "dict[str, str]", api_keys: "list[str]") -> type:
             for attempt in (1, 2):
                 gen = self.handles[name].options(stream=True).http.remote(forwarded)
                 try:
-                    start = await gen.__anext__()
+                    first = await gen.__anext__()
                 except BackPressureError:
                     self._count(name, path, 429)
                     raise _busy(name) from None
@@ -153,20 +153,24 @@ def build_endpoint(models: "dict[str, str]", api_keys: "list[str]") -> type:
                     self._count(name, path, 503)
                     raise _unavailable(name, "empty response") from None
                 break
+            start, head = first
             assert isinstance(start, Start)
             headers_out = {k.decode(): v.decode() for k, v in start.headers if k.lower() != b"content-length"}
             self._count(name, path, start.status)
             if headers_out.get("content-type", "").startswith("text/event-stream"):
-                return StreamingResponse(self._relay(name, gen), status_code=start.status, headers=headers_out)
+                return StreamingResponse(self._relay(name, head, gen), status_code=start.status,
+                                         headers=headers_out)
             try:
-                parts = [part async for part in gen]
+                parts = [head] + [part async for part in gen]
             except RayError as exc:
                 self._count(name, path, 503)
                 raise _unavailable(name, exc.__class__.__name__) from None
             return Response(b"".join(parts), status_code=start.status, headers=headers_out)
 
-        async def _relay(self, name: str, gen: Any) -> AsyncIterator[bytes]:
+        async def _relay(self, name: str, head: bytes, gen: Any) -> AsyncIterator[bytes]:
             try:
+                if head:
+                    yield head
                 async for part in gen:
                     yield part
             except RayError as exc:  # the replica died mid-stream: say so in the stream, as OpenAI does

@@ -142,12 +142,37 @@ def connect(address: str | None = None, num_cpus: float | None = None) -> bool:
     return True
 
 
+def cpus_needed(spec: DeploySpec) -> tuple[float, float]:
+    """Ray CPUs the spec reserves at its start and at its most (every model at max_replicas)."""
+    start = sum(m.scaling.cpus_per_replica * (m.scaling.initial_replicas if m.scaling.initial_replicas is not None
+                                              else m.scaling.min_replicas) for m in spec.models)
+    most = sum(m.scaling.cpus_per_replica * m.scaling.max_replicas for m in spec.models)
+    return start, most
+
+
+def check_fits(spec: DeploySpec, cluster_cpus: float) -> None:
+    """Refuse a spec whose first replicas cannot all be placed: Ray Serve would wait for them forever."""
+    start, most = cpus_needed(spec)
+    if start > cluster_cpus + 1e-9:
+        raise InvalidConfig(f"the spec's first replicas reserve {start:g} Ray CPUs but the cluster has {cluster_cpus:g}; "
+                            "lower scaling.cpus_per_replica or min_replicas (a reservation, not a limit: engine "
+                            "threads are set by threads_per_replica), or start Ray with more CPUs (--num-cpus)")
+    if most > cluster_cpus + 1e-9:
+        import logging
+
+        logging.getLogger("slipstream.deploy").warning(
+            "at max_replicas the spec reserves %g Ray CPUs and the cluster has %g: replicas beyond that wait "
+            "for room (or for the cluster's autoscaler)", most, cluster_cpus)
+
+
 def deploy(spec: DeploySpec, store: Store | None = None, *, wait: bool = True) -> list[ReplicaPlan]:
     """Apply ``spec`` to the connected cluster: new models start, changed ones roll, removed ones stop."""
+    import ray
     from ray import serve
 
     store = store or Store()
     plans = plan_spec(spec, store)  # every model checked before anything starts
+    check_fits(spec, ray.cluster_resources().get("CPU", 0.0))
     serve.start(http_options={"host": spec.host, "port": spec.port})
     targets = [serve.RunTarget(model_app(p, m, spec.grace_period_s), name=app_name(m.name), route_prefix=None)
                for p, m in zip(plans, spec.models)]
@@ -189,7 +214,10 @@ def scale(model: str, replicas: int, store: Store | None = None) -> DeploySpec:
 def stop() -> list[str]:
     from ray import serve
 
-    names = [n for n in serve.status().applications if n == ENDPOINT_APP or n.startswith(MODEL_APP_PREFIX)]
+    apps = serve.status().applications
+    # the endpoint goes last: `slipstream deploy SPEC` waits for it to go, then ends Ray
+    names = sorted((n for n in apps if n == ENDPOINT_APP or n.startswith(MODEL_APP_PREFIX)),
+                   key=lambda n: n == ENDPOINT_APP)
     for name in names:
         serve.delete(name)
     return names

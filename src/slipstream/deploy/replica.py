@@ -45,9 +45,20 @@ class ModelReplica:
         log.info("replica %s of %s: %s on %s ready", self.replica_id, self.plan.name, self.plan.variant,
                  self.plan.engine)
 
-    async def http(self, request: Forwarded) -> AsyncIterator[Start | bytes]:
+    async def http(self, request: Forwarded) -> AsyncIterator[tuple[Start, bytes] | bytes]:
+        """The response: its start together with the first piece of its body (one item less to send back
+        before the client sees anything), then the rest of the body as the app sends it."""
+        start: Start | None = None
         async for part in stream(self.app, request):
-            yield part
+            if isinstance(part, Start):
+                start = part
+            elif start is not None:
+                yield start, part
+                start = None
+            else:
+                yield part
+        if start is not None:
+            yield start, b""
 
     def card(self) -> dict[str, Any]:
         return {"id": self.plan.name, "root": self.plan.variant, "max_model_len": self.engine.max_context,

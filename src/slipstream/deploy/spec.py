@@ -102,7 +102,7 @@ class DeploySpec(_Strict):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    api_keys: list[str] = Field(default_factory=list)
+    api_keys: list[str] = Field(default_factory=list, repr=False)  # never printed
     grace_period_s: float = Field(30.0, ge=0)  # a replica being replaced finishes its requests within this
     models: list[ModelSpec] = Field(min_length=1)
 

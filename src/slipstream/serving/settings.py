@@ -115,7 +115,7 @@ class DeploymentSettings(ModelSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)  # 0: any free port
     served_model_name: Optional[str] = None  # default: the variant's name
-    api_keys: list[str] = Field(default_factory=list)  # empty: no authentication
+    api_keys: list[str] = Field(default_factory=list, repr=False)  # empty: no authentication
     grace_period_s: float = Field(10.0, ge=0)  # on SIGTERM: time for in-flight requests to finish
 
     @classmethod
