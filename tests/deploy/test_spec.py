@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -35,7 +36,11 @@ def test_spec_with_two_models_and_scaling():
     assert opts["autoscaling_config"]["target_ongoing_requests"] == 3
     assert opts["ray_actor_options"] == {"num_cpus": 0.5}
     assert opts["max_ongoing_requests"] == a.max_batch_size  # a replica takes what it can batch
-    assert deployment_options(b.scaling, b.max_batch_size, 30.0)["num_replicas"] == 1
+    # b leaves scaling out: the layout measured best, one single-threaded replica per core a's first
+    # replica (half a CPU) leaves
+    left = max(1, int((os.cpu_count() or 1) - 0.5))
+    assert deployment_options(b.scaling, b.max_batch_size, 30.0)["num_replicas"] == left
+    assert (b.scaling.cpus_per_replica, b.scaling.threads()) == (1, 1)
     assert a.serving_settings()["threads"] == 1  # half a CPU still gets one engine thread
 
 
@@ -181,3 +186,15 @@ def test_the_examples_in_docs_deploy_md_parse():
     assert [m.name for m in spec.models] == ["chat", "fast"] and spec.models[0].scaling.autoscaling
     (gale_json,) = re.findall(r"```json\n(.*?)```", text, re.S)
     assert DeploySpec.parse(json.loads(gale_json)).models[0].name == "chat"
+
+
+def test_suggested_layout_shares_the_cores_among_models_without_scaling():
+    from slipstream.deploy.spec import suggested_scaling
+
+    assert suggested_scaling(8).min_replicas == suggested_scaling(8).max_replicas == 8
+    assert suggested_scaling(8, models=3).min_replicas == 2
+    assert suggested_scaling(1, models=4).min_replicas == 1
+    spec = DeploySpec.parse({"models": [{"name": "a", "variant": "x"}, {"name": "b", "variant": "y"},
+                                        {"name": "c", "variant": "z", "scaling": {"max_replicas": 5}}]})
+    left = max(1, (os.cpu_count() or 1) - 1)  # c's first replica reserves one core
+    assert [m.scaling.max_replicas for m in spec.models] == [max(1, left // 2)] * 2 + [5]

@@ -128,6 +128,7 @@ class DeploySpec(_Strict):
 
         if is_gale(data):
             data = from_gale(data)
+        data = _with_suggested_scaling(data)
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
@@ -141,13 +142,33 @@ class DeploySpec(_Strict):
         return json.dumps(self.model_dump(mode="json"), sort_keys=True)
 
 
-def suggested_scaling(cpus: int | None = None) -> Scaling:
-    """The layout the spec suggests for a machine with ``cpus`` cores when a model's scaling is left out.
+def _with_suggested_scaling(data: dict[str, Any]) -> dict[str, Any]:
+    models = data.get("models")
+    if not isinstance(models, list):
+        return data
+    bare = [m for m in models if isinstance(m, dict) and "scaling" not in m]
+    if not bare:
+        return data
+    # the cores the other models' first replicas do not already reserve
+    reserved = 0.0
+    for m in models:
+        if isinstance(m, dict) and isinstance(m.get("scaling"), dict):
+            sc = m["scaling"]
+            reserved += float(sc.get("cpus_per_replica", 1)) * float(sc.get("initial_replicas") or sc.get("min_replicas", 1))
+    cores = max(1, int((os.cpu_count() or 1) - reserved))
+    layout = suggested_scaling(cores, models=len(bare)).model_dump()
+    return {**data, "models": [{**m, "scaling": layout} if isinstance(m, dict) and "scaling" not in m else m
+                               for m in models]}
 
-    One replica per two cores, each with two engine threads, is what benchmarks/serving/ray_layouts.py
-    measured best at 16 streams on a 2-core machine (docs/deploy.md#layouts).
+
+def suggested_scaling(cpus: int | None = None, models: int = 1) -> Scaling:
+    """The layout a model gets when its spec leaves ``scaling`` out: one replica per core (the cores shared
+    among the ``models`` that leave it out), each reserving one Ray CPU and running one engine thread.
+
+    Replicas of one thread beat one process of all threads on a small machine: on 2 cores at 16 streams,
+    2 replicas x 1 thread served 1.35x the tokens/s of one `slipstream serve` with 2 threads
+    (benchmarks/serving/ray_layouts.py, docs/deploy.md#layouts-measured).
     """
     cpus = cpus or os.cpu_count() or 1
-    replicas = max(1, cpus // 2)
-    return Scaling(min_replicas=replicas, max_replicas=replicas, cpus_per_replica=min(2, cpus),
-                   threads_per_replica=min(2, cpus))
+    replicas = max(1, cpus // max(1, models))
+    return Scaling(min_replicas=replicas, max_replicas=replicas, cpus_per_replica=1, threads_per_replica=1)
