@@ -122,8 +122,11 @@ def endpoint_app(spec: DeploySpec) -> Any:
                                          ray_actor_options={"num_cpus": 0}), "1").bind()
     version = hashlib.sha256(json.dumps([models, spec.api_keys], sort_keys=True).encode()).hexdigest()[:16]
 
-    ingress = serve.deployment(build_endpoint(models, spec.api_keys), name="endpoint", ray_actor_options={"num_cpus": 0},
-                               max_ongoing_requests=1000)
+    # the endpoint only relays, so it takes many requests at once; its queue is bounded too (Ray's proxy
+    # answers 503 beyond it)
+    ingress = serve.deployment(build_endpoint(models, spec.api_keys), name="endpoint",
+                               ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000,
+                               max_queued_requests=1000)
     return _versioned(ingress, version).bind(keeper)
 
 
@@ -154,7 +157,8 @@ def check_fits(spec: DeploySpec, cluster_cpus: float) -> None:
     """Refuse a spec whose first replicas cannot all be placed: Ray Serve would wait for them forever."""
     start, most = cpus_needed(spec)
     if start > cluster_cpus + 1e-9:
-        raise InvalidConfig(f"the spec's first replicas reserve {start:g} Ray CPUs but the cluster has {cluster_cpus:g}; "
+        raise InvalidConfig(f"the spec's first replicas reserve {start:g} Ray CPUs but the cluster has "
+                            f"{cluster_cpus:g}; "
                             "lower scaling.cpus_per_replica or min_replicas (a reservation, not a limit: engine "
                             "threads are set by threads_per_replica), or start Ray with more CPUs (--num-cpus)")
     if most > cluster_cpus + 1e-9:

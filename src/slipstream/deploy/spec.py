@@ -154,7 +154,8 @@ def _with_suggested_scaling(data: dict[str, Any]) -> dict[str, Any]:
     for m in models:
         if isinstance(m, dict) and isinstance(m.get("scaling"), dict):
             sc = m["scaling"]
-            reserved += float(sc.get("cpus_per_replica", 1)) * float(sc.get("initial_replicas") or sc.get("min_replicas", 1))
+            first = sc.get("initial_replicas") or sc.get("min_replicas", 1)
+            reserved += float(sc.get("cpus_per_replica", 1)) * float(first)
     cores = max(1, int((os.cpu_count() or 1) - reserved))
     layout = suggested_scaling(cores, models=len(bare)).model_dump()
     return {**data, "models": [{**m, "scaling": layout} if isinstance(m, dict) and "scaling" not in m else m
