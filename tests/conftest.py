@@ -122,3 +122,27 @@ def session_store(tmp_path_factory, tiny_llama_dir):
     for q in ("float32", "int8"):
         optimize("tiny", "ctranslate2", {"quantization": q}, name=f"tiny-ct2-{q}", store=store)
     return store
+
+
+@pytest.fixture(scope="session")
+def postgresql_server():
+    """A PostgreSQL server for this session (tests/postgres.py); the test skips, with the reason, where it
+    cannot run (Debian's postgresql package or psycopg missing)."""
+    from tests.postgres import PostgresServer, Unavailable
+
+    try:
+        server = PostgresServer.start()
+    except Unavailable as exc:
+        pytest.skip(f"no PostgreSQL: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgresql_url(postgresql_server, monkeypatch):
+    """A fresh, empty database on the session's server, named by $SLIPSTREAM_DATABASE_URL for this test (so
+    every Store and every slipstream process the test starts uses it)."""
+    url = postgresql_server.create_database()
+    monkeypatch.setenv("SLIPSTREAM_DATABASE_URL", url)
+    yield url
+    postgresql_server.drop_database(url)

@@ -108,7 +108,11 @@ def test_results_round_trip(store):
     assert store.result("m1", "evaluation", "other") is None
 
 
-def test_home_defaults_to_env(tmp_path, monkeypatch):
+def test_home_defaults_to_env(tmp_path, monkeypatch, database):
     monkeypatch.setenv("SLIPSTREAM_HOME", str(tmp_path / "h"))
-    assert Store().home == (tmp_path / "h").resolve()
-    assert os.path.exists(tmp_path / "h" / "registry.sqlite")
+    store = Store()
+    assert store.home == (tmp_path / "h").resolve()
+    if database is None:  # the SQLite registry lives in the home
+        assert os.path.exists(tmp_path / "h" / "registry.sqlite") and store.registry.path == store.home / "registry.sqlite"
+    else:  # $SLIPSTREAM_DATABASE_URL names it instead
+        assert store.registry.url == database and not os.path.exists(tmp_path / "h" / "registry.sqlite")

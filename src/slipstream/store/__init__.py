@@ -1,4 +1,5 @@
-"""The local store: model and variant directories under ``$SLIPSTREAM_HOME`` plus the registry.
+"""The local store: model and variant directories under ``$SLIPSTREAM_HOME`` plus the registry (an SQLite
+file in the home, or the database ``$SLIPSTREAM_DATABASE_URL`` names).
 
 Writes are atomic: a variant is built in ``staging/``, its manifest written last, then renamed into
 ``variants/`` in one step and only then registered. A process killed at any point leaves either
@@ -30,7 +31,7 @@ from slipstream.errors import InvalidConfig, NotFound, SlipstreamError
 from slipstream.extras import library_versions
 from slipstream.home import slipstream_home
 from slipstream.store.manifest import MANIFEST, Manifest, list_files, size_on_disk, tree_digest, verify
-from slipstream.store.registry import Registry, ResultRow, VariantRow, now
+from slipstream.store.registry import DATABASE_URL_ENV, Registry, ResultRow, VariantRow, now
 
 # One path component, never "." or "..", no separators, no NUL or control characters. Matched with
 # fullmatch: ``$`` alone would let a trailing newline through.
@@ -82,7 +83,8 @@ class Store:
         self.staging_dir = self.home / "staging"
         self.variants_dir.mkdir(parents=True, exist_ok=True)
         self.staging_dir.mkdir(parents=True, exist_ok=True)
-        self.registry = Registry(self.home / "registry.sqlite")
+        # $SLIPSTREAM_DATABASE_URL (PostgreSQL for a team) or the SQLite file in the home (docs/database.md)
+        self.registry = Registry(os.environ.get(DATABASE_URL_ENV) or self.home / "registry.sqlite")
         self.recover()
 
     # reading --------------------------------------------------------------------------------
