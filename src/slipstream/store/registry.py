@@ -117,7 +117,7 @@ variants_t = sa.Table(
     "variants", _meta,
     sa.Column("name", sa.Text, primary_key=True),
     sa.Column("kind", sa.Text), sa.Column("format", sa.Text), sa.Column("architecture", sa.Text),
-    sa.Column("parameters", sa.Integer), sa.Column("size_bytes", sa.Integer), sa.Column("sha256", sa.Text),
+    sa.Column("parameters", sa.BigInteger), sa.Column("size_bytes", sa.BigInteger), sa.Column("sha256", sa.Text),
     sa.Column("source", sa.Text), sa.Column("parent", sa.Text), sa.Column("technique", sa.Text),
     sa.Column("device", sa.Text), sa.Column("path", sa.Text), sa.Column("created", sa.Text),
 )
