@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from slipstream.errors import NotFound, SlipstreamError
 from slipstream.store import Store
-from slipstream.store.registry import HEAD, JobRow, Registry, ResultRow, VariantRow
+from slipstream.store.registry import HEAD, JobRow, Registry, ResultRow, VariantRow, copy_registry
 
 
 def _row(name: str, created: str = "2025-01-01T00:00:00+00:00", **kw) -> VariantRow:
@@ -203,3 +203,21 @@ def test_an_unreachable_database_is_one_clear_error_without_the_password(databas
     with pytest.raises(SlipstreamError, match="cannot open the registry at .*no_such_database") as err:
         Registry(url)
     assert "s3cret" not in str(err.value)
+
+
+def test_a_store_moves_to_another_database_with_its_rows_and_ids(registry, tmp_path):
+    """docs/database.md's move: a registry.sqlite from before the migrations, copied into the test's database
+    (a new SQLite file, or PostgreSQL); the ids go on from where they were."""
+    _old_registry(tmp_path / "old" / "registry.sqlite")
+    old = Registry(tmp_path / "old" / "registry.sqlite")
+    job = old.add_job("bench", {"model": "tiny"})
+    first = old.add_job_event(job.id, {"type": "log"})
+    assert copy_registry(old, registry) == {"variants": 2, "results": 2, "jobs": 1, "job_events": 1}
+    assert registry.variants() == old.variants() and registry.results() == old.results()
+    assert registry.get_job(job.id) == job and registry.job_events(job.id) == old.job_events(job.id)
+    assert registry.add_result("tiny", "bench", "k", {}, {}, {}, {}) == 3
+    assert registry.add_job_event(job.id, {"type": "log"}) > first
+    registry.add_job("bench", {})
+    assert [j.id for j in registry.jobs()][-1] == job.id  # the copied job stays the oldest
+    with pytest.raises(SlipstreamError, match="copy into an empty registry"):
+        copy_registry(old, registry)

@@ -378,15 +378,15 @@ class Registry:
         if self.dialect == "postgresql":
             oldest = oldest.with_for_update(skip_locked=True)
         with self._write() as conn:
-            job_id = conn.execute(oldest).scalar()
-            if job_id is None:
-                return None
-            stamp = now()
-            done = conn.execute(sa.update(jobs_t).where(jobs_t.c.id == job_id, jobs_t.c.state == "queued")
-                                .values(state="running", worker=worker, started=stamp, updated=stamp))
-            if done.rowcount != 1:  # cannot happen under the lock; a claim that finds nothing says so
-                return None
-            return self._job(conn, job_id)
+            while True:
+                job_id = conn.execute(oldest).scalar()
+                if job_id is None:
+                    return None
+                stamp = now()
+                done = conn.execute(sa.update(jobs_t).where(jobs_t.c.id == job_id, jobs_t.c.state == "queued")
+                                    .values(state="running", worker=worker, started=stamp, updated=stamp))
+                if done.rowcount == 1:  # else taken meanwhile (not under these locks; kept as a guard): the next
+                    return self._job(conn, job_id)
 
     def add_job_event(self, job_id: str, event: dict[str, Any]) -> int:
         """Append ``event`` to the job's events; returns its id, larger than every earlier event's of the job."""
@@ -414,6 +414,26 @@ class Registry:
     def _job(self, conn: Connection, job_id: str) -> JobRow | None:
         r = conn.execute(sa.select(jobs_t).where(jobs_t.c.id == job_id)).mappings().first()
         return _job(r) if r else None
+
+
+def copy_registry(source: Registry, target: Registry) -> dict[str, int]:
+    """Every row of ``source`` into ``target``, which must hold none yet, ids kept (a result's id, a job's
+    events); the number of rows per table. To move a store's registry to another database (docs/database.md):
+    stop what writes to it first."""
+    counts = {}
+    with source._read() as src, target._write() as dst:
+        for table in (variants_t, results_t, jobs_t, job_events_t):
+            if dst.execute(sa.select(sa.func.count()).select_from(table)).scalar():
+                raise SlipstreamError(f"{target!r} already has rows in {table.name}: copy into an empty registry")
+            rows = [dict(r) for r in src.execute(sa.select(table)).mappings()]
+            for start in range(0, len(rows), 1000):
+                dst.execute(sa.insert(table), rows[start:start + 1000])
+            counts[table.name] = len(rows)
+        if target.dialect == "postgresql":  # the copied ids were given, not drawn: move the sequences past them
+            for table, col in ((results_t, "id"), (jobs_t, "seq"), (job_events_t, "id")):
+                dst.execute(sa.text(f"SELECT setval(pg_get_serial_sequence('{table.name}', '{col}'), "
+                                    f"COALESCE((SELECT max({col}) FROM {table.name}), 0) + 1, false)"))
+    return counts
 
 
 def _revision(conn: Connection) -> str | None:
