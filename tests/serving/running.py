@@ -15,13 +15,13 @@ class RunningServer:
         import uvicorn
 
         from slipstream.serving.app import create_app
-        from slipstream.serving.server import bind
+        from slipstream.serving.server import bind, uvicorn_config
 
         self.app = create_app(engine, settings, model_name=model_name, embedder=embedder)
         self.state = self.app.state.slipstream
         sock = bind("127.0.0.1", 0)
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="on"))
+        self.server = uvicorn.Server(uvicorn_config(self.app, settings, log_level="warning", lifespan="on"))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 20

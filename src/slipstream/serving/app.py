@@ -17,8 +17,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from slipstream import __version__
 from slipstream.engines.stepping import can_step
 from slipstream.errors import InvalidConfig
+from slipstream.serving import openapi
 from slipstream.serving.auth import key_checker
 from slipstream.serving.caches import Embedder, ExactCache, SemanticCache
 from slipstream.serving.errors import ApiError
@@ -61,7 +63,7 @@ def kv_cache_dtype(engine: Any, settings: DeploymentSettings) -> str:
 
 def make_scheduler(engine: Any, settings: DeploymentSettings, metrics: Metrics) -> Scheduler:
     common = dict(max_batch_size=settings.max_batch_size, max_queue=settings.max_queue,
-                  on_batch=metrics.batch.observe)
+                  max_queued_tokens=settings.max_queued_tokens, on_batch=metrics.batch.observe)
     mode = batching_mode(engine, settings)
     if mode == "continuous":
         prefix = settings.prefix_cache.max_tokens if settings.prefix_cache.enabled else 0
@@ -100,7 +102,7 @@ def create_app(engine: Any, settings: DeploymentSettings, *, model_name: str,
 
             embedder = MiniLMEmbedder(settings.semantic_cache.model)
         semantic = SemanticCache(embedder, settings.semantic_cache.threshold, settings.semantic_cache.max_entries)
-    service = Service(engine, scheduler, metrics, exact=exact, semantic=semantic)
+    service = Service(engine, scheduler, metrics, exact=exact, semantic=semantic, deadline_s=settings.deadline_s)
     state = ServerState(engine, settings, model_name, scheduler, service, metrics, int(time.time()))
     holder["state"] = state
 
@@ -112,19 +114,63 @@ def create_app(engine: Any, settings: DeploymentSettings, *, model_name: str,
         finally:
             scheduler.stop()
 
-    app = FastAPI(title="slipstream", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    # FastAPI's own /openapi.json route would be open to all: the schema is served below, behind the key
+    app = FastAPI(title="slipstream", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.state.slipstream = state
     guarded = [Depends(key_checker(settings.api_keys))]
     app.include_router(info.public)
     app.include_router(info.router, dependencies=guarded)
     app.include_router(completions.router, dependencies=guarded)
     app.include_router(chat.router, dependencies=guarded)
-    error_handlers(app)
+    if settings.openapi:
+        keyed = any(k for k in settings.api_keys)
+
+        @app.get("/openapi.json", include_in_schema=False, dependencies=guarded)
+        async def openapi_json() -> JSONResponse:
+            return JSONResponse(openapi.schema(app, keyed=keyed, limits=settings.limits,
+                                               vocab_size=engine.tokenizer.vocab_size))
+
+    error_handlers(app, settings.max_body_bytes)
     return app
 
 
-def error_handlers(app: FastAPI) -> None:
-    """OpenAI-shaped errors for every failure: ApiError, invalid bodies, unknown routes, crashes."""
+class BodyLimit:
+    """A 413 for a request body above ``limit`` bytes: at the first read when its Content-Length says so, else
+    as soon as that many bytes have arrived (a chunked body has no length), before anything parses it.
+
+    (FastAPI's own ``max_body_size`` replaces the app's answer with a plain-text 413 whenever the declared
+    length is too large; this one is raised where the body is read, so the error handler shapes it.)"""
+
+    def __init__(self, app: Any, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = next((int(v) for k, v in scope["headers"] if k == b"content-length" and v.isdigit()), 0)
+        seen = 0
+
+        async def limited() -> dict:
+            nonlocal seen
+            # the body is left unread, so the connection cannot carry another request: close it
+            too_large = StarletteHTTPException(413, headers={"Connection": "close"})
+            if declared > self.limit:
+                raise too_large
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise too_large
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def error_handlers(app: FastAPI, max_body_bytes: int | None = None) -> None:
+    """OpenAI-shaped errors for every failure: ApiError, invalid bodies, unknown routes, crashes
+    (``max_body_bytes``: the BodyLimit in front of the app, named in its 413)."""
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         _count(request, exc.status)
@@ -135,6 +181,9 @@ def error_handlers(app: FastAPI) -> None:
         problems = []
         param = None
         for e in exc.errors():
+            if e.get("type") == "json_invalid":  # FastAPI locates it at ("body", 0): the body as a whole
+                problems.append(f"the body is not valid JSON ({(e.get('ctx') or {}).get('error', e.get('msg'))})")
+                continue
             loc = [str(p) for p in e.get("loc", ()) if p != "body"]
             param = param or (loc[0] if loc else None)
             problems.append(f"{'.'.join(loc) or 'body'}: {e.get('msg')}")
@@ -145,7 +194,15 @@ def error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        err = ApiError(exc.status_code, str(exc.detail), type=kind)
+        message = str(exc.detail)
+        if exc.status_code == 413 and max_body_bytes is not None:  # BodyLimit
+            message = (f"The request body is larger than this server's limit of {max_body_bytes} bytes "
+                       "(max_body_bytes).")
+        elif message == "There was an error parsing the body" and exc.__cause__ is not None:  # FastAPI's: say why
+            message = f"the body is not valid JSON ({exc.__cause__.__class__.__name__}: {exc.__cause__})"[:300]
+        err = ApiError(exc.status_code, message, type=kind, code="request_too_large" if exc.status_code == 413
+                       else None)
+        _count(request, exc.status_code)
         return JSONResponse(err.body(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
@@ -157,6 +214,8 @@ def error_handlers(app: FastAPI) -> None:
 
 
 def _count(request: Request, status: int) -> None:
+    """Count an answer under its route's path: only routes that exist, so unknown paths add no series."""
     state: ServerState | None = getattr(request.app.state, "slipstream", None)
-    if state is not None and request.url.path.startswith("/v1/"):
-        state.metrics.requests.labels(request.url.path, str(status)).inc()
+    path = getattr(request.scope.get("route"), "path", "")
+    if state is not None and path.startswith("/v1/"):
+        state.metrics.requests.labels(path, str(status)).inc()

@@ -18,7 +18,7 @@ import numpy as np
 from slipstream.serving.caches import ExactCache, SemanticCache, deterministic, exact_key
 from slipstream.serving.errors import ApiError, queue_full
 from slipstream.serving.metrics import Metrics
-from slipstream.serving.params import Plan
+from slipstream.serving.params import SEEDS, Plan
 from slipstream.serving.scheduler import QueueFull, Scheduler, Ticket
 from slipstream.serving.textstream import TextStream
 
@@ -50,8 +50,10 @@ class Delta:
 
 class Service:
     def __init__(self, engine: Any, scheduler: Scheduler, metrics: Metrics, *,
-                 exact: ExactCache | None = None, semantic: SemanticCache | None = None):
+                 exact: ExactCache | None = None, semantic: SemanticCache | None = None,
+                 deadline_s: float | None = None):
         self.engine, self.scheduler, self.metrics = engine, scheduler, metrics
+        self.deadline_s = deadline_s
         self.tokenizer = engine.tokenizer
         self.exact, self.semantic = exact, semantic
 
@@ -78,7 +80,7 @@ class Service:
         tickets: list[Ticket] = []
         try:
             for i in range(plan.n):
-                seed = None if params.seed is None else params.seed + i
+                seed = None if params.seed is None else (params.seed + i) % SEEDS
                 tickets.append(self.scheduler.submit(prompt, params.with_(seed=seed) if i else params))
         except QueueFull as exc:
             for t in tickets:
@@ -144,7 +146,7 @@ class Job:
                 if item.finish_reason is not None:
                     open_choices -= 1
                 yield item
-            self._finished([t.result() for t in tasks])
+            self._finished(await asyncio.gather(*tasks))  # each has sent its last delta; wait for it to return
         finally:
             self.abandon()
             for task in tasks:
@@ -156,47 +158,60 @@ class Job:
         return self.final
 
     async def _follow(self, index: int, ticket: Ticket, out: asyncio.Queue | None) -> Choice:
-        """Read one ticket's tokens into text, stop sequences applied; feed ``out`` with deltas."""
-        m = self.service.metrics
-        stream = TextStream(self.service.tokenizer, self.plan.stops)
-        first = last = None
-        count, done = 0, False
+        """One ticket's choice, within the deployment's deadline; errors go to ``out`` too when streaming."""
+        deadline = self.service.deadline_s
         try:
-            while True:
-                kind, value = await ticket.next_event()
-                if kind == "token":
-                    last = time.perf_counter()
-                    if first is None:
-                        first = last
-                        m.ttft.observe(first - ticket.submitted)
-                    count += 1
-                    m.tokens(1)
-                    delta = stream.push(value)
-                    if delta and out is not None:
-                        out.put_nowait(Delta(index, delta))
-                    if stream.stopped:
-                        ticket.cancel()
-                        reason = "stop"
-                        break
-                elif kind == "done":
-                    reason = value
-                    break
-                else:
-                    raise ApiError(500, str(value), type="server_error")
-            if reason == "cancelled":
-                raise ApiError(503, "the server is shutting down; the request was cancelled", type="server_error")
-            tail = stream.flush()
-            if out is not None:
-                out.put_nowait(Delta(index, tail, reason))
-            done = True
-            if count > 1:
-                m.tpot.observe((last - first) / (count - 1))
-            m.latency.observe(time.perf_counter() - ticket.submitted)
-            return Choice(stream.text, tuple(stream.token_ids()), reason)
+            if deadline is None:
+                return await self._read(index, ticket, out)
+            left = max(0.0, ticket.submitted + deadline - time.perf_counter())
+            try:
+                return await asyncio.wait_for(self._read(index, ticket, out), left)
+            except asyncio.TimeoutError:
+                self.service.metrics.expired.inc()
+                ticket.cancel()  # its slot is freed at the next step
+                raise ApiError(503, f"the request ran past this server's deadline of {deadline:g} s (deadline_s) "
+                               "and was cancelled; ask for fewer tokens or retry later", type="server_error",
+                               code="deadline_exceeded") from None
         except ApiError as exc:
             if out is not None:
                 out.put_nowait(exc)
             raise
-        finally:
-            if not done:  # the reader went away (or the request was cancelled): free the slot
-                self._cancel(ticket)
+        finally:  # the reader went away (or the request failed): free the slot
+            self._cancel(ticket)
+
+    async def _read(self, index: int, ticket: Ticket, out: asyncio.Queue | None) -> Choice:
+        """Read one ticket's tokens into text, stop sequences applied; feed ``out`` with deltas."""
+        m = self.service.metrics
+        stream = TextStream(self.service.tokenizer, self.plan.stops)
+        first = last = None
+        count = 0
+        while True:
+            kind, value = await ticket.next_event()
+            if kind == "token":
+                last = time.perf_counter()
+                if first is None:
+                    first = last
+                    m.ttft.observe(first - ticket.submitted)
+                count += 1
+                m.tokens(1)
+                delta = stream.push(value)
+                if delta and out is not None:
+                    out.put_nowait(Delta(index, delta))
+                if stream.stopped:
+                    ticket.cancel()
+                    reason = "stop"
+                    break
+            elif kind == "done":
+                reason = value
+                break
+            else:
+                raise ApiError(500, str(value), type="server_error")
+        if reason == "cancelled":
+            raise ApiError(503, "the server is shutting down; the request was cancelled", type="server_error")
+        tail = stream.flush()
+        if out is not None:
+            out.put_nowait(Delta(index, tail, reason))
+        if count > 1:
+            m.tpot.observe((last - first) / (count - 1))
+        m.latency.observe(time.perf_counter() - ticket.submitted)
+        return Choice(stream.text, tuple(stream.token_ids()), reason)

@@ -78,6 +78,8 @@ class Metrics:
                                 "queue was full", registry=r)
         self.cancelled = Counter("slipstream_requests_cancelled", "Generations stopped because the client "
                                  "went away", registry=r)
+        self.expired = Counter("slipstream_requests_expired", "Generations cancelled at the deployment's "
+                               "deadline (deadline_s)", registry=r)
         self.prompt_tokens = Counter("slipstream_prompt_tokens", "Prompt tokens processed", registry=r)
         self.output_tokens = Counter("slipstream_output_tokens", "Tokens generated", registry=r)
         self.ttft = Histogram("slipstream_time_to_first_token_seconds", "From request arrival to its first "

@@ -13,6 +13,15 @@ from slipstream.serving.protocol import ChatCompletionRequest, CompletionRequest
 from slipstream.serving.settings import DeploymentSettings
 
 
+# Engines take 32-bit seeds (CTranslate2 refuses more, numpy refuses negatives); a request's 64-bit seed is
+# taken modulo this, so every seed OpenAI's API allows is a valid one here
+SEEDS = 2 ** 32
+# a temperature or top_p below this is greedy decoding (vLLM's _SAMPLING_EPS), as it nearly is anyway: logits
+# divided by a temperature of 1e-300 overflow to inf and the softmax to nan, and CTranslate2 reads a top_p of
+# 5e-324 as 0 and refuses it; either failed the whole engine step, every request in it with a 500
+GREEDY_BELOW = 1e-5
+
+
 @dataclass(frozen=True)
 class Plan:
     """What to do for one request: engine params (None: score only, no generation), stops, choices."""
@@ -41,7 +50,8 @@ def _unsupported(req: _Request) -> None:
             raise bad_request(f"response_format {fmt!r} is not supported by this server", "response_format")
 
 
-def plan(req: _Request, settings: DeploymentSettings, *, prompt_tokens: int, max_context: int) -> Plan:
+def plan(req: _Request, settings: DeploymentSettings, *, prompt_tokens: int, max_context: int,
+         vocab_size: int | None = None) -> Plan:
     """Resolve ``req`` against the deployment's defaults and limits, for a prompt of that length."""
     _unsupported(req)
     d, lim = settings.defaults, settings.limits
@@ -73,6 +83,8 @@ def plan(req: _Request, settings: DeploymentSettings, *, prompt_tokens: int, max
                           f"{lim.max_temperature}", "temperature")
     top_k = req.top_k if req.top_k is not None else d.top_k
     top_k = max(top_k, 0)
+    if vocab_size and top_k >= vocab_size:
+        top_k = 0  # no limit either way; CTranslate2 fails the whole batch on a top_k above its vocabulary
     if lim.max_top_k and top_k > lim.max_top_k:
         raise bad_request(f"top_k is {top_k}, above this deployment's limit of {lim.max_top_k}", "top_k")
     stops = req.stops()
@@ -87,10 +99,13 @@ def plan(req: _Request, settings: DeploymentSettings, *, prompt_tokens: int, max
         return Plan(None, stops, n)
     if req.min_tokens > max_tokens:
         raise bad_request(f"min_tokens ({req.min_tokens}) is above max_tokens ({max_tokens})", "min_tokens")
+    seed = req.seed if req.seed is not None else d.seed
+    top_p = req.top_p if req.top_p is not None else d.top_p
+    if temperature < GREEDY_BELOW or top_p < GREEDY_BELOW:
+        temperature, top_p = 0.0, 1.0
     params = SamplingParams(
-        max_tokens=max_tokens, temperature=temperature,
-        top_p=req.top_p if req.top_p is not None else d.top_p, top_k=top_k,
-        seed=req.seed if req.seed is not None else d.seed, min_tokens=req.min_tokens, ignore_eos=req.ignore_eos,
+        max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+        seed=None if seed is None else seed % SEEDS, min_tokens=req.min_tokens, ignore_eos=req.ignore_eos,
     )
     return Plan(params, stops, n)
 

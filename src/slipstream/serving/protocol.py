@@ -9,9 +9,35 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# OpenAI's seed is any 64-bit integer (engines take 32 bits of it: slipstream.serving.params)
+INT64 = 2 ** 63
+
+
+def _surrogate(data: Any) -> str | None:
+    """The dotted path of the first string (or key) in ``data`` holding an unpaired UTF-16 surrogate.
+    Iterative: a body nested as deep as the JSON parser allows must not overflow the stack here."""
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                # the path itself may hold the surrogate (a key): escaped so the message can be sent
+                return (path or "body").encode("utf-8", "backslashreplace").decode()
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                stack += [(f"{path}.{k}".lstrip("."), v), (f"{path}.{k}".lstrip("."), k)]
+        elif isinstance(value, list):
+            stack.extend((f"{path}.{i}".lstrip("."), v) for i, v in enumerate(value))
+    return None
+
+
+_UNSUPPORTED = {"minimum": 0, "maximum": 0}
 
 
 class _Request(BaseModel):
@@ -24,15 +50,27 @@ class _Request(BaseModel):
     top_k: Optional[int] = Field(None, ge=-1)  # -1 or 0: no limit
     n: Optional[int] = Field(None, ge=1)
     stop: Optional[Union[str, list[str]]] = None
-    seed: Optional[int] = None
+    seed: Optional[int] = Field(None, ge=-INT64, lt=INT64)
     stream: bool = False
     stream_options: Optional[dict[str, Any]] = None
     min_tokens: int = Field(0, ge=0)
     ignore_eos: bool = False
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logit_bias: Optional[dict[str, float]] = None
+    # accepted for OpenAI's clients, which send them; anything but 0 (or an empty logit_bias) is refused
+    # with a 400 saying so (serving.params), and the schema says as much
+    presence_penalty: float = Field(0.0, json_schema_extra=_UNSUPPORTED)
+    frequency_penalty: float = Field(0.0, json_schema_extra=_UNSUPPORTED)
+    logit_bias: Optional[dict[str, float]] = Field(None, json_schema_extra={"maxProperties": 0})
     user: Optional[str] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_surrogates(cls, data: Any) -> Any:
+        # JSON's "\ud800" escape decodes to a str no tokenizer or UTF-8 response can hold; refused here, by
+        # field, instead of failing later in the tokenizer or in an error message that quotes it
+        where = _surrogate(data)
+        if where:
+            raise ValueError(f"{where} holds an unpaired UTF-16 surrogate (\\ud800-\\udfff), which is not text")
+        return data
 
     def stops(self) -> list[str] | None:
         if self.stop is None:
@@ -43,12 +81,20 @@ class _Request(BaseModel):
         return bool((self.stream_options or {}).get("include_usage"))
 
 
+TokenId = Annotated[int, Field(ge=0)]  # below the vocabulary's size too: checked, and written in the schema
+TokenIds = Annotated[list[TokenId], Field(min_length=1)]
+Text = Annotated[str, Field(min_length=1)]
+
+
 class CompletionRequest(_Request):
-    prompt: Union[str, list[str], list[int], list[list[int]]]
+    # a text, texts, token ids, or lists of token ids; none of them empty (an empty text is refused once
+    # tokenized: it may still hold a special token)
+    prompt: Union[Text, Annotated[list[Text], Field(min_length=1)], TokenIds,
+                  Annotated[list[TokenIds], Field(min_length=1)]]
     echo: bool = False
     logprobs: Optional[int] = Field(None, ge=0)
     best_of: Optional[int] = Field(None, ge=1)
-    suffix: Optional[str] = None
+    suffix: Optional[str] = Field(None, json_schema_extra={"maxLength": 0})  # not supported
 
 
 class ContentPart(BaseModel):
@@ -59,7 +105,7 @@ class ContentPart(BaseModel):
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
-    role: str
+    role: Literal["system", "user", "assistant", "tool", "developer"]  # OpenAI's; others are refused
     content: Optional[Union[str, list[ContentPart]]] = None
     name: Optional[str] = None
 
@@ -75,7 +121,7 @@ class ChatCompletionRequest(_Request):
     logprobs: bool = False
     top_logprobs: Optional[int] = Field(None, ge=0)
     response_format: Optional[dict[str, Any]] = None
-    tools: Optional[list[Any]] = None
+    tools: Optional[list[Any]] = Field(None, json_schema_extra={"maxItems": 0})  # not supported
     tool_choice: Optional[Any] = None
     parallel_tool_calls: Optional[bool] = None
 
@@ -117,6 +163,48 @@ class CompletionResponse(BaseModel):
     choices: list[CompletionChoice]
     usage: Optional[Usage] = None
     system_fingerprint: Optional[str] = None
+
+
+# streamed chunks (stream=true): each a server-sent event's data, then data: [DONE] ---------------
+class _Chunk(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # the schema says exactly what a chunk holds
+
+
+class CompletionChunkChoice(_Chunk):
+    index: int
+    text: str
+    logprobs: None = None
+    finish_reason: Optional[Literal["stop", "length"]] = None
+
+
+class CompletionChunk(_Chunk):
+    id: str
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChunkChoice]  # empty in the last chunk, which carries usage (include_usage)
+    usage: Optional[Usage] = None
+
+
+class ChatDelta(_Chunk):
+    role: Optional[Literal["assistant"]] = None
+    content: Optional[str] = None
+
+
+class ChatChunkChoice(_Chunk):
+    index: int
+    delta: ChatDelta
+    logprobs: None = None
+    finish_reason: Optional[Literal["stop", "length"]] = None
+
+
+class ChatCompletionChunk(_Chunk):
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Optional[Usage] = None
 
 
 class TopLogprob(BaseModel):
@@ -167,6 +255,13 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "stopping"]
+    model: str
+    queue_depth: int
+    running: int
 
 
 class ErrorDetail(BaseModel):

@@ -75,9 +75,10 @@ class Scheduler:
 
     mode = "base"
 
-    def __init__(self, *, max_batch_size: int, max_queue: int,
+    def __init__(self, *, max_batch_size: int, max_queue: int, max_queued_tokens: int | None = None,
                  on_batch: Callable[[int], None] | None = None):
         self.max_batch_size, self.max_queue = max_batch_size, max_queue
+        self.max_queued_tokens = max_queued_tokens
         self.on_batch = on_batch or (lambda rows: None)
         self.waiting: deque[Ticket] = deque()
         self.running: dict[int, Ticket] = {}
@@ -108,6 +109,14 @@ class Scheduler:
             if len(self.running) + len(self.waiting) >= self.max_batch_size + self.max_queue:
                 raise QueueFull(f"the queue is full ({len(self.waiting)} waiting, "
                                 f"{len(self.running)} running); retry later")
+            # a request that will have to wait counts its prompt and max_tokens against the queue's token
+            # budget; one that takes a free slot at once does not, so a lone long request is never refused
+            cost = len(prompt) + params.max_tokens
+            if self.max_queued_tokens is not None and len(self.running) + len(self.waiting) >= self.max_batch_size:
+                queued = sum(len(t.prompt) + t.params.max_tokens for t in self.waiting)
+                if queued + cost > self.max_queued_tokens:
+                    raise QueueFull(f"the queue holds {queued} tokens (prompts plus max_tokens); this request's "
+                                    f"{cost} would pass the limit of {self.max_queued_tokens}; retry later")
             ticket = Ticket(next(self._ids), prompt, params, loop)
             ticket._wake = self._notify
             self.waiting.append(ticket)
@@ -215,6 +224,15 @@ class ContinuousScheduler(Scheduler):
         super().__init__(**kwargs)
         self.stepper = stepper
         self.on_step = on_step or (lambda seconds: None)
+
+    def _fail_running(self, message: str) -> None:
+        # the failed step's sequences leave the stepper too, or they would hold its rows (and keys/values)
+        for seq_id in list(self.running):
+            try:
+                self.stepper.remove(seq_id)
+            except Exception:  # noqa: BLE001 - a broken stepper must not keep the others from their error
+                log.exception("could not remove sequence %d after a failed step", seq_id)
+        super()._fail_running(message)
 
     def _run_once(self) -> None:
         for t in [t for t in self.running.values() if t.cancelled]:

@@ -31,6 +31,13 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def uvicorn_config(app: Any, settings: DeploymentSettings, **options: Any) -> uvicorn.Config:
+    """uvicorn's settings for ``app``: the connection limit from ``max_connections``, then ``options``."""
+    # uvicorn counts the connection a request arrives on among the open ones and refuses at >= its
+    # limit_concurrency, so max_connections + 1 lets exactly max_connections be served at once
+    return uvicorn.Config(app, limit_concurrency=settings.max_connections + 1, **options)
+
+
 def banner(url: str, model_name: str, engine: Any, settings: DeploymentSettings) -> list[str]:
     info = engine.info()
     options = getattr(engine, "options", None)  # the engine's options in force (slipstream.engines.options)
@@ -52,11 +59,13 @@ def banner(url: str, model_name: str, engine: Any, settings: DeploymentSettings)
         f"  defaults   temperature={d.temperature} top_p={d.top_p} top_k={d.top_k} max_tokens={d.max_tokens} "
         f"n={d.n} seed={d.seed} stop={d.stop}",
         f"  limits     max_tokens={s.limits.max_tokens} max_n={s.limits.max_n} "
-        f"max_temperature={s.limits.max_temperature}",
+        f"max_temperature={s.limits.max_temperature} max_queued_tokens={s.max_queued_tokens} "
+        f"deadline_s={s.deadline_s} max_body_bytes={s.max_body_bytes} max_connections={s.max_connections}",
         f"  caches     {' '.join(caches)}",
         f"  api keys   {len(s.api_keys) if s.api_keys else 'none (no authentication)'}",
         f"  shutdown   SIGTERM: {s.grace_period_s:g} s grace for requests in flight",
-        f"  endpoints  {url}/v1/completions {url}/v1/chat/completions {url}/v1/models {url}/health {url}/metrics",
+        f"  endpoints  {url}/v1/completions {url}/v1/chat/completions {url}/v1/models {url}/health {url}/metrics"
+        + (f" {url}/openapi.json" if s.openapi else ""),
     ]
 
 
@@ -67,7 +76,7 @@ def serve(engine: Any, settings: DeploymentSettings, *, model_name: str, embedde
     sock = bind(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=settings.grace_period_s,
+    config = uvicorn_config(app, settings, log_level="warning", timeout_graceful_shutdown=settings.grace_period_s,
                             access_log=False, lifespan="on")
     server = _Server(config, app.state.slipstream, echo)
     for line in banner(url, model_name, engine, settings):

@@ -70,6 +70,12 @@ class ModelSettings(_Strict):
     batching: Literal["auto", "continuous", "dynamic", "sequential"] = "auto"
     max_batch_size: int = Field(16, ge=1)  # sequences decoded together
     max_queue: int = Field(64, ge=0)  # requests waiting for a slot; more get 429 at once
+    # prompt plus max_tokens of every request waiting for a slot; a request that would take the queue past
+    # it gets 429 at once (a few long requests can be as much work as many short ones)
+    max_queued_tokens: int = Field(131072, ge=1)
+    # seconds from a request's arrival (queue time included) to its last token; past it the request is
+    # cancelled, its slot freed, and it ends with a 503 (an error event when streaming). None: no deadline
+    deadline_s: Optional[float] = Field(300.0, gt=0)
     batch_window_ms: float = Field(5.0, ge=0)  # dynamic batching: how long to collect a batch
     # dynamic batching: prompts in one batch differ in length by at most this many tokens (CTranslate2
     # force-decodes the difference one step at a time); None: no limit
@@ -117,6 +123,11 @@ class DeploymentSettings(ModelSettings):
     served_model_name: Optional[str] = None  # default: the variant's name
     api_keys: list[str] = Field(default_factory=list, repr=False)  # empty: no authentication
     grace_period_s: float = Field(10.0, ge=0)  # on SIGTERM: time for in-flight requests to finish
+    # a request body above this many bytes gets 413 before it is parsed (TGI's --payload-limit is 2 MB too)
+    max_body_bytes: int = Field(2_000_000, ge=1024)
+    # open connections served at once; past it uvicorn answers 503 (its limit_concurrency)
+    max_connections: int = Field(1024, ge=1)
+    openapi: bool = True  # serve the OpenAPI schema at /openapi.json (behind the API key, like every route)
 
     @classmethod
     def load(cls, path: Path | None = None, overrides: dict[str, Any] | None = None) -> "DeploymentSettings":

@@ -10,8 +10,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from slipstream.serving.errors import bad_request
+from slipstream.serving.openapi import generation_responses
 from slipstream.serving.params import plan
-from slipstream.serving.protocol import (AssistantMessage, ChatChoice, ChatCompletionRequest,
+from slipstream.serving.protocol import (AssistantMessage, ChatChoice, ChatCompletionChunk, ChatCompletionRequest,
                                          ChatCompletionResponse, ChoiceLogprobs, TokenLogprob, TopLogprob, Usage,
                                          new_id, now)
 from slipstream.serving.routes.common import ClientGone, check_model, count, server, sse, unless_disconnected
@@ -30,12 +31,14 @@ def _render(body: ChatCompletionRequest, tokenizer: Any) -> tuple[list[int], str
     return ids, "\n".join(f"{m['role']}: {m['content']}" for m in messages)
 
 
-@router.post("/v1/chat/completions", response_model=None)
+@router.post("/v1/chat/completions", response_model=None,
+             responses=generation_responses(ChatCompletionResponse, ChatCompletionChunk))
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     st = server(request)
     check_model(request, body.model)
     ids, text = _render(body, st.engine.tokenizer)
-    p = plan(body, st.settings, prompt_tokens=len(ids), max_context=st.engine.max_context)
+    p = plan(body, st.settings, prompt_tokens=len(ids), max_context=st.engine.max_context,
+             vocab_size=st.engine.tokenizer.vocab_size)
     if body.stream and body.logprobs:
         raise bad_request("logprobs with stream=true is not supported; ask without streaming", "logprobs")
     job = await st.service.open("chat", ids, p, semantic_text=text)
@@ -45,6 +48,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     try:
         response = await unless_disconnected(request, _complete(request, body, ids, job))
     except ClientGone:
+        count(request, 499)
         return Response(status_code=499)
     finally:
         job.abandon()

@@ -15,15 +15,16 @@ from fastapi.responses import JSONResponse, Response
 
 from slipstream.serving.errors import bad_request
 from slipstream.serving.generation import Generated
+from slipstream.serving.openapi import generation_responses
 from slipstream.serving.params import Plan, plan
-from slipstream.serving.protocol import (CompletionChoice, CompletionLogprobs, CompletionRequest,
+from slipstream.serving.protocol import (CompletionChoice, CompletionChunk, CompletionLogprobs, CompletionRequest,
                                          CompletionResponse, Usage, new_id, now)
 from slipstream.serving.routes.common import ClientGone, check_model, count, server, sse, unless_disconnected
 
 router = APIRouter()
 
 
-def _prompts(body: CompletionRequest, tokenizer: Any) -> list[tuple[list[int], str | None]]:
+def _prompts(body: CompletionRequest, tokenizer: Any, capacity: int, n: int) -> list[tuple[list[int], str | None]]:
     """(token ids, text if given as text) per prompt."""
     p = body.prompt
     if isinstance(p, str):
@@ -34,6 +35,9 @@ def _prompts(body: CompletionRequest, tokenizer: Any) -> list[tuple[list[int], s
         items = list(p)
     if not items:
         raise bad_request("prompt is empty", "prompt")
+    if len(items) * n > capacity:  # checked before tokenizing: such a request could never be admitted whole
+        raise bad_request(f"{len(items)} prompts with n={n} ask for {len(items) * n} generations at once; this "
+                          f"server holds at most {capacity} (max_batch_size plus max_queue)", "prompt")
     out = []
     for item in items:
         if isinstance(item, str):
@@ -49,14 +53,17 @@ def _prompts(body: CompletionRequest, tokenizer: Any) -> list[tuple[list[int], s
     return out
 
 
-@router.post("/v1/completions", response_model=None)
+@router.post("/v1/completions", response_model=None,
+             responses=generation_responses(CompletionResponse, CompletionChunk))
 async def completions(body: CompletionRequest, request: Request) -> Response:
     st = server(request)
     check_model(request, body.model)
     tok = st.engine.tokenizer
-    prompts = _prompts(body, tok)
-    plans = [plan(body, st.settings, prompt_tokens=len(ids), max_context=st.engine.max_context)
-             for ids, _ in prompts]
+    sched = st.scheduler
+    prompts = _prompts(body, tok, sched.max_batch_size + sched.max_queue,
+                       body.n if body.n is not None else st.settings.defaults.n)
+    plans = [plan(body, st.settings, prompt_tokens=len(ids), max_context=st.engine.max_context,
+                  vocab_size=tok.vocab_size) for ids, _ in prompts]
     if body.stream:
         if len(prompts) > 1:
             raise bad_request("stream=true takes one prompt per request", "prompt")
@@ -72,6 +79,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     try:
         response = await unless_disconnected(request, _complete(request, body, prompts, plans))
     except ClientGone:
+        count(request, 499)  # nginx's "client closed request": counted, so no request goes missing in /metrics
         return Response(status_code=499)
     count(request, 200)
     return JSONResponse(response)
