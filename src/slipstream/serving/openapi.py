@@ -96,6 +96,10 @@ def schema(app: FastAPI, *, keyed: bool, limits: SamplingLimits, vocab_size: int
     for path, operations in doc.get("paths", {}).items():
         for op in operations.values():
             op["responses"].pop("422", None)  # invalid bodies are answered 400 (app.error_handlers)
+            # past max_connections uvicorn answers before the app sees the request, in its own words
+            busy = op["responses"].setdefault("503", {"description": "The server is busy or shutting down"})
+            busy["description"] += "; or more than max_connections connections are open (plain text)"
+            busy.setdefault("content", {})["text/plain"] = {"schema": {"type": "string"}}
             if keyed and path != "/health":
                 op["security"] = [{"bearer": []}]
                 op["responses"]["401"] = {"description": "No API key, or a wrong one",

@@ -41,7 +41,8 @@ _UNSUPPORTED = {"minimum": 0, "maximum": 0}
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict, as OpenAI is: "5" is not a number, 1.0 not an integer, "yes" not a boolean (400 naming the field)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     model: str
     max_tokens: Optional[int] = Field(None, ge=0)
@@ -98,13 +99,13 @@ class CompletionRequest(_Request):
 
 
 class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     type: str
     text: Optional[str] = None
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     role: Literal["system", "user", "assistant", "tool", "developer"]  # OpenAI's; others are refused
     content: Optional[Union[str, list[ContentPart]]] = None
     name: Optional[str] = None

@@ -116,7 +116,8 @@ class Scheduler:
                 queued = sum(len(t.prompt) + t.params.max_tokens for t in self.waiting)
                 if queued + cost > self.max_queued_tokens:
                     raise QueueFull(f"the queue holds {queued} tokens (prompts plus max_tokens); this request's "
-                                    f"{cost} would pass the limit of {self.max_queued_tokens}; retry later")
+                                    f"{cost} would pass its limit of {self.max_queued_tokens} (max_queued_tokens); "
+                                    "retry later")
             ticket = Ticket(next(self._ids), prompt, params, loop)
             ticket._wake = self._notify
             self.waiting.append(ticket)
