@@ -17,7 +17,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from slipstream import __version__
 from slipstream.engines.stepping import can_step
 from slipstream.errors import InvalidConfig
 from slipstream.serving import openapi
@@ -115,7 +114,7 @@ def create_app(engine: Any, settings: DeploymentSettings, *, model_name: str,
             scheduler.stop()
 
     # FastAPI's own /openapi.json route would be open to all: the schema is served below, behind the key
-    app = FastAPI(title="slipstream", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+    app = FastAPI(title="slipstream", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.state.slipstream = state
@@ -166,6 +165,16 @@ class BodyLimit:
             return message
 
         await self.app(scope, limited, send)
+
+
+def _version() -> str:
+    """slipstream's version for the schema (from the installed package: this layer may not import the api's)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("slipstream")
+    except PackageNotFoundError:
+        return "0"
 
 
 def error_handlers(app: FastAPI, max_body_bytes: int | None = None) -> None:
