@@ -44,6 +44,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("search", ("slipstream.search",)),  # candidates optimized, measured, compared, one chosen
     ("serving", ("slipstream.serving",)),  # an engine behind the OpenAI API
     ("deploy", ("slipstream.deploy",)),  # several models' servers as replicas on Ray Serve, one endpoint
+    ("platform", ("slipstream.platform",)),  # the team's service: REST API over the store, jobs, deployments
     ("demo", ("slipstream.demo",)),  # the whole path on a bundled model
     ("cli", ("slipstream.cli",)),  # one module per subcommand
     ("api", ("slipstream",)),  # the package's lazy public facade (slipstream/__init__.py)

@@ -35,3 +35,16 @@ def die_with_parent() -> None:
         return
     if os.getppid() != int(parent):  # the parent died before the kernel was asked to watch it
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (one of another user's counts: it exists)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -9,8 +9,8 @@ from typing import Optional
 
 import typer
 
-from slipstream.cli import (auto, bench, compare, demo, deploy, evaluate, lm_eval, models, optimize, report, serve,
-                            techniques)
+from slipstream.cli import (auto, bench, compare, demo, deploy, evaluate, lm_eval, models, optimize, platform,
+                            report, serve, techniques)
 
 app = typer.Typer(
     name="slipstream",
@@ -31,6 +31,7 @@ app.command("report")(report.report_cmd)
 app.command("serve")(serve.serve_cmd)
 app.command("auto")(auto.auto_cmd)
 app.command("deploy")(deploy.deploy_cmd)
+app.command("platform")(platform.platform_cmd)
 
 
 @app.callback()

@@ -319,15 +319,9 @@ def _pid_of(staging_name: str) -> int | None:
 
 
 def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    from slipstream.lifetime import pid_alive
+
+    return pid_alive(pid)
 
 
 __all__ = ["Store", "Variant", "check_name"]
