@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -92,6 +93,7 @@ def _serve_until_stopped() -> None:
         try:
             if ENDPOINT_APP not in serve.status().applications:
                 typer.echo("slipstream deploy: the deployment was stopped")
+                time.sleep(2)  # let `deploy stop` see its last delete confirmed before Serve goes
                 break
         except Exception:  # noqa: BLE001 - Ray itself went away
             break
