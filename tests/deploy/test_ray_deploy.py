@@ -132,6 +132,9 @@ def test_two_models_behind_one_endpoint_with_the_openai_client(ray_cluster, depl
     assert httpx.get(f"{url}/health").status_code == 200  # the one open route
     assert httpx.post(f"{url}/v1/completions", content=b"{not json",
                       headers={"Authorization": "Bearer s3cret"}).status_code == 400
+    huge = httpx.post(f"{url}/v1/completions", headers={"Authorization": "Bearer s3cret"},
+                      json={"model": "chat-a", "prompt": "x" * 3_000_000})
+    assert huge.status_code == 413 and huge.json()["error"]["type"]  # the endpoint's body limit, in OpenAI's shape
 
     def scraped() -> str:
         return httpx.get(f"{url}/metrics", headers={"Authorization": "Bearer s3cret"}).text

@@ -67,17 +67,18 @@ class EndpointMetrics:
                               "their replica died", ["model"], registry=r)
 
 
-def build_endpoint(models: "dict[str, str]", api_keys: "list[str]") -> type:
+def build_endpoint(models: "dict[str, str]", api_keys: "list[str]", max_body_bytes: int = 2_000_000) -> type:
     """The class Ray Serve runs the endpoint's FastAPI app in; ``models`` maps each served name to the
     Serve application holding its replicas. Its one argument is a handle to the metrics keeper."""
     from ray import serve
     from ray.exceptions import RayError
     from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
-    from slipstream.serving.app import error_handlers
+    from slipstream.serving.app import BodyLimit, error_handlers
 
     api = FastAPI(title="slipstream deployment", docs_url=None, redoc_url=None, openapi_url=None)
-    error_handlers(api)
+    api.add_middleware(BodyLimit, limit=max_body_bytes)  # as `serve` does: refused before it is parsed
+    error_handlers(api, max_body_bytes)
     check_key = key_checker(api_keys)
     names = list(models)
 

@@ -104,6 +104,7 @@ class DeploySpec(_Strict):
     port: int = Field(8000, ge=0, le=65535)
     api_keys: list[str] = Field(default_factory=list, repr=False)  # never printed
     grace_period_s: float = Field(30.0, ge=0)  # a replica being replaced finishes its requests within this
+    max_body_bytes: int = Field(2_000_000, ge=1024)  # a larger request body gets 413 at the endpoint
     models: list[ModelSpec] = Field(min_length=1)
 
     @model_validator(mode="after")
