@@ -7,12 +7,21 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator
 
 from fastapi import Depends, FastAPI
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
+from slipstream.platform import openapi
 from slipstream.platform.jobs import Runner
+from slipstream.platform.routes.common import known_query
 from slipstream.platform.settings import PlatformSettings
 from slipstream.serving.app import error_handlers
 from slipstream.serving.auth import key_checker
 from slipstream.store import Store
+
+
+class Health(BaseModel):
+    status: str
+    jobs_running: int
 
 
 @dataclass
@@ -35,16 +44,24 @@ def create_platform_app(store: Store, settings: PlatformSettings) -> FastAPI:
         finally:
             runner.stop()
 
+    # FastAPI's own schema route would be open to all: it is served below, behind the key
     app = FastAPI(title="slipstream platform", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url="/api/v1/openapi.json")
+                  openapi_url=None)
     app.state.platform = PlatformState(store, settings, runner)
     guarded = [Depends(key_checker(settings.api_keys))]
+    checked = [*guarded, Depends(known_query)]
 
-    @app.get("/health")
+    @app.get("/health", response_model=Health)
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "jobs_running": len(runner.procs)}
+        return {"status": "ok", "jobs_running": sum(p.poll() is None for p in list(runner.procs.values()))}
 
-    app.include_router(models.router, dependencies=guarded)
-    app.include_router(jobs.router, dependencies=guarded)
+    app.include_router(models.router, dependencies=checked)
+    app.include_router(jobs.router, dependencies=checked)
+    keyed = any(k for k in settings.api_keys)
+
+    @app.get("/api/v1/openapi.json", include_in_schema=False, dependencies=guarded)
+    async def openapi_json() -> JSONResponse:
+        return JSONResponse(openapi.schema(app, keyed=keyed))
+
     error_handlers(app, max_body_bytes=settings.upload_limit_mb << 20)
     return app

@@ -87,34 +87,48 @@ def _limits(schemas: dict[str, Any], limits: SamplingLimits, vocab_size: int) ->
             _cap(props, "top_k", limits.max_top_k)
 
 
-def schema(app: FastAPI, *, keyed: bool, limits: SamplingLimits, vocab_size: int) -> dict[str, Any]:
-    """The app's OpenAPI document (built once): FastAPI's, less its 422 entries, with the deployment's
-    ``limits`` and the model's vocabulary on the request fields, plus bearer auth when ``keyed``."""
-    if app.openapi_schema:
-        return app.openapi_schema
-    doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+def errors_only(doc: dict[str, Any], *, keyed: bool, open_paths: tuple[str, ...] = ("/health",)) -> None:
+    """What every slipstream service's schema says of errors: no 422 (invalid input is answered 400 in the
+    ``{"error": ...}`` shape, app.error_handlers), and, when ``keyed``, bearer auth and 401 on every route
+    but ``open_paths``."""
     for path, operations in doc.get("paths", {}).items():
         for op in operations.values():
             op["responses"].pop("422", None)  # invalid bodies are answered 400 (app.error_handlers)
-            # past max_connections uvicorn answers before the app sees the request, in its own words
-            busy = op["responses"].setdefault("503", {"description": "The server is busy or shutting down"})
-            busy["description"] += "; or more than max_connections connections are open (plain text)"
-            busy.setdefault("content", {})["text/plain"] = {"schema": {"type": "string"}}
-            if keyed and path != "/health":
+            if keyed and path not in open_paths:
                 op["security"] = [{"bearer": []}]
                 op["responses"]["401"] = {"description": "No API key, or a wrong one",
                                           "content": {"application/json": {"schema": {
                                               "$ref": "#/components/schemas/ErrorResponse"}}}}
     components = doc.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
+    if ErrorResponse.__name__ not in schemas:  # the 401's body, when no route names it
+        definition = ErrorResponse.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(definition.pop("$defs", {}))
+        schemas[ErrorResponse.__name__] = definition
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
+    if keyed:
+        components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+
+
+def schema(app: FastAPI, *, keyed: bool, limits: SamplingLimits, vocab_size: int) -> dict[str, Any]:
+    """The app's OpenAPI document (built once): FastAPI's, less its 422 entries, with the deployment's
+    ``limits`` and the model's vocabulary on the request fields, plus bearer auth when ``keyed``."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    errors_only(doc, keyed=keyed)
+    for operations in doc.get("paths", {}).values():
+        for op in operations.values():
+            # past max_connections uvicorn answers before the app sees the request, in its own words
+            busy = op["responses"].setdefault("503", {"description": "The server is busy or shutting down"})
+            busy["description"] += "; or more than max_connections connections are open (plain text)"
+            busy.setdefault("content", {})["text/plain"] = {"schema": {"type": "string"}}
+    schemas = doc["components"]["schemas"]
     for chunk in (CompletionChunk, ChatCompletionChunk):  # referenced from the event schemas only
         definition = chunk.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(definition.pop("$defs", {}))
         schemas[chunk.__name__] = definition
-    for unused in ("HTTPValidationError", "ValidationError"):
-        schemas.pop(unused, None)
     _limits(schemas, limits, vocab_size)
-    if keyed:
-        components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     app.openapi_schema = doc
     return doc

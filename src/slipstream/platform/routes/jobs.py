@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import asdict
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Literal, Optional
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from slipstream.errors import InvalidConfig
+from slipstream.platform.openapi import CONFLICT, EVENTS, INVALID, LOG, NOT_FOUND
 from slipstream.platform.routes.common import conflict, not_found, platform
 from slipstream.serving.errors import bad_request
 
@@ -27,6 +28,30 @@ class NewJob(BaseModel):
     spec: dict[str, Any] = Field(default_factory=dict)
 
 
+State = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class Job(BaseModel):
+    id: str
+    kind: str
+    spec: dict[str, Any]
+    state: State
+    progress: Optional[dict[str, Any]]
+    result: Optional[dict[str, Any]]
+    error: Optional[str]
+    created: str
+    updated: str
+    started: Optional[str]
+    finished: Optional[str]
+    pid: Optional[int]
+    attempts: int
+    worker: Optional[str]
+
+
+class JobList(BaseModel):
+    data: list[Job]
+
+
 def view(job: Any) -> dict[str, Any]:
     return asdict(job)
 
@@ -38,27 +63,28 @@ def _job(request: Request, job_id: str) -> Any:
     return job
 
 
-@router.post("", status_code=202)
-async def create_job(body: NewJob, request: Request) -> JSONResponse:
+@router.post("", status_code=202, response_model=Job, responses=INVALID)
+async def create_job(body: NewJob, request: Request) -> dict:
     st = platform(request)
     try:
         job = st.jobs.submit(body.kind, body.spec)
     except InvalidConfig as exc:
         raise bad_request(str(exc), "spec") from None
-    return JSONResponse(view(job), status_code=202)
+    return view(job)
 
 
-@router.get("")
-async def list_jobs(request: Request, state: str | None = None, limit: int = 100) -> dict:
+@router.get("", response_model=JobList, responses=INVALID)
+async def list_jobs(request: Request, state: Optional[State] = None,
+                    limit: int = Query(100, ge=1, le=10_000)) -> dict:
     return {"data": [view(j) for j in platform(request).store.registry.jobs(state=state, limit=limit)]}
 
 
-@router.get("/{job_id}")
+@router.get("/{job_id}", response_model=Job, responses=NOT_FOUND)
 async def show_job(job_id: str, request: Request) -> dict:
     return view(_job(request, job_id))
 
 
-@router.post("/{job_id}/cancel")
+@router.post("/{job_id}/cancel", response_model=Job, responses={**NOT_FOUND, **CONFLICT})
 async def cancel_job(job_id: str, request: Request) -> dict:
     job = _job(request, job_id)
     if job.state in FINAL:
@@ -66,15 +92,15 @@ async def cancel_job(job_id: str, request: Request) -> dict:
     return view(platform(request).jobs.cancel(job_id))
 
 
-@router.get("/{job_id}/log")
+@router.get("/{job_id}/log", response_class=PlainTextResponse, responses={**LOG, **NOT_FOUND})
 async def job_log(job_id: str, request: Request) -> PlainTextResponse:
     _job(request, job_id)
     path = platform(request).store.home / "jobs" / f"{job_id}.log"
     return PlainTextResponse(path.read_text(errors="replace") if path.exists() else "")
 
 
-@router.get("/{job_id}/events")
-async def job_events(job_id: str, request: Request, after: int = 0) -> StreamingResponse:
+@router.get("/{job_id}/events", response_class=StreamingResponse, responses={**EVENTS, **INVALID, **NOT_FOUND})
+async def job_events(job_id: str, request: Request, after: int = Query(0, ge=0, le=2**62)) -> StreamingResponse:
     """Server-sent events: every event after ``after``, then new ones as they come, until the job ends."""
     _job(request, job_id)
     registry = platform(request).store.registry

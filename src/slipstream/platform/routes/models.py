@@ -2,13 +2,50 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from fastapi import APIRouter, Request
+from pydantic import BaseModel
 
+from slipstream.platform.openapi import CONFLICT, NOT_FOUND
 from slipstream.platform.routes.common import conflict, not_found, platform
 
 router = APIRouter(prefix="/api/v1/models", tags=["models"])
+
+
+class ModelSummary(BaseModel):
+    name: str
+    kind: str
+    format: str
+    architecture: Optional[str]
+    parameters: Optional[int]
+    size_bytes: int
+    parent: Optional[str]
+    technique: Optional[dict[str, Any]]
+    created: str
+
+
+class ModelList(BaseModel):
+    data: list[ModelSummary]
+
+
+class Result(BaseModel):
+    kind: str
+    key: str
+    settings: dict[str, Any]
+    metrics: dict[str, Any]
+    machine: dict[str, Any]
+    created: str
+
+
+class ModelDetail(ModelSummary):
+    lineage: list[str]
+    children: list[str]
+    results: list[Result]
+
+
+class Deleted(BaseModel):
+    deleted: str
 
 
 def summary(v: Any) -> dict[str, Any]:
@@ -17,13 +54,13 @@ def summary(v: Any) -> dict[str, Any]:
             "created": v.created}
 
 
-@router.get("")
+@router.get("", response_model=ModelList)
 async def list_models(request: Request) -> dict:
     store = platform(request).store
     return {"data": [summary(v) for v in store.list()]}
 
 
-@router.get("/{name}")
+@router.get("/{name}", response_model=ModelDetail, responses=NOT_FOUND)
 async def show_model(name: str, request: Request) -> dict:
     store = platform(request).store
     if not store.exists(name):
@@ -39,7 +76,7 @@ async def show_model(name: str, request: Request) -> dict:
             "results": results}
 
 
-@router.delete("/{name}")
+@router.delete("/{name}", response_model=Deleted, responses={**NOT_FOUND, **CONFLICT})
 async def delete_model(name: str, request: Request) -> dict:
     st = platform(request)
     if not st.store.exists(name):
