@@ -18,12 +18,14 @@ from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from slipstream.deploy.asgi import Forwarded, Start
 from slipstream.serving.auth import key_checker
 from slipstream.serving.errors import ApiError, bad_request
 from slipstream.serving.metrics import CONTENT_TYPE
+from slipstream.serving.settings import SamplingLimits
 
 log = logging.getLogger("slipstream.deploy")
 
@@ -56,6 +58,11 @@ def model_of(body: bytes) -> str:
     return data["model"]
 
 
+class EndpointHealth(BaseModel):
+    status: str
+    models: list[str]
+
+
 class EndpointMetrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
@@ -67,7 +74,35 @@ class EndpointMetrics:
                               "their replica died", ["model"], registry=r)
 
 
-def build_endpoint(models: "dict[str, str]", api_keys: "list[str]", max_body_bytes: int = 2_000_000) -> type:
+def loosest(limits: "list[SamplingLimits]") -> "SamplingLimits":
+    """What the schema says a request may ask for: the most any model allows (a model allowing less answers
+    400, which the schema names)."""
+    from slipstream.serving.settings import SamplingLimits
+
+    most = {f: max(getattr(lim, f) for lim in limits) for f in SamplingLimits.model_fields}
+    most["max_top_k"] = 0 if any(lim.max_top_k == 0 for lim in limits) else most["max_top_k"]
+    return SamplingLimits(**most)
+
+
+def endpoint_schema(keyed: bool, limits: "SamplingLimits") -> "dict[str, Any]":
+    """The endpoint's OpenAPI document: `slipstream serve`'s routes (a replica answers with serve's own app),
+    the endpoint's /health, its errors (400, 401, 404, 413, 429 and 503 with Retry-After) named by serve's."""
+    from slipstream.serving import openapi
+    from slipstream.serving.routes import chat, completions, info
+
+    doc_app = FastAPI(title="slipstream deployment", version="1", openapi_url=None)
+
+    @doc_app.get("/health", response_model=EndpointHealth)
+    async def health() -> dict:  # the endpoint's own (documented here: its routes are methods of a Serve class)
+        return {}
+
+    for router in (info.router, completions.router, chat.router):
+        doc_app.include_router(router)
+    return openapi.schema(doc_app, keyed=keyed, limits=limits, vocab_size=2**31)
+
+
+def build_endpoint(models: "dict[str, str]", api_keys: "list[str]", max_body_bytes: int = 2_000_000,
+                   limits: "SamplingLimits | None" = None, openapi: bool = True) -> type:
     """The class Ray Serve runs the endpoint's FastAPI app in; ``models`` maps each served name to the
     Serve application holding its replicas. Its one argument is a handle to the metrics keeper."""
     from ray import serve
@@ -81,6 +116,7 @@ def build_endpoint(models: "dict[str, str]", api_keys: "list[str]", max_body_byt
     error_handlers(api, max_body_bytes)
     check_key = key_checker(api_keys)
     names = list(models)
+    doc: dict[str, Any] = {}
 
     @serve.ingress(api)
     class Endpoint:
@@ -91,9 +127,17 @@ def build_endpoint(models: "dict[str, str]", api_keys: "list[str]", max_body_byt
             self.cards: dict[str, tuple[float, dict]] = {}
             self.created = int(time.time())
 
-        @api.get("/health")
+        @api.get("/health", response_model=EndpointHealth)
         async def health(self) -> dict:
             return {"status": "ok", "models": names}
+
+        if openapi:
+            @api.get("/openapi.json", include_in_schema=False)
+            async def openapi_json(self, request: Request) -> JSONResponse:
+                check_key(request)
+                if not doc:
+                    doc.update(endpoint_schema(any(api_keys), limits or SamplingLimits()))
+                return JSONResponse(doc)
 
         @api.get("/v1/models")
         async def list_models(self, request: Request) -> dict:

@@ -115,17 +115,19 @@ class Keeper:
 def endpoint_app(spec: DeploySpec) -> Any:
     from ray import serve
 
-    from slipstream.deploy.endpoint import build_endpoint
+    from slipstream.deploy.endpoint import build_endpoint, loosest
 
     models = {m.name: app_name(m.name) for m in spec.models}
     keeper = _versioned(serve.deployment(Keeper, name=KEEPER, num_replicas=1,
                                          ray_actor_options={"num_cpus": 0}), "1").bind()
-    version = hashlib.sha256(json.dumps([models, spec.api_keys, spec.max_body_bytes],
+    version = hashlib.sha256(json.dumps([models, spec.api_keys, spec.max_body_bytes,
+                                         [m.limits.model_dump() for m in spec.models]],
                                         sort_keys=True).encode()).hexdigest()[:16]
 
     # the endpoint only relays, so it takes many requests at once; its queue is bounded too (Ray's proxy
     # answers 503 beyond it)
-    ingress = serve.deployment(build_endpoint(models, spec.api_keys, spec.max_body_bytes), name="endpoint",
+    endpoint = build_endpoint(models, spec.api_keys, spec.max_body_bytes, loosest([m.limits for m in spec.models]))
+    ingress = serve.deployment(endpoint, name="endpoint",
                                ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000,
                                max_queued_requests=1000)
     return _versioned(ingress, version).bind(keeper)
