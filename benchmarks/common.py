@@ -109,3 +109,21 @@ def float_reference(fp32_name: str, src_name: str | None, tokens: int, window: i
     ids = reference.tokenizer.encode(text_set("wikitext2"))[:tokens]
     seqs = [ids[i : i + window] for i in range(0, len(ids), window)]
     return store, fp32, src, seqs, reference.logprobs(seqs)
+
+
+# --- variants the serving benchmarks make for themselves ------------------------------------------
+
+def ensure_ct2_int8(name: str, model: str = "smollm2-135m") -> None:
+    """``name``: a CTranslate2 int8 variant of the bundled ``model``, made (and the model imported) if the
+    store lacks it, so a serving benchmark runs on a fresh store."""
+    from slipstream.models.intake import import_model
+    from slipstream.pipeline import optimize
+    from slipstream.store import Store
+
+    store = Store()
+    if store.exists(name):
+        return
+    if not store.exists(model):
+        import_model(model, model, store=store)
+    print(f"making {name} (ctranslate2 int8) from {model}", flush=True)
+    optimize(model, "ctranslate2", {"quantization": "int8"}, name=name, store=store)

@@ -38,26 +38,11 @@ from typing import Any
 import httpx
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
-from common import result_path, write_json  # noqa: E402  (benchmarks/common.py)
+from common import ensure_ct2_int8, result_path, write_json  # noqa: E402  (benchmarks/common.py)
 from serving import Server  # noqa: E402  (benchmarks/serving/serving.py: a server process and its URL)
 
 GROWTH_LIMIT = 0.10  # resident memory may grow by at most this over its level after warm-up
 TOPICS = ["the sea", "a city at night", "bread", "the moon", "a library", "winter", "trains", "a garden"]
-
-
-def ensure_variant(name: str) -> None:
-    """The CTranslate2 int8 SmolLM2 variant, made from the bundled model if the store lacks it."""
-    from slipstream.models.intake import import_model
-    from slipstream.pipeline import optimize
-    from slipstream.store import Store
-
-    store = Store()
-    if store.exists(name):
-        return
-    if not store.exists("smollm2-135m"):
-        import_model("smollm2-135m", "smollm2-135m", store=store)
-    print(f"making {name} (ctranslate2 int8) from smollm2-135m", flush=True)
-    optimize("smollm2-135m", "ctranslate2", {"quantization": "int8"}, name=name, store=store)
 
 
 def counters(url: str) -> Counter:
@@ -193,7 +178,7 @@ def main() -> None:
     from slipstream.machine import describe_machine
 
     if args.variant == "smollm2-135m-ct2-int8":
-        ensure_variant(args.variant)
+        ensure_ct2_int8(args.variant)
     log = Path(tempfile.mkdtemp()) / "serve.log"
     cmd = [sys.executable, "-c", "from slipstream.cli.main import main; main()", "serve", args.variant,
            "--port", "0", "--threads", str(args.threads), "--max-queue", str(args.max_queue)]

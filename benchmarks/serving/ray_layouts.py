@@ -33,22 +33,8 @@ import httpx
 import yaml
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
-from common import result_path, write_json  # noqa: E402  (benchmarks/common.py)
+from common import ensure_ct2_int8, result_path, write_json  # noqa: E402  (benchmarks/common.py)
 from serving import Server, load_prompts, requests_per_level, run_level, slipstream_cmd  # noqa: E402
-
-
-def ensure_variant(name: str) -> None:
-    """The CTranslate2 int8 SmolLM2 variant, made from the bundled model if the store lacks it."""
-    from slipstream.models.intake import import_model
-    from slipstream.pipeline import optimize
-    from slipstream.store import Store
-
-    store = Store()
-    if store.exists(name):
-        return
-    if not store.exists("smollm2-135m"):
-        import_model("smollm2-135m", "smollm2-135m", store=store)
-    optimize("smollm2-135m", "ctranslate2", {"quantization": "int8"}, name=name, store=store)
 
 
 def deploy_spec(variant: str, port: int, batch: int) -> dict:
@@ -138,7 +124,7 @@ def main() -> None:
 
     from slipstream.machine import describe_machine
 
-    ensure_variant(args.variant)
+    ensure_ct2_int8(args.variant)
     levels = [int(x) for x in args.levels.split(",")]
     requests = requests_per_level(args.requests, levels)
     logs = Path(args.logs)
