@@ -32,7 +32,7 @@ class PlatformState:
 
 
 def create_platform_app(store: Store, settings: PlatformSettings) -> FastAPI:
-    from slipstream.platform.routes import jobs, models
+    from slipstream.platform.routes import jobs, models, ui
 
     runner = Runner(store, settings.max_workers)
 
@@ -57,6 +57,7 @@ def create_platform_app(store: Store, settings: PlatformSettings) -> FastAPI:
 
     app.include_router(models.router, dependencies=checked)
     app.include_router(jobs.router, dependencies=checked)
+    app.include_router(ui.router)
     keyed = any(k for k in settings.api_keys)
 
     @app.get("/api/v1/openapi.json", include_in_schema=False, dependencies=guarded)
