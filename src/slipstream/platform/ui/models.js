@@ -21,7 +21,7 @@ export async function modelsPage(ctx) {
         <h2>Upload</h2>
         <label>Name <input id="upload-name" name="name" required></label>
         <label>Files <input id="upload-files" name="files" type="file" multiple required
-          accept=".gguf,.safetensors,.json,.txt,.model,.bin"></label>
+          title="a .gguf file, or a model's safetensors with its config and tokenizer files"></label>
         <button id="upload-submit" type="submit">Upload</button>
         <p id="upload-status" class="status"></p>
       </form>
