@@ -19,7 +19,7 @@ export async function modelsPage(ctx) {
       </form>
       <form id="upload-form" class="card">
         <h2>Upload</h2>
-        <label>Name <input id="upload-name" name="name" required></label>
+        <label>Name <input id="upload-name" name="name" placeholder="a .gguf file's own name unless given"></label>
         <label>Files <input id="upload-files" name="files" type="file" multiple required
           title="a .gguf file, or a model's safetensors with its config and tokenizer files"></label>
         <button id="upload-submit" type="submit">Upload</button>
