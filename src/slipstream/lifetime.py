@@ -38,7 +38,8 @@ def die_with_parent() -> None:
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether a process with this id exists (one of another user's counts: it exists)."""
+    """Whether a process with this id exists and has not exited (one of another user's counts: it exists; a
+    zombie, exited but not yet reaped by its parent, does not)."""
     if pid == os.getpid():
         return True
     try:
@@ -47,4 +48,8 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # Linux: the state letter follows the command's closing parenthesis
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True

@@ -36,6 +36,11 @@ OPERATIONS = ([("GET", p, "positive") for p in ("/health", "/api/v1/models", "/a
                                                   "/api/v1/jobs/{job_id}", "/api/v1/jobs/{job_id}/log")]
               + [(m, p, mode) for m, p in (("POST", "/api/v1/jobs"), ("GET", "/api/v1/jobs"),
                                            ("GET", "/api/v1/jobs/{job_id}/events")) for mode in ("positive", "negative")]
+              + [(m, p, mode) for m, p in (("POST", "/api/v1/models/import"), ("POST", "/api/v1/models/upload"),
+                                           ("GET", "/api/v1/deployments"), ("POST", "/api/v1/deployments"))
+                 for mode in ("positive", "negative")]
+              + [(m, "/api/v1/deployments/{dep_id}" + tail, "positive") for m, tail in (
+                  ("GET", ""), ("PUT", ""), ("GET", "/figures"), ("POST", "/chat"), ("DELETE", ""))]
               + [("POST", "/api/v1/jobs/{job_id}/cancel", "positive"), ("DELETE", "/api/v1/models/{name}", "positive")])
 ENDED = ("succeeded", "failed", "cancelled")
 
@@ -67,7 +72,11 @@ def fuzzed(tmp_path_factory, tiny_llama_dir):
         assert c.post(f"/api/v1/jobs/{queued[0]}/cancel").json()["state"] == "cancelled"
     # events stream until their job ends: only ended jobs are named to /events
     p.ended = [failed.json()["id"], queued[0]]
-    p.known = {"job_id": p.ended + queued[1:], "name": ["tiny", "tiny-f16"]}
+    # a deployment that has stopped: shown, and every action on it a 409 (none starts a process)
+    stopped = store.registry.add_deployment("chat", "process", {"host": "127.0.0.1", "port": 9, "models": [
+        {"name": "chat", "variant": "tiny"}]})
+    store.registry.update_deployment(stopped.id, state="stopped")
+    p.known = {"job_id": p.ended + queued[1:], "name": ["tiny", "tiny-f16"], "dep_id": [stopped.id]}
     try:
         yield p
     finally:
@@ -113,8 +122,12 @@ def test_no_5xx_and_every_answer_is_in_the_schema(fuzzed, method, path, mode):
     print(method, path, mode, seen)
     if generation.is_positive:  # the fuzzing reached what the store holds, not only the 404s
         expected = {"/api/v1/jobs/{job_id}/cancel": {200, 409}, "/api/v1/models/{name}": {200, 404},
-                    "/api/v1/jobs": {202 if method == "POST" else 200}}.get(path, {200})
-        if method == "DELETE":
+                    "/api/v1/jobs": {202 if method == "POST" else 200}, "/api/v1/models/import": {202},
+                    "/api/v1/models/upload": {400}, "/api/v1/deployments": {400 if method == "POST" else 200},
+                    "/api/v1/deployments/{dep_id}": {200 if method == "GET" else 409},
+                    "/api/v1/deployments/{dep_id}/figures": {409},
+                    "/api/v1/deployments/{dep_id}/chat": {409}}.get(path, {200})
+        if method == "DELETE" and path == "/api/v1/models/{name}":
             expected = {200, 409, 404}  # the variant deleted once, its parent refused (children, queued jobs)
         assert expected <= set(seen), seen
     else:
@@ -143,7 +156,14 @@ def test_the_schema_is_behind_the_key_says_400_not_422_and_what_each_route_answe
         "/api/v1/jobs/{job_id}": {"get": ["200", "401", "404"]},
         "/api/v1/jobs/{job_id}/cancel": {"post": ["200", "401", "404", "409"]},
         "/api/v1/jobs/{job_id}/log": {"get": ["200", "401", "404"]},
-        "/api/v1/jobs/{job_id}/events": {"get": ["200", "400", "401", "404"]}}
+        "/api/v1/jobs/{job_id}/events": {"get": ["200", "400", "401", "404"]},
+        "/api/v1/models/import": {"post": ["202", "400", "401"]},
+        "/api/v1/models/upload": {"post": ["202", "400", "401", "409", "413"]},
+        "/api/v1/deployments": {"post": ["202", "400", "401"], "get": ["200", "400", "401"]},
+        "/api/v1/deployments/{dep_id}": {"get": ["200", "401", "404"], "put": ["202", "400", "401", "404", "409"],
+                                         "delete": ["200", "401", "404", "409"]},
+        "/api/v1/deployments/{dep_id}/figures": {"get": ["200", "401", "404", "409", "502"]},
+        "/api/v1/deployments/{dep_id}/chat": {"post": ["200", "400", "401", "404", "409", "429", "502", "503"]}}
     assert "422" not in str(doc) and "HTTPValidationError" not in str(doc)
     jobs = doc["paths"]["/api/v1/jobs/{job_id}"]
     assert set(jobs["get"]["responses"]["404"]["content"]) == {"application/json"}

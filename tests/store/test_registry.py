@@ -212,7 +212,12 @@ def test_a_store_moves_to_another_database_with_its_rows_and_ids(registry, tmp_p
     old = Registry(tmp_path / "old" / "registry.sqlite")
     job = old.add_job("bench", {"model": "tiny"})
     first = old.add_job_event(job.id, {"type": "log"})
-    assert copy_registry(old, registry) == {"variants": 2, "results": 2, "jobs": 1, "job_events": 1}
+    dep = old.add_deployment("chat", "process", {"models": [{"name": "chat", "variant": "tiny"}]})
+    assert copy_registry(old, registry) == {"variants": 2, "results": 2, "jobs": 1, "job_events": 1,
+                                            "deployments": 1}
+    assert registry.get_deployment(dep.id) == dep
+    registry.add_deployment("later", "ray", {"models": []})
+    assert [d.name for d in registry.deployments()] == ["later", "chat"]  # the copied one stays the oldest
     assert registry.variants() == old.variants() and registry.results() == old.results()
     assert registry.get_job(job.id) == job and registry.job_events(job.id) == old.job_events(job.id)
     assert registry.add_result("tiny", "bench", "k", {}, {}, {}, {}) == 3
@@ -221,3 +226,21 @@ def test_a_store_moves_to_another_database_with_its_rows_and_ids(registry, tmp_p
     assert [j.id for j in registry.jobs()][-1] == job.id  # the copied job stays the oldest
     with pytest.raises(SlipstreamError, match="copy into an empty registry"):
         copy_registry(old, registry)
+
+
+def test_deployments_are_rows_with_checked_states_and_fields(registry):
+    from slipstream.errors import NotFound
+
+    spec = {"port": 8001, "models": [{"name": "chat", "variant": "tiny"}]}
+    d = registry.add_deployment("chat", "process", spec)
+    assert (d.state, d.runtime, d.spec, d.url, d.pid) == ("deploying", "process", spec, None, None)
+    ready = registry.update_deployment(d.id, state="ready", url="http://127.0.0.1:8001/v1", pid=42)
+    assert (ready.state, ready.url, ready.pid, ready.created) == ("ready", "http://127.0.0.1:8001/v1", 42, d.created)
+    assert registry.deployments(state="ready") == [ready] and registry.deployments(state="failed") == []
+    with pytest.raises(ValueError, match="deployment state 'up'"):
+        registry.update_deployment(d.id, state="up")
+    with pytest.raises(TypeError, match="name"):
+        registry.update_deployment(d.id, name="other")
+    with pytest.raises(NotFound):
+        registry.update_deployment("nope", state="stopped")
+    assert registry.get_deployment("nope") is None

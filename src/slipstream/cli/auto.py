@@ -9,22 +9,7 @@ from typing import List, Optional
 import typer
 
 from slipstream.cli.output import err, out, print_json, table
-
-
-def parse_duration(text: str | None) -> float | None:
-    """``30m``, ``1h``, ``90s``, ``45`` (minutes), ``none``."""
-    if text is None or text.strip().lower() in ("", "none", "inf"):
-        return None
-    t = text.strip().lower()
-    units = {"s": 1, "m": 60, "h": 3600}
-    from slipstream.errors import InvalidConfig
-
-    try:
-        if t[-1] in units:
-            return float(t[:-1]) * units[t[-1]]
-        return float(t) * 60
-    except ValueError:
-        raise InvalidConfig(f"budget {text!r}: expected a duration such as 30m, 1h or 900s") from None
+from slipstream.search.settings import parse_duration
 
 
 class _Printer:

@@ -15,11 +15,14 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
 from slipstream.errors import InvalidConfig
+
+if TYPE_CHECKING:
+    from slipstream.store import Store
 
 ACTIONS = ("status", "scale", "stop")
 
@@ -77,19 +80,23 @@ def deploy_cmd(
     typer.echo(f"  endpoints  {url}/v1/completions {url}/v1/chat/completions {url}/v1/models {url}/metrics")
     if not started_here:
         return
-    typer.echo("  serving until Ctrl-C or `slipstream deploy stop`")
-    _serve_until_stopped()
+    typer.echo("  serving until Ctrl-C or `slipstream deploy stop`; SIGHUP applies SPEC again (a rolling update)")
+    _serve_until_stopped(Path(target), store)
 
 
-def _serve_until_stopped() -> None:
+def _serve_until_stopped(spec_path: Path, store: "Store") -> None:
     from ray import serve
 
     from slipstream.deploy.ray_app import ENDPOINT_APP
 
-    done = threading.Event()
+    done, reload = threading.Event(), threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
+    signal.signal(signal.SIGHUP, lambda *_: reload.set())
     while not done.wait(1.0):
+        if reload.is_set():
+            reload.clear()
+            _apply_again(spec_path, store)
         try:
             if ENDPOINT_APP not in serve.status().applications:
                 typer.echo("slipstream deploy: the deployment was stopped")
@@ -104,6 +111,22 @@ def _serve_until_stopped() -> None:
         import ray
 
         ray.shutdown()
+
+
+def _apply_again(spec_path: Path, store: "Store") -> None:
+    """SIGHUP: the spec file as it is now, applied to the running deployment; a bad file leaves it as it was."""
+    from slipstream.deploy import ray_app
+    from slipstream.deploy.plan import plan_spec
+    from slipstream.deploy.spec import DeploySpec
+
+    try:
+        spec = DeploySpec.load(spec_path)
+        plan_spec(spec, store)
+        ray_app.deploy(spec, store)
+    except Exception as exc:  # noqa: BLE001 - the deployment keeps serving what it served
+        typer.echo(f"slipstream deploy: {spec_path} not applied: {exc}")
+        return
+    typer.echo(f"slipstream deploy: applied {spec_path} again ({', '.join(m.name for m in spec.models)})")
 
 
 def _action(action: str, args: list[str], address: str, as_json: bool) -> None:

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from slipstream.platform import openapi
+from slipstream.platform.deployments import Deployer
 from slipstream.platform.jobs import Runner
 from slipstream.platform.routes.common import known_query
 from slipstream.platform.settings import PlatformSettings
@@ -29,25 +30,29 @@ class PlatformState:
     store: Store
     settings: PlatformSettings
     jobs: Runner
+    deployer: Deployer
 
 
 def create_platform_app(store: Store, settings: PlatformSettings) -> FastAPI:
-    from slipstream.platform.routes import jobs, models, ui
+    from slipstream.platform.routes import deployments, jobs, models, ui
 
     runner = Runner(store, settings.max_workers)
+    deployer = Deployer(store, settings.deploy_runtime)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runner.start()
+        deployer.start()
         try:
             yield
         finally:
             runner.stop()
+            deployer.stop()
 
     # FastAPI's own schema route would be open to all: it is served below, behind the key
     app = FastAPI(title="slipstream platform", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
-    app.state.platform = PlatformState(store, settings, runner)
+    app.state.platform = PlatformState(store, settings, runner, deployer)
     guarded = [Depends(key_checker(settings.api_keys))]
     checked = [*guarded, Depends(known_query)]
 
@@ -57,6 +62,7 @@ def create_platform_app(store: Store, settings: PlatformSettings) -> FastAPI:
 
     app.include_router(models.router, dependencies=checked)
     app.include_router(jobs.router, dependencies=checked)
+    app.include_router(deployments.router, dependencies=checked)
     app.include_router(ui.router)
     keyed = any(k for k in settings.api_keys)
 

@@ -28,7 +28,9 @@ from slipstream.store import Store
 
 log = logging.getLogger("slipstream.platform")
 
-RESUMABLE = {"optimize"}
+# kinds a restarted service runs again where they stopped: an optimization's staging is cleaned and a
+# distillation resumes from its checkpoint; a search skips the candidates its ledger already holds
+RESUMABLE = {"optimize", "search"}
 MAX_ATTEMPTS = 3
 
 
@@ -75,8 +77,39 @@ class BenchSpec(_Spec):
     batch_sizes: list[int] = Field(default_factory=lambda: [1])
 
 
+class SearchSpec(_Spec):
+    """``slipstream auto``'s settings: the gate (metric and allowed drop), the objective and the budget."""
+
+    model: str
+    metric: str = "perplexity"
+    max_drop: str = "1%"
+    objective: Literal["latency", "throughput", "size", "cost"] = "latency"
+    budget: str = "30m"
+    include: list[str] = Field(default_factory=list)
+    exclude: list[str] = Field(default_factory=list)
+    eval_tokens: int = Field(8192, ge=64)
+    screen_tokens: int = Field(2048, ge=64)
+    threads: int = Field(1, ge=1)
+    confirm: int = Field(2, ge=0)
+    run_all: bool = False
+    # a recipe file's contents (docs/search.md), extending the space or, with only_recipes, replacing it
+    recipes: Optional[dict[str, Any]] = None
+    only_recipes: bool = False
+
+    def settings(self, recipe_file: Optional[str] = None) -> Any:
+        from slipstream.evaluation.gate import Gate
+        from slipstream.search.settings import SearchSettings, parse_duration
+
+        return SearchSettings(model=self.model, gate=Gate.parse(self.metric, default_drop=self.max_drop),
+                              objective=self.objective, budget_s=parse_duration(self.budget),
+                              eval_tokens=self.eval_tokens, screen_tokens=self.screen_tokens,
+                              bench_threads=self.threads, confirm=self.confirm, include=tuple(self.include),
+                              exclude=tuple(self.exclude), skip_margin=None if self.run_all else 1.5,
+                              recipe_file=recipe_file, replace_defaults=self.only_recipes)
+
+
 SPECS: dict[str, type[_Spec]] = {"import": ImportSpec, "optimize": OptimizeSpec, "evaluate": EvaluateSpec,
-                                 "bench": BenchSpec}
+                                 "bench": BenchSpec, "search": SearchSpec}
 
 
 def check_spec(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -88,6 +121,12 @@ def check_spec(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
         raise InvalidConfig(f"invalid {kind} job: {describe(exc)}") from None
     if isinstance(parsed, OptimizeSpec):
         parsed.technique_and_options()  # a GALE pair that maps to nothing is refused now, not in a worker
+    if isinstance(parsed, SearchSpec):
+        parsed.settings()  # a gate, objective or budget that does not parse is refused now
+    if isinstance(parsed, ImportSpec) and parsed.name is not None:
+        from slipstream.store import check_name
+
+        check_name(parsed.name)
     return parsed.model_dump(exclude_none=True)
 
 
@@ -199,4 +238,4 @@ class Runner:
                 self.registry.add_job_event(job_id, {"type": "state", "state": "failed"})
 
 
-JobSpec = Union[ImportSpec, OptimizeSpec, EvaluateSpec, BenchSpec]
+JobSpec = Union[ImportSpec, OptimizeSpec, EvaluateSpec, BenchSpec, SearchSpec]

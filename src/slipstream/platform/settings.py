@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -12,4 +14,6 @@ class PlatformSettings(BaseModel):
     port: int = Field(8080, ge=0, le=65535)
     api_keys: list[str] = Field(default_factory=list, repr=False)
     max_workers: int = Field(1, ge=1)  # jobs running at once, each in its own process
-    upload_limit_mb: int = Field(2048, ge=1)
+    upload_limit_mb: int = Field(2048, ge=1)  # one upload's files together
+    # how a deployment runs when its request does not say: one `slipstream serve` process, or Ray Serve
+    deploy_runtime: Literal["process", "ray"] = "process"

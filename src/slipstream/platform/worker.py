@@ -7,14 +7,17 @@ error. A job cancelled meanwhile keeps its state: the service ends this process.
 
 from __future__ import annotations
 
+import json
+import shutil
 import sys
 import time
 import traceback
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Iterator
 
-from slipstream.platform.jobs import BenchSpec, EvaluateSpec, ImportSpec, OptimizeSpec
+from slipstream.platform.jobs import BenchSpec, EvaluateSpec, ImportSpec, OptimizeSpec, SearchSpec
 from slipstream.store import Store
 
 _EVERY_S = 0.3
@@ -30,14 +33,24 @@ class EventProgress:
     def __init__(self, registry: Any, job_id: str):
         self.registry, self.job_id = registry, job_id
         self._last = 0.0
+        self.done: float = 0.0
+        self.total: float | None = None
+        self.stage, self.started = "", time.monotonic()
 
-    def _emit(self, stage: str, done: float, total: float | None, force: bool = False) -> None:
+    def _emit(self, stage: str, done: float, total: float | None, force: bool = False,
+              time_left_s: float | None = None) -> None:
+        if stage != self.stage or done < self.done:
+            self.stage, self.started = stage, time.monotonic()
+        self.done, self.total = done, total
         now = time.monotonic()
         if not force and now - self._last < _EVERY_S:
             return
         self._last = now
         fraction = round(done / total, 4) if total else None
-        progress = {"stage": stage, "done": done, "total": total, "fraction": fraction}
+        if time_left_s is None and total and 0 < done < total:  # at the stage's pace so far
+            time_left_s = (now - self.started) * (total - done) / done
+        progress = {"stage": stage, "done": done, "total": total, "fraction": fraction,
+                    "time_left_s": None if time_left_s is None else round(max(time_left_s, 0.0), 1)}
         self.registry.update_job(self.job_id, progress=progress)
         self.registry.add_job_event(self.job_id, {"type": "progress", **progress})
 
@@ -67,14 +80,65 @@ class EventProgress:
         self.registry.add_job_event(self.job_id, {"type": "log", "message": message})
 
 
+class SearchEvents:
+    """A search's events as the job's progress (candidate i of n) and events (each candidate's outcome)."""
+
+    def __init__(self, progress: EventProgress):
+        self.progress = progress
+
+    def __call__(self, e: dict[str, Any]) -> None:
+        kind = e.get("event")
+        left = e.get("time_left_s")
+        if kind == "start":
+            self.progress._emit(f"candidate {e['index']}/{e['of']}: {e['label']}", e["index"] - 1, e["of"],
+                                force=True, time_left_s=left)
+        elif kind == "stage":
+            self.progress._emit(f"{e.get('label')}: {e.get('stage')}", self.progress.done, self.progress.total,
+                                time_left_s=left)
+        elif kind == "finished":
+            r = e["record"]
+            self.progress.registry.add_job_event(self.progress.job_id, {
+                "type": "candidate", "label": r.label, "name": r.name, "status": getattr(r.status, "value", r.status),
+                "drop": r.drop, "objective_ratio": r.objective_ratio, "size_bytes": r.size_bytes,
+                "reason": r.reason, "best": e.get("best"), "time_left_s": left})
+        elif kind == "log":
+            self.progress.log(str(e.get("message")))
+        elif kind in ("space", "confirm", "done", "reference"):
+            message = {"space": lambda: f"{e['candidates']} candidates ({e['resumed']} already done)",
+                       "confirm": lambda: f"confirming {', '.join(e['names'])} side by side with the original",
+                       "done": lambda: str(e.get("summary")),
+                       "reference": lambda: f"original: {e.get('stage')}"}[kind]()
+            self.progress.log(message)
+
+
 def run(job: Any, store: Store, progress: EventProgress) -> dict[str, Any]:
     """The job's library call; its result as JSON-ready data."""
     if job.kind == "import":
         from slipstream.models.intake import import_model
 
         spec = ImportSpec.model_validate(job.spec)
-        variant = import_model(spec.source, spec.name, store=store, progress=progress)
+        uploads = (store.home / "uploads").resolve()
+        try:
+            variant = import_model(spec.source, spec.name, store=store, progress=progress)
+        finally:
+            try:  # an upload's files (uploads/ID/...): in the store now, or refused; either way done with
+                upload = Path(spec.source).resolve().relative_to(uploads).parts[0]
+            except (ValueError, IndexError):
+                upload = None
+            if upload:
+                shutil.rmtree(uploads / upload, ignore_errors=True)
         return {"variant": variant.name}
+    if job.kind == "search":
+        from slipstream.search.run import search
+
+        spec = SearchSpec.model_validate(job.spec)
+        recipe_file = None
+        if spec.recipes is not None:  # the same path on every attempt: the search's ledger (its id) follows it
+            recipe_file = store.home / "jobs" / f"{job.id}.recipes.json"
+            recipe_file.write_text(json.dumps(spec.recipes))
+        result = search(spec.settings(str(recipe_file) if recipe_file else None), store=store,
+                        listener=SearchEvents(progress))
+        return json.loads(json.dumps(result.to_dict(), default=str))
     if job.kind == "optimize":
         from slipstream.pipeline import optimize
 

@@ -16,6 +16,20 @@ from slipstream.search.worker import OBJECTIVES
 LEDGER_VERSION = 1
 
 
+def parse_duration(text: str | None) -> float | None:
+    """``30m``, ``1h``, ``90s``, ``45`` (minutes), ``none``."""
+    if text is None or text.strip().lower() in ("", "none", "inf"):
+        return None
+    t = text.strip().lower()
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        if t[-1] in units:
+            return float(t[:-1]) * units[t[-1]]
+        return float(t) * 60
+    except ValueError:
+        raise InvalidConfig(f"budget {text!r}: expected a duration such as 30m, 1h or 900s") from None
+
+
 @dataclass(frozen=True)
 class SearchSettings:
     model: str

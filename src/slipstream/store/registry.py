@@ -43,13 +43,16 @@ from sqlalchemy.pool import NullPool
 from slipstream.errors import NotFound, SlipstreamError
 
 # The Alembic revision the code below expects (tests check it is the head of migrations/versions/).
-HEAD = "0002_jobs"
+HEAD = "0003_deployments"
 # The registry database's URL; unset, the SQLite file in the store's home.
 DATABASE_URL_ENV = "SLIPSTREAM_DATABASE_URL"
 BUSY_TIMEOUT_S = 60
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 # What update_job may change (id, kind, spec and created are set once by add_job).
 JOB_FIELDS = ("state", "progress", "result", "error", "started", "finished", "pid", "attempts", "worker")
+DEPLOYMENT_STATES = ("deploying", "ready", "failed", "stopping", "stopped")
+# What update_deployment may change (id, name and created are set once by add_deployment).
+DEPLOYMENT_FIELDS = ("runtime", "spec", "state", "url", "pid", "error")
 # Keys job_events() adds to each event, so an event cannot carry them itself.
 EVENT_KEYS = ("id", "created")
 # A fixed key for pg_advisory_xact_lock while migrating ("slip" in ASCII).
@@ -111,6 +114,24 @@ class JobRow:
     worker: str | None
 
 
+@dataclass(frozen=True)
+class DeploymentRow:
+    """A deployment of the platform: its spec (slipstream's deployment spec, as JSON), the ``runtime`` that
+    runs it (``process``: one ``slipstream serve``; ``ray``: ``slipstream deploy`` on Ray Serve), its state
+    (one of :data:`DEPLOYMENT_STATES`), the endpoint's URL and the pid of the process that serves it."""
+
+    id: str
+    name: str
+    runtime: str
+    spec: dict[str, Any]
+    state: str
+    url: str | None
+    pid: int | None
+    error: str | None
+    created: str
+    updated: str
+
+
 # The tables as the queries see them. Their DDL lives in the migrations, which stay as they were written.
 _meta = sa.MetaData()
 variants_t = sa.Table(
@@ -141,6 +162,14 @@ job_events_t = sa.Table(
     "job_events", _meta,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("job_id", sa.Text), sa.Column("event", sa.Text), sa.Column("created", sa.Text),
+)
+
+deployments_t = sa.Table(
+    "deployments", _meta,
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("id", sa.Text), sa.Column("name", sa.Text), sa.Column("runtime", sa.Text), sa.Column("spec", sa.Text),
+    sa.Column("state", sa.Text), sa.Column("url", sa.Text), sa.Column("pid", sa.Integer), sa.Column("error", sa.Text),
+    sa.Column("created", sa.Text), sa.Column("updated", sa.Text),
 )
 
 _engines: dict[str, Engine] = {}
@@ -415,6 +444,51 @@ class Registry:
         r = conn.execute(sa.select(jobs_t).where(jobs_t.c.id == job_id)).mappings().first()
         return _job(r) if r else None
 
+    # deployments ----------------------------------------------------------------------------
+    def add_deployment(self, name: str, runtime: str, spec: dict[str, Any]) -> DeploymentRow:
+        """A new deployment, ``deploying``, with a fresh id (uuid4 hex)."""
+        dep_id, created = uuid.uuid4().hex, now()
+        with self._write() as conn:
+            conn.execute(sa.insert(deployments_t).values(id=dep_id, name=name, runtime=runtime, spec=_dump(spec),
+                                                         state="deploying", created=created, updated=created))
+            return self._deployment(conn, dep_id)
+
+    def get_deployment(self, dep_id: str) -> DeploymentRow | None:
+        with self._read() as conn:
+            return self._deployment(conn, dep_id)
+
+    def deployments(self, state: str | None = None, limit: int | None = None) -> list[DeploymentRow]:
+        """Deployments, newest first; only those in ``state`` when given; at most ``limit``."""
+        q = sa.select(deployments_t)
+        if state is not None:
+            q = q.where(deployments_t.c.state == state)
+        q = q.order_by(deployments_t.c.seq.desc())
+        if limit is not None:
+            q = q.limit(limit)
+        with self._read() as conn:
+            return [_deployment(r) for r in conn.execute(q).mappings()]
+
+    def update_deployment(self, dep_id: str, **fields: Any) -> DeploymentRow:
+        """Set ``fields`` (among :data:`DEPLOYMENT_FIELDS`) and return the deployment; NotFound for an unknown
+        id."""
+        unknown = set(fields) - set(DEPLOYMENT_FIELDS)
+        if unknown:
+            raise TypeError(f"update_deployment: unknown field(s) {', '.join(sorted(unknown))}; "
+                            f"fields: {', '.join(DEPLOYMENT_FIELDS)}")
+        if "state" in fields and fields["state"] not in DEPLOYMENT_STATES:
+            raise ValueError(f"deployment state {fields['state']!r}: use one of {', '.join(DEPLOYMENT_STATES)}")
+        values = {k: _dump(v) if k == "spec" else v for k, v in fields.items()}
+        with self._write() as conn:
+            done = conn.execute(sa.update(deployments_t).where(deployments_t.c.id == dep_id)
+                                .values(**values, updated=now()))
+            if done.rowcount == 0:
+                raise NotFound(f"no deployment {dep_id!r}")
+            return self._deployment(conn, dep_id)
+
+    def _deployment(self, conn: Connection, dep_id: str) -> DeploymentRow | None:
+        r = conn.execute(sa.select(deployments_t).where(deployments_t.c.id == dep_id)).mappings().first()
+        return _deployment(r) if r else None
+
 
 def copy_registry(source: Registry, target: Registry) -> dict[str, int]:
     """Every row of ``source`` into ``target``, which must hold none yet, ids kept (a result's id, a job's
@@ -422,7 +496,7 @@ def copy_registry(source: Registry, target: Registry) -> dict[str, int]:
     stop what writes to it first."""
     counts = {}
     with source._read() as src, target._write() as dst:
-        for table in (variants_t, results_t, jobs_t, job_events_t):
+        for table in (variants_t, results_t, jobs_t, job_events_t, deployments_t):
             if dst.execute(sa.select(sa.func.count()).select_from(table)).scalar():
                 raise SlipstreamError(f"{target!r} already has rows in {table.name}: copy into an empty registry")
             rows = [dict(r) for r in src.execute(sa.select(table)).mappings()]
@@ -430,7 +504,7 @@ def copy_registry(source: Registry, target: Registry) -> dict[str, int]:
                 dst.execute(sa.insert(table), rows[start:start + 1000])
             counts[table.name] = len(rows)
         if target.dialect == "postgresql":  # the copied ids were given, not drawn: move the sequences past them
-            for table, col in ((results_t, "id"), (jobs_t, "seq"), (job_events_t, "id")):
+            for table, col in ((results_t, "id"), (jobs_t, "seq"), (job_events_t, "id"), (deployments_t, "seq")):
                 dst.execute(sa.text(f"SELECT setval(pg_get_serial_sequence('{table.name}', '{col}'), "
                                     f"COALESCE((SELECT max({col}) FROM {table.name}), 0) + 1, false)"))
     return counts
@@ -483,3 +557,10 @@ def _job(r) -> JobRow:
     d["progress"], d["result"] = _load(d["progress"]), _load(d["result"])
     d["attempts"] = d["attempts"] or 0
     return JobRow(**d)
+
+
+def _deployment(r) -> DeploymentRow:
+    d = dict(r)
+    del d["seq"]
+    d["spec"] = json.loads(d["spec"])
+    return DeploymentRow(**d)
