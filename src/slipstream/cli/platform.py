@@ -12,10 +12,13 @@ def platform_cmd(
     port: int = typer.Option(8080, "--port", help="Port (0 picks a free one)"),
     api_key: Optional[List[str]] = typer.Option(None, "--api-key", help="Accept this key (repeatable)"),
     workers: int = typer.Option(1, "--workers", help="Jobs running at once, each in its own process"),
+    deploy_runtime: str = typer.Option("process", "--deploy-runtime",
+                                       help="How a deployment runs unless it says: process (one `slipstream "
+                                            "serve`) or ray (`slipstream deploy` on Ray Serve)"),
     allow_unauthenticated: bool = typer.Option(False, "--allow-unauthenticated",
                                                help="Listen beyond loopback with no API key"),
 ) -> None:
-    """Serve the platform's REST API (/api/v1: models, jobs) on the store; jobs run in worker processes."""
+    """Serve the platform (REST API under /api/v1: models, jobs, deployments; web UI at /ui/) on the store."""
     import uvicorn
 
     from slipstream.platform.app import create_platform_app
@@ -24,12 +27,23 @@ def platform_cmd(
     from slipstream.serving.server import bind
     from slipstream.store import Store
 
-    settings = PlatformSettings(host=host, port=port, api_keys=list(api_key or []), max_workers=workers)
+    from pydantic import ValidationError
+
+    from slipstream.errors import InvalidConfig
+    from slipstream.serving.settings import describe
+
+    try:
+        settings = PlatformSettings(host=host, port=port, api_keys=list(api_key or []), max_workers=workers,
+                                    deploy_runtime=deploy_runtime)
+    except ValidationError as exc:
+        raise InvalidConfig(f"invalid platform settings: {describe(exc)}") from None
     check_exposure(settings.host, settings.api_keys, allow_unauthenticated)
     store = Store()
     app = create_platform_app(store, settings)
     sock = bind(settings.host, settings.port)
     h, p = sock.getsockname()[:2]
     typer.echo(f"slipstream platform: listening on http://{h}:{p} (store {store.home}, {workers} worker(s))")
-    typer.echo(f"  api        http://{h}:{p}/api/v1/models  /api/v1/jobs  schema /api/v1/openapi.json")
+    typer.echo(f"  web UI     http://{h}:{p}/ui/")
+    typer.echo(f"  api        http://{h}:{p}/api/v1/models  /api/v1/jobs  /api/v1/deployments  "
+               f"schema /api/v1/openapi.json")
     uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
