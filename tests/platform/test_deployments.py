@@ -76,12 +76,15 @@ def test_process_deployment_lifecycle(tiny_store):
 
             # update: the same endpoint now serves the other variant, from a new process
             before = dep["pid"]
-            r = c.put(f"/api/v1/deployments/{dep_id}", json={"spec": _spec("tiny-bf16")})
+            keyless = {k: v for k, v in _spec("tiny-bf16").items() if k != "api_keys"}  # as GET shows it
+            r = c.put(f"/api/v1/deployments/{dep_id}", json={"spec": keyless})
             assert r.status_code == 202, r.text
             dep = _wait_state(c, dep_id, ("ready", "failed"))
             assert dep["state"] == "ready", dep["error"]
             assert dep["pid"] != before and dep["spec"]["models"][0]["variant"] == "tiny-bf16"
             assert "tiny-bf16" in open(f"/proc/{dep['pid']}/cmdline").read().split("\0")
+            assert httpx.get(dep["url"] + "/models").status_code == 401  # the keys it had, kept
+            assert dep["spec"]["api_keys"] == "1 configured"
             assert c.post(f"/api/v1/deployments/{dep_id}/chat",
                           json={"messages": [{"role": "user", "content": "hi"}]}).status_code == 200
 

@@ -162,8 +162,14 @@ class Deployer:
         return self._launch(row.id, runtime, data)
 
     def update(self, dep_id: str, body: dict[str, Any]) -> Any:
+        """A new spec for the deployment; without ``api_keys`` it keeps the keys it has."""
         with self._lock:
             row = self.registry.get_deployment(dep_id)
+            if "api_keys" not in body and "apiKeys" not in body and row.spec.get("api_keys"):
+                # keys are never shown, so a spec sent back without them keeps the deployment's own
+                from slipstream.deploy.gale import is_gale
+
+                body = {**body, ("apiKeys" if is_gale(body) else "api_keys"): row.spec["api_keys"]}
             spec = check_spec(body, row.runtime, self.store)
             data = spec.model_dump(mode="json")
             if not data["port"] or row.runtime == "ray":  # Ray Serve's HTTP port is fixed for its instance
