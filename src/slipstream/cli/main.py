@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from slipstream.cli import (auto, bench, compare, demo, deploy, evaluate, lm_eval, models, optimize, platform,
+from slipstream.cli import (adapters, auto, bench, compare, demo, deploy, evaluate, lm_eval, models, optimize, platform,
                             report, serve, techniques)
 
 app = typer.Typer(
@@ -20,6 +20,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(models.app, name="models")
+app.add_typer(adapters.app, name="adapters")
 app.command("techniques")(techniques.techniques_cmd)
 app.command("optimize")(optimize.optimize_cmd)
 app.command("evaluate")(evaluate.evaluate_cmd)

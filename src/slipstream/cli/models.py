@@ -56,7 +56,10 @@ def show_cmd(name: str, as_json: bool = typer.Option(False, "--json")) -> None:
     manifest = store.manifest(name)
     results = [r.__dict__ for r in store.results(name)]
     if as_json:
-        print_json(record.to_dict() | {"manifest": manifest.__dict__, "results": results})
+        from slipstream.models.adapters import adapters_of
+
+        print_json(record.to_dict() | {"manifest": manifest.__dict__, "results": results,
+                                       "adapters": [a.name for a in adapters_of(store, name)]})
         return
     rows = [["kind", record.kind], ["format", record.format], ["architecture", record.architecture],
             ["parameters", f"{record.parameters:,}" if record.parameters else "—"], ["size", mb(record.size_bytes)],
@@ -66,6 +69,11 @@ def show_cmd(name: str, as_json: bool = typer.Option(False, "--json")) -> None:
             ["files", ", ".join(f.path for f in manifest.files)],
             ["libraries", ", ".join(f"{k} {v}" for k, v in manifest.library_versions.items())],
             ["results", f"{len(results)} stored"]]
+    from slipstream.models.adapters import adapters_of
+
+    adapters = adapters_of(store, name)
+    if adapters:
+        rows.append(["adapters", ", ".join(f"{a.name} (rank {(a.technique or {}).get('rank')})" for a in adapters)])
     table(record.name, ["field", "value"], rows)
 
 
