@@ -157,3 +157,23 @@ def test_jobs_a_dead_service_left_running_are_resumed_or_failed_never_lost(store
     assert registry.get_job(optimize.id).state == "queued"
     failed = registry.get_job(bench.id)
     assert failed.state == "failed" and "do not resume" in failed.error
+
+
+def test_a_recipe_of_steps_as_one_job(platform, store, tiny_llama_dir):
+    pytest.importorskip("ctranslate2")
+    from slipstream.models.intake import import_model
+
+    import_model(str(tiny_llama_dir), "tiny", store=store)
+    steps = [{"technique": "cast", "dtype": "bfloat16"}, {"technique": "ctranslate2", "quantization": "int8"}]
+    with _client(platform) as c:
+        for spec, named in (({"model": "tiny", "steps": [{"technique": "nope"}]}, "steps[0]"),
+                            ({"model": "tiny", "steps": [{"dtype": "bfloat16"}]}, "steps[0] needs a technique"),
+                            ({"model": "tiny", "steps": [{"technique": "cast", "colour": 1}]}, "colour"),
+                            ({"model": "tiny", "steps": steps, "technique": "cast"}, "not both")):
+            r = c.post("/api/v1/jobs", json={"kind": "optimize", "spec": spec})
+            assert r.status_code == 400 and named in r.json()["error"]["message"], r.json()
+        job = _wait_job(c, c.post("/api/v1/jobs", json={"kind": "optimize", "spec": {"model": "tiny",
+                                                                                      "steps": steps}}).json()["id"])
+        assert job["state"] == "succeeded", job["error"]
+        assert job["result"]["variant"] == "tiny-bf16-ct2-int8"
+        assert c.get("/api/v1/models/tiny-bf16-ct2-int8").json()["lineage"] == ["tiny-bf16", "tiny"]

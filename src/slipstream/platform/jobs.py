@@ -21,7 +21,7 @@ from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from slipstream.errors import InvalidConfig
+from slipstream.errors import InvalidConfig, SlipstreamError
 from slipstream.lifetime import pid_alive
 from slipstream.serving.settings import describe
 from slipstream.store import Store
@@ -48,9 +48,26 @@ class OptimizeSpec(_Spec):
     technique: Optional[str] = None
     options: dict[str, Any] = Field(default_factory=dict)
     name: Optional[str] = None
+    # a recipe: techniques applied in order, each {"technique": ..., its options...}; each step's variant
+    # kept (named <input>-<slug>), so a recipe run again does only what is left
+    steps: Optional[list[dict[str, Any]]] = Field(None, min_length=1)
     # GALE's pair, mapped onto a technique when `technique` is not given
     optimizationType: Optional[Literal["CTranslate2", "vLLM"]] = None
     quantizationType: Optional[str] = None
+
+    def recipe(self) -> list[Any]:
+        """The steps as technique configs (refused now, naming the step, when one does not parse)."""
+        from slipstream.techniques.registry import config_from_dict
+
+        configs = []
+        for i, step in enumerate(self.steps or []):
+            if not isinstance(step.get("technique"), str):
+                raise InvalidConfig(f"steps[{i}] needs a technique")
+            try:
+                configs.append(config_from_dict(step))
+            except SlipstreamError as exc:
+                raise InvalidConfig(f"steps[{i}]: {exc}") from None
+        return configs
 
     def technique_and_options(self) -> tuple[str, dict[str, Any]]:
         if self.technique:
@@ -119,7 +136,12 @@ def check_spec(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
         parsed = SPECS[kind].model_validate(spec)
     except ValidationError as exc:
         raise InvalidConfig(f"invalid {kind} job: {describe(exc)}") from None
-    if isinstance(parsed, OptimizeSpec):
+    if isinstance(parsed, OptimizeSpec) and parsed.steps is not None:
+        if parsed.technique or parsed.optimizationType or parsed.name:
+            raise InvalidConfig("an optimization takes steps, or a technique (or GALE's pair), not both; a "
+                                "recipe names its variants itself")
+        parsed.recipe()
+    elif isinstance(parsed, OptimizeSpec):
         parsed.technique_and_options()  # a GALE pair that maps to nothing is refused now, not in a worker
     if isinstance(parsed, SearchSpec):
         parsed.settings()  # a gate, objective or budget that does not parse is refused now

@@ -143,6 +143,11 @@ def run(job: Any, store: Store, progress: EventProgress) -> dict[str, Any]:
         from slipstream.pipeline import optimize
 
         spec = OptimizeSpec.model_validate(job.spec)
+        if spec.steps is not None:
+            from slipstream.pipeline import build
+
+            variant = build(spec.model, spec.recipe(), store=store, progress=progress)
+            return {"variant": variant.name, "size_bytes": variant.size_bytes, "technique": variant.technique}
         technique, options = spec.technique_and_options()
         variant = optimize(spec.model, technique, options, name=spec.name, store=store, progress=progress)
         return {"variant": variant.name, "size_bytes": variant.size_bytes, "technique": variant.technique}
