@@ -11,13 +11,13 @@ import httpx
 
 
 class RunningServer:
-    def __init__(self, engine: Any, settings: Any, model_name: str, embedder: Any = None):
+    def __init__(self, engine: Any, settings: Any, model_name: str, embedder: Any = None, adapters: Any = None):
         import uvicorn
 
         from slipstream.serving.app import create_app
         from slipstream.serving.server import bind, uvicorn_config
 
-        self.app = create_app(engine, settings, model_name=model_name, embedder=embedder)
+        self.app = create_app(engine, settings, model_name=model_name, embedder=embedder, adapters=adapters)
         self.state = self.app.state.slipstream
         sock = bind("127.0.0.1", 0)
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"

@@ -36,6 +36,8 @@ def serve_cmd(
     assignments: Optional[List[str]] = typer.Option(None, "--set", help="Any setting as key=value, e.g. "
                                                     "defaults.temperature=0.7 or limits.max_tokens=256"),
     engine_option: Optional[List[str]] = typer.Option(None, "--engine-option", help=ENGINE_OPTION_HELP),
+    adapter: Optional[List[str]] = typer.Option(None, "--adapter", help="Serve this LoRA adapter from the store "
+                                                "over the model (repeatable); requests name it as their model"),
     allow_unauthenticated: bool = typer.Option(False, "--allow-unauthenticated",
                                                help="Listen beyond loopback with no API key (refused otherwise)"),
 ) -> None:
@@ -51,6 +53,7 @@ def serve_cmd(
         "batch_window_ms": batch_window_ms, "grace_period_s": grace_period, "served_model_name": served_model_name,
         "exact_cache.enabled": exact_cache, "prefix_cache.enabled": prefix_cache,
         "semantic_cache.enabled": semantic_cache, "semantic_cache.threshold": semantic_threshold, "threads": threads,
+        "adapters": list(adapter) if adapter else None,
     }
     overrides.update(dict(parse_assignment(a) for a in assignments or ()))
     settings = DeploymentSettings.load(config, overrides)
@@ -69,4 +72,7 @@ def serve_cmd(
     name = engine_name(record, engine)
     options = engine_options(name, engine_option, settings.engine)  # environment < settings file < command line
     loaded = open_engine(record, engine=name, device=device, threads=settings.threads, store=store, options=options)
-    serve(loaded, settings, model_name=settings.served_model_name or record.name)
+    from slipstream.serving.adapters import AdapterCatalog
+
+    serve(loaded, settings, model_name=settings.served_model_name or record.name,
+          adapters=AdapterCatalog(store, record.name))

@@ -102,9 +102,11 @@ def endpoint_schema(keyed: bool, limits: "SamplingLimits") -> "dict[str, Any]":
 
 
 def build_endpoint(models: "dict[str, str]", api_keys: "list[str]", max_body_bytes: int = 2_000_000,
-                   limits: "SamplingLimits | None" = None, openapi: bool = True) -> type:
+                   limits: "SamplingLimits | None" = None, openapi: bool = True,
+                   adapters: "dict[str, str] | None" = None) -> type:
     """The class Ray Serve runs the endpoint's FastAPI app in; ``models`` maps each served name to the
-    Serve application holding its replicas. Its one argument is a handle to the metrics keeper."""
+    Serve application holding its replicas, ``adapters`` each LoRA adapter's name to its model's (a request
+    may also name ``MODEL:ADAPTER``). Its one argument is a handle to the metrics keeper."""
     from ray import serve
     from ray.exceptions import RayError
     from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
@@ -116,7 +118,17 @@ def build_endpoint(models: "dict[str, str]", api_keys: "list[str]", max_body_byt
     error_handlers(api, max_body_bytes)
     check_key = key_checker(api_keys)
     names = list(models)
+    owners = dict(adapters or {})
     doc: dict[str, Any] = {}
+
+    def owner(name: str) -> str | None:
+        """The model whose replicas answer a request for ``name`` (itself, or an adapter's base)."""
+        if name in models:
+            return name
+        if name in owners:
+            return owners[name]
+        base = name.partition(":")[0]
+        return base if ":" in name and base in models else None
 
     @serve.ingress(api)
     class Endpoint:
@@ -143,6 +155,9 @@ def build_endpoint(models: "dict[str, str]", api_keys: "list[str]", max_body_byt
         async def list_models(self, request: Request) -> dict:
             check_key(request)
             cards = await asyncio.gather(*(self._card(n) for n in names))
+            cards += [{"id": a, "object": "model", "created": self.created, "owned_by": "slipstream", "root": a,
+                       "parent": m, "max_model_len": next((c["max_model_len"] for c in cards if c["id"] == m),
+                                                          None)} for a, m in sorted(owners.items())]
             return {"object": "list", "data": cards}
 
         @api.get("/metrics")
@@ -174,9 +189,10 @@ def build_endpoint(models: "dict[str, str]", api_keys: "list[str]", max_body_byt
         async def _forward(self, request: Request) -> Response:
             check_key(request)
             body = await request.body()
-            name = model_of(body)
-            if name not in self.handles:
-                raise _not_found(name, names)
+            asked = model_of(body)
+            name = owner(asked)
+            if name is None:
+                raise _not_found(asked, names + sorted(owners))
             headers = tuple((k, v) for k, v in request.headers.raw if k.lower() != b"authorization")
             forwarded = Forwarded(request.method, request.url.path, request.url.query.encode(), headers, body)
             path = request.url.path

@@ -53,6 +53,17 @@ def plan_model(model: ModelSpec, store: Store) -> ReplicaPlan:
         options = dict(model.engine)
     except Exception as exc:  # noqa: BLE001
         raise InvalidConfig(f"model {model.name!r}: {exc}") from None
+    if model.adapters:
+        from slipstream.serving.adapters import AdapterCatalog
+
+        if engine != "transformers":
+            raise InvalidConfig(f"model {model.name!r}: LoRA adapters run on the transformers engine, not {engine}")
+        catalog = AdapterCatalog(store, variant.name)
+        for a in model.adapters:
+            try:
+                catalog.resolve(a.name)
+            except InvalidConfig as exc:
+                raise InvalidConfig(f"model {model.name!r}: {exc}") from None
     return ReplicaPlan(name=model.name, variant=variant.name, variant_sha256=variant.sha256,
                        store_home=str(store.home), engine=engine, device=model.device, options=options,
                        settings=model.serving_settings())

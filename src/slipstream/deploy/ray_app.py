@@ -121,12 +121,15 @@ def endpoint_app(spec: DeploySpec) -> Any:
     keeper = _versioned(serve.deployment(Keeper, name=KEEPER, num_replicas=1,
                                          ray_actor_options={"num_cpus": 0}), "1").bind()
     version = hashlib.sha256(json.dumps([models, spec.api_keys, spec.max_body_bytes,
-                                         [m.limits.model_dump() for m in spec.models]],
+                                         [m.limits.model_dump() for m in spec.models],
+                                         sorted((a.name, m.name) for m in spec.models for a in m.adapters)],
                                         sort_keys=True).encode()).hexdigest()[:16]
 
     # the endpoint only relays, so it takes many requests at once; its queue is bounded too (Ray's proxy
     # answers 503 beyond it)
-    endpoint = build_endpoint(models, spec.api_keys, spec.max_body_bytes, loosest([m.limits for m in spec.models]))
+    adapters = {a.name: m.name for m in spec.models for a in m.adapters}
+    endpoint = build_endpoint(models, spec.api_keys, spec.max_body_bytes, loosest([m.limits for m in spec.models]),
+                              adapters=adapters)
     ingress = serve.deployment(endpoint, name="endpoint",
                                ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000,
                                max_queued_requests=1000)

@@ -33,7 +33,10 @@ class ModelReplica:
         store = Store(self.plan.store_home)
         self.engine = open_engine(self.plan.variant, engine=self.plan.engine, device=self.plan.device,
                                   threads=settings.threads, store=store, options=self.plan.options)
-        self.app = create_app(self.engine, settings, model_name=self.plan.name)
+        from slipstream.serving.adapters import AdapterCatalog
+
+        self.app = create_app(self.engine, settings, model_name=self.plan.name,
+                              adapters=AdapterCatalog(store, self.plan.variant))
         self.state = self.app.state.slipstream
         self.state.scheduler.start()  # the app's lifespan is not run in process: start what it would
         self.replica_id = _replica_id()

@@ -114,6 +114,12 @@ class DeploySpec(_Strict):
             if m.name in seen:
                 raise ValueError(f"two models are named {m.name!r}; each model's name must be unique")
             seen.add(m.name)
+        for m in self.models:  # a request's model names a model or an adapter: one of them only
+            for a in m.adapters:
+                if a.name in seen:
+                    raise ValueError(f"adapter {a.name!r} of model {m.name!r}: that name is taken by another "
+                                     "model or adapter")
+                seen.add(a.name)
         return self
 
     def model(self, name: str) -> ModelSpec:

@@ -29,6 +29,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     min_tokens: int = 0  # do not stop on end-of-sequence before this many tokens
     ignore_eos: bool = False  # never stop on end-of-sequence (benchmarks)
+    adapter: str | None = None  # a LoRA adapter the engine has loaded (continuous batching only)
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:

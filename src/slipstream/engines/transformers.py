@@ -73,6 +73,16 @@ class TransformersEngine:
         self.max_context = int(
             getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 2048
         )
+        self.adapter_bank: Any = None  # LoRA adapters (slipstream.engines.torch.lora), once one is loaded
+
+    def adapters(self, max_loras: int = 4) -> Any:
+        """The engine's LoRA adapters, served by its continuous batch; made on first use, with slots for
+        ``max_loras`` resident at once."""
+        if self.adapter_bank is None:
+            from slipstream.engines.torch.lora import AdapterBank
+
+            self.adapter_bank = AdapterBank(self.model, max_loras)
+        return self.adapter_bank
 
     @property
     def tokenizer(self) -> Tokenizer:

@@ -40,6 +40,7 @@ class ServerState:
     service: Service
     metrics: Metrics
     created: int
+    adapters: Any = None  # an AdapterCatalog: the adapters this server may load at run time (None: none)
 
 
 def batching_mode(engine: Any, settings: DeploymentSettings) -> str:
@@ -76,9 +77,12 @@ def make_scheduler(engine: Any, settings: DeploymentSettings, metrics: Metrics) 
 
 
 def create_app(engine: Any, settings: DeploymentSettings, *, model_name: str,
-               embedder: Embedder | None = None) -> FastAPI:
+               embedder: Embedder | None = None, adapters: Any = None) -> FastAPI:
+    """``adapters``: an :class:`~slipstream.serving.adapters.AdapterCatalog` for LoRA adapters over the
+    model (the settings' ``adapters`` loaded at start, others through /v1/adapters)."""
     import time
 
+    from slipstream.serving.routes import adapters as adapter_routes
     from slipstream.serving.routes import chat, completions, info
 
     holder: dict[str, ServerState] = {}
@@ -92,6 +96,22 @@ def create_app(engine: Any, settings: DeploymentSettings, *, model_name: str,
                 "peak_batch": st.scheduler.peak_batch, **(stepper.stats() if stepper is not None else {})}
 
     metrics = Metrics(live)
+    if settings.adapters and adapters is None:
+        raise InvalidConfig("adapters are listed but this server has no store to load them from")
+    if adapters is not None and (settings.adapters or hasattr(engine, "adapters")):
+        from slipstream.serving.adapters import check_engine
+
+        if settings.adapters:
+            check_engine(engine, batching_mode(engine, settings))
+        if hasattr(engine, "adapters") and batching_mode(engine, settings) == "continuous":
+            bank = engine.adapters(settings.max_loras)
+            for a in settings.adapters:
+                try:
+                    bank.register(a.name, adapters.resolve(a.name), pinned=a.pinned)
+                except (ValueError, OSError) as exc:
+                    raise InvalidConfig(f"adapter {a.name!r}: {exc}") from None
+        else:
+            adapters = None  # nothing here can run one
     scheduler = make_scheduler(engine, settings, metrics)
     exact = ExactCache(settings.exact_cache.max_entries) if settings.exact_cache.enabled else None
     semantic = None
@@ -102,7 +122,7 @@ def create_app(engine: Any, settings: DeploymentSettings, *, model_name: str,
             embedder = MiniLMEmbedder(settings.semantic_cache.model)
         semantic = SemanticCache(embedder, settings.semantic_cache.threshold, settings.semantic_cache.max_entries)
     service = Service(engine, scheduler, metrics, exact=exact, semantic=semantic, deadline_s=settings.deadline_s)
-    state = ServerState(engine, settings, model_name, scheduler, service, metrics, int(time.time()))
+    state = ServerState(engine, settings, model_name, scheduler, service, metrics, int(time.time()), adapters)
     holder["state"] = state
 
     @asynccontextmanager
@@ -123,6 +143,8 @@ def create_app(engine: Any, settings: DeploymentSettings, *, model_name: str,
     app.include_router(info.router, dependencies=guarded)
     app.include_router(completions.router, dependencies=guarded)
     app.include_router(chat.router, dependencies=guarded)
+    if adapters is not None:  # the engine and its batching can run adapters
+        app.include_router(adapter_routes.router, dependencies=guarded)
     if settings.openapi:
         keyed = any(k for k in settings.api_keys)
 

@@ -88,6 +88,8 @@ class Service:
             self.metrics.rejected.inc()
             raise queue_full(str(exc)) from None
         self.metrics.prompt_tokens.inc(len(prompt))
+        if params.adapter is not None:
+            self.metrics.adapter_requests.labels(params.adapter).inc(len(tickets))
         return Job(self, plan, tickets, None, store=(key, vector, scope), prompt_tokens=len(prompt))
 
     async def logprobs(self, sequences: list[list[int]]) -> list[np.ndarray]:
@@ -194,6 +196,8 @@ class Job:
                     m.ttft.observe(first - ticket.submitted)
                 count += 1
                 m.tokens(1)
+                if self.plan.params.adapter is not None:
+                    m.adapter_tokens.labels(self.plan.params.adapter).inc()
                 delta = stream.push(value)
                 if delta and out is not None:
                     out.put_nowait(Delta(index, delta))

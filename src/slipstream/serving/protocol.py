@@ -250,6 +250,7 @@ class ModelCard(BaseModel):
     created: int
     owned_by: str = "slipstream"
     root: Optional[str] = None
+    parent: Optional[str] = None  # a LoRA adapter's base model (vLLM's field)
     max_model_len: Optional[int] = None
 
 

@@ -62,6 +62,8 @@ def banner(url: str, model_name: str, engine: Any, settings: DeploymentSettings)
         f"max_temperature={s.limits.max_temperature} max_queued_tokens={s.max_queued_tokens} "
         f"deadline_s={s.deadline_s} max_body_bytes={s.max_body_bytes} max_connections={s.max_connections}",
         f"  caches     {' '.join(caches)}",
+        *([f"  adapters   {', '.join(a.name + (' (pinned)' if a.pinned else '') for a in s.adapters)}; "
+           f"max_loras={s.max_loras}"] if s.adapters else []),
         f"  api keys   {len(s.api_keys) if s.api_keys else 'none (no authentication)'}",
         f"  shutdown   SIGTERM: {s.grace_period_s:g} s grace for requests in flight",
         f"  endpoints  {url}/v1/completions {url}/v1/chat/completions {url}/v1/models {url}/health {url}/metrics"
@@ -70,9 +72,9 @@ def banner(url: str, model_name: str, engine: Any, settings: DeploymentSettings)
 
 
 def serve(engine: Any, settings: DeploymentSettings, *, model_name: str, embedder: Any = None,
-          echo: Callable[[str], None] | None = None) -> None:
+          echo: Callable[[str], None] | None = None, adapters: Any = None) -> None:
     echo = echo or (lambda line: print(line, flush=True))
-    app = create_app(engine, settings, model_name=model_name, embedder=embedder)
+    app = create_app(engine, settings, model_name=model_name, embedder=embedder, adapters=adapters)
     sock = bind(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"

@@ -61,6 +61,16 @@ class PrefixCacheSettings(_Strict):
     max_tokens: int = Field(8192, ge=0)  # prompt tokens whose keys/values are kept
 
 
+class AdapterSettings(_Strict):
+    name: str  # a LoRA adapter in the store (slipstream adapters import), served under this name
+    pinned: bool = False  # never evicted from the resident set
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
 class ModelSettings(_Strict):
     """How one model is served: sampling, batching, caches, threads and engine options. A deployment spec
     (:mod:`slipstream.deploy.spec`) holds one of these per model; ``slipstream serve`` one in all."""
@@ -92,6 +102,10 @@ class ModelSettings(_Strict):
     # the engine's options (slipstream.engines.options), e.g. {gemm: onednn} or {compute_type: int8}; checked
     # here against every engine's, and against the engine that runs the variant once it is known
     engine: dict[str, Any] = Field(default_factory=dict)
+    # LoRA adapters over this model, each asked for by its name (or "MODEL:ADAPTER") as the request's model;
+    # they run in the same continuous batch (transformers engine), at most max_loras resident at once
+    adapters: list[AdapterSettings] = Field(default_factory=list)
+    max_loras: int = Field(4, ge=1)
 
     @field_validator("engine")
     @classmethod

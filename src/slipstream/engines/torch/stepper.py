@@ -25,6 +25,7 @@ from slipstream.engines.protocol import SamplingParams
 from slipstream.engines.sampling import StopRule, pick_torch
 from slipstream.engines.stepping import StepOutput
 from slipstream.engines.torch.attention import FUSED_MODEL_TYPES, StepPlan, can_fuse, plan_masks, use_grouped_attention
+from slipstream.engines.torch.lora import step_slots
 from slipstream.engines.torch.row_cache import RowCache
 
 
@@ -37,6 +38,15 @@ class _Seq:
     rule: StopRule
     length: int = 0  # tokens held in the cache row
     next_token: int = -1
+    slot: int = 0  # its LoRA adapter's slot once it holds one (0: the base alone)
+
+    @property
+    def adapter(self) -> str | None:
+        return self.params.adapter
+
+    @property
+    def reuses_prefixes(self) -> bool:  # an adapter changes the keys and values a prefix would hold
+        return self.params.adapter is None
 
 
 class TransformersStepper:
@@ -45,7 +55,7 @@ class TransformersStepper:
     def __init__(self, engine: Any, *, prefix_cache_tokens: int = 0, prefill_tokens: int = 512,
                  fused_prefill: bool = True, kv_cache_dtype: str | None = None,
                  decode_attention: Literal["c", "torch"] = "c"):
-        self.model, self.device = engine.model, engine.device
+        self.engine, self.model, self.device = engine, engine.model, engine.device
         use_grouped_attention(self.model)
         # fused_prefill=False: newcomers prefilled in a pass of their own
         self.fused = fused_prefill and can_fuse(self.model)
@@ -63,7 +73,12 @@ class TransformersStepper:
         self.cache = RowCache(self.model.config.get_text_config(decoder=True).num_hidden_layers)
         self.rows: list[_Seq] = []
         self.pending: list[_Seq] = []
-        self.counters = {"prefills": 0, "decode_steps": 0, "peak_batch": 0}
+        self.counters = {"prefills": 0, "decode_steps": 0, "peak_batch": 0, "mixed_adapter_steps": 0}
+
+    @property
+    def bank(self) -> Any:
+        """The engine's LoRA adapters (:class:`~.lora.AdapterBank`), None until it has loaded one."""
+        return getattr(self.engine, "adapter_bank", None)
 
     @property
     def active(self) -> int:
@@ -79,18 +94,42 @@ class TransformersStepper:
     def add(self, seq_id: int, prompt: Sequence[int], params: SamplingParams) -> None:
         if not prompt:
             raise ValueError("empty prompt")
+        if params.adapter is not None:
+            if self.bank is None:
+                raise ValueError(f"adapter {params.adapter!r}: this engine has no adapters loaded")
+            self.bank.prepare(params.adapter)
         gen = torch.Generator().manual_seed(params.seed if params.seed is not None else
                                             int(torch.randint(0, 2**62, (1,))))
         self.pending.append(_Seq(seq_id, list(prompt), params, gen, StopRule(params, self.eos)))
 
     def remove(self, seq_id: int) -> None:
+        for s in self.pending:
+            if s.seq_id == seq_id and s.adapter is not None:
+                self.bank.forget(s.adapter)
         self.pending = [s for s in self.pending if s.seq_id != seq_id]
         for r, s in enumerate(self.rows):
             if s.seq_id == seq_id:
                 self._drop_row(r)
                 return
 
+    def _leave(self, s: _Seq) -> None:
+        if s.slot:
+            self.bank.release(s.adapter)
+            s.slot = 0
+
+    def _slots(self, per_row: list[tuple[_Seq, int]], shape: str) -> Any:
+        """The tokens' adapter slots for :func:`step_slots` (None when no row uses an adapter): ``per_row``
+        is each row with its token count; ``shape`` "flat" for a fused step's one sequence, else "rows"."""
+        if not any(s.slot for s, _ in per_row):
+            return None
+        if len({s.slot for s, _ in per_row}) > 1:
+            self.counters["mixed_adapter_steps"] += 1
+        if shape == "rows":
+            return torch.tensor([[s.slot] for s, _ in per_row], device=self.device)
+        return torch.cat([torch.full((n,), s.slot) for s, n in per_row])[None].to(self.device)
+
     def _drop_row(self, r: int) -> None:
+        self._leave(self.rows[r])
         last = len(self.rows) - 1
         if r != last:
             with torch.inference_mode():
@@ -128,11 +167,12 @@ class TransformersStepper:
         cache.ensure(len(rows), cache.width + 1, list(zip(cache.keys, cache.values)))
         cache.step_rows, cache.step_cols = torch.arange(len(rows)), lengths
         mask = (torch.arange(cache.width + 1)[None, :] <= lengths[:, None]).long()
-        logits = self.model(
-            input_ids=torch.tensor([[s.next_token] for s in rows], device=self.device),
-            position_ids=lengths[:, None].to(self.device), attention_mask=mask.to(self.device),
-            past_key_values=cache, use_cache=True,
-        ).logits[:, -1].float().cpu()
+        with step_slots(self._slots([(s, 1) for s in rows], "rows")):
+            logits = self.model(
+                input_ids=torch.tensor([[s.next_token] for s in rows], device=self.device),
+                position_ids=lengths[:, None].to(self.device), attention_mask=mask.to(self.device),
+                past_key_values=cache, use_cache=True,
+            ).logits[:, -1].float().cpu()
         self.counters["decode_steps"] += 1
         outs, done = [], []
         for r, s in enumerate(rows):
@@ -150,7 +190,8 @@ class TransformersStepper:
         rows, cache = self.rows, self.cache
         joins = []  # (seq, reused prefix length, its keys/values)
         for s in self._take_pending():
-            k, payload = self.prefixes.lookup(s.prompt) if self.prefixes is not None else (0, None)
+            k, payload = (self.prefixes.lookup(s.prompt) if self.prefixes is not None and s.reuses_prefixes
+                          else (0, None))
             joins.append((s, k if payload is not None else 0, payload))
         decode, total = len(rows), len(rows) + len(joins)
         lengths = torch.tensor([s.length for s in rows], dtype=torch.long)
@@ -173,8 +214,9 @@ class TransformersStepper:
         cache.step_cols, cache.plan = positions, plan
         # every token's logits when all are decode tokens; else the rows' and each prompt's last
         keep = torch.tensor(list(range(decode)) + [f + e - k - 1 for _, f, k, e in segments]) if segments else 0
+        slots = self._slots([(s, 1) for s in rows] + [(s, len(s.prompt) - k) for s, k, _ in joins], "flat")
         try:
-            with plan_masks():
+            with plan_masks(), step_slots(slots):
                 logits = self.model(
                     input_ids=torch.tensor([ids], device=self.device), position_ids=positions[None].to(self.device),
                     past_key_values=cache, use_cache=True, slipstream_plan=plan,
@@ -190,7 +232,7 @@ class TransformersStepper:
             outs.append(self._choose(s, logits[r]))
         for j, (s, k, payload) in enumerate(joins):
             s.length = len(s.prompt)
-            if self.prefixes is not None:
+            if self.prefixes is not None and s.reuses_prefixes:
                 row = decode + j
                 self.prefixes.insert(s.prompt, [(kb[row, :, : s.length].clone(), vb[row, :, : s.length].clone())
                                                 for kb, vb in zip(cache.keys, cache.values)])
@@ -211,34 +253,46 @@ class TransformersStepper:
         return [(like, like)] * config.num_hidden_layers
 
     def _take_pending(self) -> list[_Seq]:
-        taken, budget = [], self.prefill_tokens
+        taken, waiting, budget = [], [], self.prefill_tokens
         while self.pending and (not taken or len(self.pending[0].prompt) <= budget):
             s = self.pending.pop(0)
+            if s.adapter is not None and not s.slot:
+                slot = self.bank.acquire(s.adapter)
+                if slot is None:  # every slot held by running rows: it waits, the others go on
+                    waiting.append(s)
+                    continue
+                s.slot = slot
             budget -= len(s.prompt)
             taken.append(s)
+        self.pending = waiting + self.pending
         return taken
 
     def _prefill(self) -> list[StepOutput]:
         fresh, outs = [], []
         for s in self._take_pending():
-            k, payload = self.prefixes.lookup(s.prompt) if self.prefixes is not None else (0, None)
+            k, payload = (self.prefixes.lookup(s.prompt) if self.prefixes is not None and s.reuses_prefixes
+                          else (0, None))
             if payload is None:
                 fresh.append(s)
             else:
                 kv, logits = self._prefill_from(s.prompt, k, payload)
                 outs.append(self._join(s, kv, logits))
         if fresh:
-            for s, (kv, logits) in zip(fresh, self._prefill_batch([s.prompt for s in fresh])):
+            with step_slots(self._slots([(s, len(s.prompt)) for s in fresh], "rows")):
+                prefilled = self._prefill_batch([s.prompt for s in fresh])
+            for s, (kv, logits) in zip(fresh, prefilled):
                 outs.append(self._join(s, kv, logits))
         self.counters["prefills"] += 1
         return outs
 
     def _join(self, s: _Seq, kv: list[tuple[Any, Any]], logits: Any) -> StepOutput:
-        if self.prefixes is not None:
+        if self.prefixes is not None and s.reuses_prefixes:
             self.prefixes.insert(s.prompt, [(k.clone(), v.clone()) for k, v in kv])
         s.length = len(s.prompt)
         out = self._choose(s, logits)
-        if out.finish_reason is None:
+        if out.finish_reason is not None:
+            self._leave(s)
+        else:
             row = len(self.rows)
             self.cache.ensure(row + 1, s.length + 1, [(k[None], v[None]) for k, v in kv])
             self.cache.put(row, kv)

@@ -15,7 +15,8 @@ from slipstream.serving.params import plan
 from slipstream.serving.protocol import (AssistantMessage, ChatChoice, ChatCompletionChunk, ChatCompletionRequest,
                                          ChatCompletionResponse, ChoiceLogprobs, TokenLogprob, TopLogprob, Usage,
                                          new_id, now)
-from slipstream.serving.routes.common import ClientGone, check_model, count, server, sse, unless_disconnected
+from slipstream.serving.routes.common import (ClientGone, check_model, count, server, sse, unless_disconnected,
+                                             with_adapter)
 
 router = APIRouter()
 
@@ -35,10 +36,10 @@ def _render(body: ChatCompletionRequest, tokenizer: Any) -> tuple[list[int], str
              responses=generation_responses(ChatCompletionResponse, ChatCompletionChunk))
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     st = server(request)
-    check_model(request, body.model)
+    adapter = check_model(request, body.model)
     ids, text = _render(body, st.engine.tokenizer)
-    p = plan(body, st.settings, prompt_tokens=len(ids), max_context=st.engine.max_context,
-             vocab_size=st.engine.tokenizer.vocab_size)
+    p = with_adapter(plan(body, st.settings, prompt_tokens=len(ids), max_context=st.engine.max_context,
+                          vocab_size=st.engine.tokenizer.vocab_size), adapter, scoring=bool(body.logprobs))
     if body.stream and body.logprobs:
         raise bad_request("logprobs with stream=true is not supported; ask without streaming", "logprobs")
     job = await st.service.open("chat", ids, p, semantic_text=text)
@@ -67,7 +68,7 @@ async def _complete(request: Request, body: ChatCompletionRequest, prompt: list[
         choices.append(ChatChoice(index=i, message=AssistantMessage(content=c.text), logprobs=lp,
                                   finish_reason=c.finish_reason))
     return ChatCompletionResponse(
-        id=new_id("chatcmpl"), created=now(), model=st.model_name, choices=choices,
+        id=new_id("chatcmpl"), created=now(), model=body.model, choices=choices,
         usage=Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
                     total_tokens=result.prompt_tokens + result.completion_tokens)).model_dump()
 
@@ -98,7 +99,7 @@ async def _stream(request: Request, body: ChatCompletionRequest, job: Any) -> As
     rid, created = new_id("chatcmpl"), now()
 
     def chunk(index: int, delta: dict, finish: str | None) -> dict:
-        return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": st.model_name,
+        return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": body.model,
                 "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}]}
 
     for i in range(job.plan.n):
@@ -110,6 +111,6 @@ async def _stream(request: Request, body: ChatCompletionRequest, job: Any) -> As
             yield chunk(d.index, {}, d.finish_reason)
     if body.include_usage() and job.final is not None:
         g = job.final
-        yield {"id": rid, "object": "chat.completion.chunk", "created": created, "model": st.model_name,
+        yield {"id": rid, "object": "chat.completion.chunk", "created": created, "model": body.model,
                "choices": [], "usage": {"prompt_tokens": g.prompt_tokens, "completion_tokens": g.completion_tokens,
                                         "total_tokens": g.prompt_tokens + g.completion_tokens}}

@@ -18,11 +18,41 @@ def server(request: Request) -> Any:
     return request.app.state.slipstream
 
 
-def check_model(request: Request, name: str) -> None:
+def adapter_names(st: Any) -> list[str]:
+    bank = getattr(st.engine, "adapter_bank", None)
+    return sorted(bank.paths) if bank is not None and st.adapters is not None else []
+
+
+def check_model(request: Request, name: str) -> str | None:
+    """The LoRA adapter the request's ``model`` names (``ADAPTER`` or ``MODEL:ADAPTER``), None for the model
+    itself; a 404 in OpenAI's shape for anything else."""
     st = server(request)
-    if name != st.model_name:
-        raise ApiError(404, f"The model '{name}' does not exist; this server serves '{st.model_name}'.",
-                       type="not_found_error", param="model", code="model_not_found")
+    if name == st.model_name:
+        return None
+    adapter = name[len(st.model_name) + 1:] if name.startswith(st.model_name + ":") else name
+    served = adapter_names(st)
+    if adapter in served:
+        return adapter
+    also = f" and its adapters {', '.join(served)}" if served else ""
+    raise ApiError(404, f"The model '{name}' does not exist; this server serves '{st.model_name}'{also}.",
+                   type="not_found_error", param="model", code="model_not_found")
+
+
+def with_adapter(p: Any, adapter: str | None, *, scoring: bool) -> Any:
+    """The request's plan with its adapter; ``scoring`` (logprobs, echo) is refused with one: the scoring
+    path reads the base model."""
+    if adapter is None:
+        return p
+    if scoring:
+        from slipstream.serving.errors import bad_request
+
+        raise bad_request("logprobs and echo are not available with a LoRA adapter; ask without them",
+                          "logprobs")
+    if p.params is None:
+        return p
+    from dataclasses import replace
+
+    return replace(p, params=p.params.with_(adapter=adapter))
 
 
 def count(request: Request, status: int) -> None:

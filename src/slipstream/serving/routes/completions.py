@@ -19,7 +19,8 @@ from slipstream.serving.openapi import generation_responses
 from slipstream.serving.params import Plan, plan
 from slipstream.serving.protocol import (CompletionChoice, CompletionChunk, CompletionLogprobs, CompletionRequest,
                                          CompletionResponse, Usage, new_id, now)
-from slipstream.serving.routes.common import ClientGone, check_model, count, server, sse, unless_disconnected
+from slipstream.serving.routes.common import (ClientGone, check_model, count, server, sse, unless_disconnected,
+                                             with_adapter)
 
 router = APIRouter()
 
@@ -57,13 +58,14 @@ def _prompts(body: CompletionRequest, tokenizer: Any, capacity: int, n: int) -> 
              responses=generation_responses(CompletionResponse, CompletionChunk))
 async def completions(body: CompletionRequest, request: Request) -> Response:
     st = server(request)
-    check_model(request, body.model)
+    adapter = check_model(request, body.model)
     tok = st.engine.tokenizer
     sched = st.scheduler
     prompts = _prompts(body, tok, sched.max_batch_size + sched.max_queue,
                        body.n if body.n is not None else st.settings.defaults.n)
-    plans = [plan(body, st.settings, prompt_tokens=len(ids), max_context=st.engine.max_context,
-                  vocab_size=tok.vocab_size) for ids, _ in prompts]
+    plans = [with_adapter(plan(body, st.settings, prompt_tokens=len(ids), max_context=st.engine.max_context,
+                               vocab_size=tok.vocab_size), adapter,
+                          scoring=body.logprobs is not None or bool(body.echo)) for ids, _ in prompts]
     if body.stream:
         if len(prompts) > 1:
             raise bad_request("stream=true takes one prompt per request", "prompt")
@@ -118,7 +120,7 @@ async def _gather(request: Request, body: CompletionRequest, prompts: list, plan
                 logprobs=lp, finish_reason=c.finish_reason if c else "length"))
     prompt_tokens = sum(len(ids) for ids, _ in prompts)
     return CompletionResponse(
-        id=new_id("cmpl"), created=now(), model=st.model_name, choices=choices,
+        id=new_id("cmpl"), created=now(), model=body.model, choices=choices,
         usage=Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                     total_tokens=prompt_tokens + completion_tokens)).model_dump()
 
@@ -160,7 +162,7 @@ async def _stream(request: Request, body: CompletionRequest, job: Any, prompt_te
     rid, created = new_id("cmpl"), now()
 
     def chunk(index: int, text: str, finish: str | None) -> dict:
-        return {"id": rid, "object": "text_completion", "created": created, "model": st.model_name,
+        return {"id": rid, "object": "text_completion", "created": created, "model": body.model,
                 "choices": [{"index": index, "text": text, "logprobs": None, "finish_reason": finish}]}
 
     if body.echo:
@@ -171,6 +173,6 @@ async def _stream(request: Request, body: CompletionRequest, job: Any, prompt_te
             yield chunk(d.index, d.text, d.finish_reason)
     if body.include_usage() and job.final is not None:
         g = job.final
-        yield {"id": rid, "object": "text_completion", "created": created, "model": st.model_name, "choices": [],
+        yield {"id": rid, "object": "text_completion", "created": created, "model": body.model, "choices": [],
                "usage": {"prompt_tokens": g.prompt_tokens, "completion_tokens": g.completion_tokens,
                          "total_tokens": g.prompt_tokens + g.completion_tokens}}

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from slipstream.serving.metrics import CONTENT_TYPE
 from slipstream.serving.protocol import Health, ModelCard, ModelList
-from slipstream.serving.routes.common import server
+from slipstream.serving.routes.common import adapter_names, server
 
 public = APIRouter()
 router = APIRouter()
@@ -27,7 +27,9 @@ async def health(request: Request) -> JSONResponse:
 async def models(request: Request) -> dict:
     st = server(request)
     card = ModelCard(id=st.model_name, created=st.created, root=st.model_name, max_model_len=st.engine.max_context)
-    return ModelList(data=[card]).model_dump()
+    adapters = [ModelCard(id=a, created=st.created, root=a, parent=st.model_name,
+                          max_model_len=st.engine.max_context) for a in adapter_names(st)]
+    return ModelList(data=[card, *adapters]).model_dump()
 
 
 @router.get("/metrics", response_class=PlainTextResponse,
