@@ -179,3 +179,26 @@ def test_a_deployment_spec_lists_adapters_checked_against_the_store(lora_store):
     ):
         with pytest.raises(InvalidConfig, match=named):
             plan_spec(DeploySpec.parse({"models": models}), lora_store)
+
+
+def test_an_adapter_over_a_quantized_base_against_it_over_the_float_base(lora_store):
+    """Issue 28's second way: the adapter kept apart (float deltas) over a variant of its base."""
+    from slipstream.evaluation.adapters import adapter_on_variant
+    from slipstream.pipeline import optimize
+
+    if not lora_store.exists("tiny-bf16"):
+        optimize("tiny", "cast", {"dtype": "bfloat16"}, name="tiny-bf16", store=lora_store)
+    same = adapter_on_variant("a3", "tiny", store=lora_store, max_tokens=600, window=128, stride=64)
+    assert same["on_variant"]["kl_mean"] < 1e-9 and same["on_variant"]["top1_agreement"] == 1.0
+    assert same["on_variant"]["perplexity"] == pytest.approx(same["on_base"]["perplexity"], rel=1e-9)
+    r = adapter_on_variant("a3", "tiny-bf16", store=lora_store, max_tokens=600, window=128, stride=64)
+    v = r["on_variant"]
+    assert r["base"] == "tiny" and r["tokens"] == 600
+    assert 0 < v["kl_mean"] < 0.01 and v["top1_agreement"] > 0.9  # bfloat16 moves it a little, not more
+    assert v["perplexity_ratio"] == pytest.approx(1, abs=0.05)
+    [stored] = lora_store.results("tiny-bf16", kind="adapter-eval")
+    assert stored.metrics["perplexity"] == v["perplexity"] and stored.settings["adapter"] == "a3"
+    from slipstream.errors import InvalidConfig
+
+    with pytest.raises(InvalidConfig, match="trained on 'other'"):
+        adapter_on_variant("foreign", "tiny-bf16", store=lora_store)

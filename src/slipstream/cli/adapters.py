@@ -65,3 +65,24 @@ def merge_cmd(adapter: str = typer.Argument(..., help="An adapter in the store")
         return
     out.print(f"merged [bold]{adapter}[/] into {merged.parent}: [bold]{merged.name}[/] ({mb(merged.size_bytes)}); "
               f"optimize it like any model, e.g. slipstream auto {merged.name}")
+
+
+@app.command("evaluate")
+def evaluate_cmd(adapter: str = typer.Argument(..., help="An adapter in the store"),
+                 on: str = typer.Option(..., "--on", help="A variant of the adapter's base (e.g. quantized)"),
+                 max_tokens: int = typer.Option(8192, "--max-tokens", help="WikiText-2 tokens scored"),
+                 threads: Optional[int] = typer.Option(None, "--threads", help="Engine CPU threads"),
+                 as_json: bool = typer.Option(False, "--json")) -> None:
+    """The adapter kept apart over a variant of its base, against the adapter over the float base."""
+    from slipstream.evaluation.adapters import adapter_on_variant
+
+    r = adapter_on_variant(adapter, on, max_tokens=max_tokens, threads=threads, progress=RichProgress(not as_json))
+    if as_json:
+        print_json(r)
+        return
+    b, v = r["on_base"], r["on_variant"]
+    table(f"{adapter} over {on} vs over {r['base']} (WikiText-2, {r['tokens']:,} tokens)",
+          ["", f"over {r['base']}", f"over {on}"],
+          [["perplexity", f"{b['perplexity']:.3f}", f"{v['perplexity']:.3f}"],
+           ["change", "", f"{v['perplexity_ratio'] - 1:+.2%}"],
+           ["KL mean", "", f"{v['kl_mean']:.5f}"], ["top-1 agreement", "", f"{v['top1_agreement']:.2%}"]])

@@ -161,6 +161,30 @@ def import_adapter(source: Path | str, base: str, name: str | None = None, *, st
                             technique={"technique": "lora", **info.summary()})
 
 
+def lineage(store: Store, variant: str) -> list[str]:
+    """``variant`` and its ancestors in the store, nearest first."""
+    chain, parent = [variant], store.get(variant).parent
+    while parent and store.exists(parent):
+        chain.append(parent)
+        parent = store.get(parent).parent
+    return chain
+
+
+def adapter_for(store: Store, adapter: str, variant: str) -> Path:
+    """The adapter's directory, if it can run over ``variant``: its base is the variant or an ancestor (an
+    adapter trained on the float model runs over its quantized variants); else a one-line refusal."""
+    if not store.exists(adapter):
+        raise InvalidConfig(f"no adapter {adapter!r} in the store (slipstream adapters import DIR --base MODEL)")
+    entry = store.get(adapter)
+    if entry.kind != "adapter":
+        raise InvalidConfig(f"{adapter!r} is a {entry.kind}, not an adapter")
+    chain = lineage(store, variant)
+    if entry.parent not in chain:
+        raise InvalidConfig(f"adapter {adapter!r} was trained on {entry.parent!r}; {variant!r} is made from "
+                            f"{' <- '.join(chain)}")
+    return entry.path
+
+
 def adapters_of(store: Store, base: str | None = None) -> list[Variant]:
     return [v for v in store.list(kind="adapter") if base is None or v.parent == base]
 

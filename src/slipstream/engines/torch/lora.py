@@ -172,6 +172,20 @@ class AdapterBank:
         if not self.users[name]:
             del self.users[name]
 
+    @contextmanager
+    def applied(self, name: str) -> Iterator[None]:
+        """Every forward pass in this block runs with ``name`` on all its tokens (scoring, evaluation)."""
+        self.prepare(name)
+        slot = self.acquire(name)
+        if slot is None:
+            self.forget(name)
+            raise RuntimeError(f"no slot free for adapter {name!r}: every one is held by running rows")
+        try:
+            with step_slots(torch.tensor(slot)):
+                yield
+        finally:
+            self.release(name)
+
     def stats(self) -> dict[str, Any]:
         return {"resident": list(self.resident), "pinned": sorted(self.pinned), "registered": sorted(self.paths),
                 "loads": self.loads, "evictions": self.evictions, "max_loras": self.max_loras}
