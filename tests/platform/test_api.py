@@ -177,3 +177,16 @@ def test_a_recipe_of_steps_as_one_job(platform, store, tiny_llama_dir):
         assert job["state"] == "succeeded", job["error"]
         assert job["result"]["variant"] == "tiny-bf16-ct2-int8"
         assert c.get("/api/v1/models/tiny-bf16-ct2-int8").json()["lineage"] == ["tiny-bf16", "tiny"]
+
+
+def test_a_model_a_queued_job_uses_cannot_be_deleted(platform, store, tiny_llama_dir):
+    from slipstream.models.intake import import_model
+
+    import_model(str(tiny_llama_dir), "tiny", store=store)
+    platform.app.state.platform.jobs.stop()  # no worker takes the job: it stays queued
+    with _client(platform) as c:
+        job = c.post("/api/v1/jobs", json={"kind": "bench", "spec": {"model": "tiny"}}).json()
+        r = c.delete("/api/v1/models/tiny")
+        assert r.status_code == 409 and f"job {job['id']} uses it" in r.json()["error"]["message"]
+        assert c.post(f"/api/v1/jobs/{job['id']}/cancel").json()["state"] == "cancelled"
+        assert c.delete("/api/v1/models/tiny").status_code == 200

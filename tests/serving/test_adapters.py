@@ -74,10 +74,14 @@ def _run(stepper, requests):
     raise AssertionError("the batch did not finish")
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_rows_of_different_adapters_share_steps_and_match_the_merged_models(lora_store, fused):
+@pytest.mark.parametrize("segment_above", [0, 10_000], ids=["segmented", "stacked"])
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
+def test_rows_of_different_adapters_share_steps_and_match_the_merged_models(lora_store, fused, segment_above,
+                                                                            monkeypatch):
     from slipstream.engines.loading import open_engine
+    from slipstream.engines.torch import lora
 
+    monkeypatch.setattr(lora, "SEGMENT_ABOVE", segment_above)  # both ways of applying a step's adapters
     want = {(tuple(p), a): _greedy(lora_store, f"{a}-merged" if a else "tiny", p)
             for p in PROMPTS[:2] for a in (None, "a1", "a2", "a3")}
     assert len({tuple(v) for v in want.values()}) > 4  # the adapters change what the model says

@@ -2,10 +2,10 @@
 
 Every linear layer an adapter targets is wrapped once (:class:`LoRALinear`). A step's forward pass carries,
 for each of its tokens, the slot of the adapter its row uses (0: the base alone), set by the stepper
-(:func:`step_slots`). Each wrapped layer computes the base's output for every token, then adds, for each
-adapter present in the step, ``scale * (x A^T) B^T`` to that adapter's tokens only (gathered, multiplied,
-added back with ``index_add_``): the segmented form of Punica's and S-LoRA's batched LoRA. Rows of different
-adapters and of the base share the step; the base's weights are read once for all of them.
+(:func:`step_slots`). Each wrapped layer computes the base's output for every token, then adds each token's
+own adapter's ``scale * (x A^T) B^T``, all adapters of the step in three operations (see
+:class:`LoRALinear`), as Punica and S-LoRA batch them. Rows of different adapters and of the base share the
+step; the base's weights are read once for all of them.
 
 :class:`AdapterBank` keeps at most ``max_loras`` adapters resident in the wrapped layers. A row takes its
 adapter's slot when it joins the batch and gives it back when it leaves; an adapter no row uses is evicted
@@ -25,6 +25,10 @@ from typing import Any, Iterator
 import torch
 
 _local = threading.local()
+# Above this many tokens in a step, the adapters of a layer are applied one by one to their own tokens (the
+# products then grow with each token's own rank); at or below it, stacked and masked (three operations per
+# layer: fewer, and for a decode step's few tokens the extra columns cost nothing).
+SEGMENT_ABOVE = 64
 
 
 @dataclass
@@ -48,31 +52,98 @@ def load_adapter(name: str, path: Path | str, dtype: torch.dtype = torch.float32
 
 
 class LoRALinear(torch.nn.Module):
-    """A linear layer plus the low-rank updates of the adapters resident in it, applied per token."""
+    """A linear layer plus the low-rank updates of the adapters resident in it, applied per token.
+
+    For a step of few tokens (decoding), the adapters present are stacked: their A matrices one above the
+    other (``[R, in]``, R the sum of their ranks) and their scaled B matrices likewise (``[R, out]``). Every
+    token is multiplied by the whole stack, the columns of other adapters zeroed by a mask built once per
+    step, and the result added in one more product: three operations per layer whatever the number of
+    adapters. For a step of many tokens (prompts joining) each adapter's tokens are gathered, multiplied by
+    its own pair and added back (:data:`SEGMENT_ABOVE`): the two forms of S-LoRA's and Punica's batched
+    products."""
 
     def __init__(self, base: torch.nn.Module):
         super().__init__()
         self.base = base
         self.slots: dict[int, tuple[torch.Tensor, torch.Tensor, float]] = {}
+        self._stacks: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def put(self, slot: int, pair: tuple[torch.Tensor, torch.Tensor, float]) -> None:
+        self.slots[slot] = pair
+        self._stacks.clear()
+
+    def drop(self, slot: int) -> None:
+        if self.slots.pop(slot, None) is not None:
+            self._stacks.clear()
+
+    def _stack(self, key: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        stack = self._stacks.get(key)
+        if stack is None:
+            pairs = [self.slots[s] for s in key]
+            a = torch.cat([p[0] for p in pairs])  # [R, in]
+            b = torch.cat([(p[1] * p[2]).T for p in pairs])  # [R, out], each adapter's scale folded in
+            cols = torch.cat([torch.full((p[0].shape[0],), s) for s, p in zip(key, pairs)])
+            stack = self._stacks[key] = (a.T.contiguous(), b.contiguous(), cols)
+        return stack
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
         step = getattr(_local, "step", None)
         if step is None or not self.slots:
             return out
-        slots, present = step
+        key = tuple(s for s in step.present(x.shape[:-1]) if s in self.slots)
+        if not key:
+            return out  # no adapter of this step changes this layer
         flat_x = x.reshape(-1, x.shape[-1])
         flat_out = out.view(-1, out.shape[-1])
-        flat_slots = slots.expand(x.shape[:-1]).reshape(-1)
-        for slot in present:
-            pair = self.slots.get(slot)
-            if pair is None:
-                continue  # this adapter leaves this layer alone
-            a, b, scale = pair
-            idx = (flat_slots == slot).nonzero().squeeze(1)
-            delta = (flat_x.index_select(0, idx).to(a.dtype) @ a.T) @ b.T
-            flat_out.index_add_(0, idx, (delta * scale).to(out.dtype))
+        if len(key) > 1 and flat_x.shape[0] > SEGMENT_ABOVE:
+            # many tokens (prompts joining) of several adapters: each token through its own adapter only,
+            # so the products grow with its rank, not with the sum of the step's ranks
+            for slot in key:
+                a, b, scale = self.slots[slot]
+                idx = step.rows_of(slot)
+                delta = (flat_x.index_select(0, idx).to(a.dtype) @ a.T) @ b.T
+                flat_out.index_add_(0, idx, (delta * scale).to(out.dtype))
+            return out
+        a_t, b, cols = self._stack(key)
+        xa = flat_x.to(a_t.dtype) @ a_t  # [tokens, R]
+        mask = step.mask(key, cols, xa.dtype)
+        if mask is not None:  # tokens of other adapters (or the base) share the step
+            xa = xa * mask
+        flat_out.addmm_(xa.to(out.dtype), b.to(out.dtype))
         return out
+
+
+class _Step:
+    """One forward pass's tokens by adapter slot, worked out once and shared by every wrapped layer (they all
+    see the same tokens)."""
+
+    def __init__(self, slots: torch.Tensor):
+        self.slots = slots
+        self._flat: torch.Tensor | None = None
+        self._present: list[int] = []
+        self._masks: dict[tuple[int, ...], torch.Tensor | None] = {}
+        self._rows: dict[int, torch.Tensor] = {}
+
+    def rows_of(self, slot: int) -> torch.Tensor:
+        """The indices of the tokens whose row uses ``slot``."""
+        if slot not in self._rows:
+            self._rows[slot] = (self._flat == slot).nonzero().squeeze(1)
+        return self._rows[slot]
+
+    def present(self, shape: torch.Size) -> list[int]:
+        if self._flat is None:
+            self._flat = self.slots.expand(shape).reshape(-1)
+            self._present = [int(s) for s in self._flat.unique().tolist()]
+        return self._present
+
+    def mask(self, key: tuple[int, ...], cols: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+        """``[tokens, R]``: 1 where the token's adapter owns the column; None when every token uses the one
+        adapter ``key`` names (nothing to mask)."""
+        if key not in self._masks:
+            uniform = len(self._present) == 1 and key == (self._present[0],)
+            self._masks[key] = None if uniform else (self._flat[:, None] == cols[None, :]).to(dtype)
+        return self._masks[key]
 
 
 @contextmanager
@@ -82,8 +153,7 @@ def step_slots(slots: torch.Tensor | None) -> Iterator[None]:
     if slots is None:
         yield
         return
-    present = sorted({int(s) for s in slots.unique().tolist()} - {0})
-    _local.step = (slots, present) if present else None
+    _local.step = _Step(slots)
     try:
         yield
     finally:
@@ -200,7 +270,7 @@ class AdapterBank:
         taken = set(self.resident.values())
         slot = next(s for s in range(1, self.max_loras + 2) if s not in taken)
         for module, pair in self.loaded[name].pairs.items():
-            self._wrap(module).slots[slot] = pair
+            self._wrap(module).put(slot, pair)
         self.resident[name] = slot
         self.loads += 1
         return True
@@ -210,7 +280,7 @@ class AdapterBank:
         if slot is None:
             return
         for layer in self.wrapped.values():
-            layer.slots.pop(slot, None)
+            layer.drop(slot)
         if name not in self.pinned and not self.waiting.get(name):
             self.loaded.pop(name, None)  # read again from disk when next wanted
 
