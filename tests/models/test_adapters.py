@@ -79,6 +79,10 @@ def test_merged_adapter_equals_peft_on_the_base(based, adapter_dir, tiny_llama_d
         ours = AutoModelForCausalLM.from_pretrained(merged.path, dtype=torch.float32)(ids).logits
     assert (theirs - plain).abs().max() > 1e-3  # the adapter changes the output...
     assert torch.allclose(ours, theirs, atol=1e-5), (ours - theirs).abs().max()  # ...and merging keeps it
+    from slipstream.pipeline import optimize
+
+    cast = optimize(merged.name, "cast", {"dtype": "bfloat16"}, store=based)  # any technique takes the fine-tune
+    assert cast.parent == "tiny-lora-merged" and based.get(cast.parent).parent == "tiny"
 
 
 def test_rslora_scaling_is_merged_as_peft_applies_it(based, tiny_llama_dir, tmp_path):
