@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from slipstream.store import Store
 
 ACTIONS = ("status", "scale", "stop")
+# SIGHUP asks a foreground deploy to apply its spec again; set from the start, so that one arriving while
+# Ray is still starting is kept for later instead of ending the process (SIGHUP's default action)
+_RELOAD = threading.Event()
 
 
 def deploy_cmd(
@@ -68,6 +71,8 @@ def deploy_cmd(
     from slipstream.extras import require
 
     require("ray.serve", "ray", "slipstream deploy")
+    if address is None:
+        signal.signal(signal.SIGHUP, lambda *_: _RELOAD.set())
     started_here = ray_app.connect(address, num_cpus)
     ray_app.deploy(spec, store)
     url = f"http://{spec.host}:{spec.port}"
@@ -89,7 +94,7 @@ def _serve_until_stopped(spec_path: Path, store: "Store") -> None:
 
     from slipstream.deploy.ray_app import ENDPOINT_APP
 
-    done, reload = threading.Event(), threading.Event()
+    done, reload = threading.Event(), _RELOAD
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
     signal.signal(signal.SIGHUP, lambda *_: reload.set())
