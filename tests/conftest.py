@@ -92,6 +92,54 @@ def build_tiny_gemma3(directory: Path, seed: int = 0, layers: int = 2, vocab: in
     return directory
 
 
+def build_tiny_bert(directory: Path, seed: int = 0, layers: int = 2, hidden: int = 64,
+                    labels: int = 0) -> Path:
+    """A tiny random BERT sentence encoder with a WordPiece tokenizer trained on WikiText-2 and the
+    sentence-transformers files of all-MiniLM-L6-v2 (mean pooling, normalised); ``labels > 0``: a
+    classifier with that many labels instead."""
+    import json
+
+    import torch
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertForSequenceClassification, BertModel, PreTrainedTokenizerFast
+
+    from slipstream.evaluation.data import text_set
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok.train_from_iterator(text_set("wikitext2").splitlines()[:2000],
+                            trainers.WordPieceTrainer(vocab_size=TINY_VOCAB, special_tokens=special))
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+                                                       special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                            sep_token="[SEP]", mask_token="[MASK]").save_pretrained(directory)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=TINY_VOCAB, hidden_size=hidden, intermediate_size=2 * hidden,
+                        num_hidden_layers=layers, num_attention_heads=4, max_position_embeddings=128,
+                        pad_token_id=0, num_labels=max(labels, 2))
+    model = BertForSequenceClassification(config) if labels else BertModel(config, add_pooling_layer=False)
+    model.save_pretrained(directory)
+    if not labels:
+        (directory / "modules.json").write_text(json.dumps([
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}]))
+        (directory / "1_Pooling").mkdir(exist_ok=True)
+        (directory / "1_Pooling" / "config.json").write_text(json.dumps(
+            {"word_embedding_dimension": hidden, "pooling_mode_mean_tokens": True}))
+        (directory / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 128}))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert") / "model")
+
+
 @pytest.fixture(scope="session")
 def tiny_gemma3_dir(tmp_path_factory) -> Path:
     return build_tiny_gemma3(tmp_path_factory.mktemp("tiny-gemma3") / "model")

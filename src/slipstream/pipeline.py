@@ -14,6 +14,7 @@ from slipstream.devices import resolve_device
 from slipstream.errors import Unsupported
 from slipstream.exporters.readme import write as write_readme
 from slipstream.extras import library_versions
+from slipstream.models.tasks import require_task, task_of
 from slipstream.progress import Progress
 from slipstream.store import Store, Variant, check_name
 from slipstream.store.manifest import verify
@@ -47,6 +48,8 @@ def optimize(
             f"technique {spec.name!r} takes a {' or '.join(spec.input_formats)} model, "
             f"but {parent.name!r} is {parent.format!r}"
         )
+    task = task_of(parent)
+    require_task(task, spec.tasks, f"technique {spec.name!r}", parent.name)
     target = resolve_device(device)
     run = spec.load()  # imports the backend; a missing extra fails here with its install hint
     name = name or f"{parent.name}-{config.slug()}"
@@ -69,7 +72,7 @@ def optimize(
             technique=config.to_dict(),
             device=target,
             versions=library_versions(*(spec.extra,) if spec.extra else ()),
-            extra={"facts": facts},
+            extra={"facts": facts, "task": task},
         )
     write_readme(store, variant.name)  # how to run it with the engine's own tools, for whoever copies it
     return variant

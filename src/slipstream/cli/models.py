@@ -28,7 +28,10 @@ def import_cmd(
     if as_json:
         print_json(record.to_dict())
     else:
-        out.print(f"imported [bold]{record.name}[/]: {record.architecture}, {record.parameters:,} parameters, "
+        from slipstream.models.tasks import task_of
+
+        out.print(f"imported [bold]{record.name}[/]: {task_of(record)}, {record.architecture}, "
+                  f"{record.parameters:,} parameters, "
                   f"{mb(record.size_bytes)}, sha256 {record.sha256[:12]}…")
 
 
@@ -61,7 +64,10 @@ def show_cmd(name: str, as_json: bool = typer.Option(False, "--json")) -> None:
         print_json(record.to_dict() | {"manifest": manifest.__dict__, "results": results,
                                        "adapters": [a.name for a in adapters_of(store, name)]})
         return
-    rows = [["kind", record.kind], ["format", record.format], ["architecture", record.architecture],
+    from slipstream.models.tasks import task_of
+
+    rows = [["kind", record.kind], ["task", task_of(record)], ["format", record.format],
+            ["architecture", record.architecture],
             ["parameters", f"{record.parameters:,}" if record.parameters else "—"], ["size", mb(record.size_bytes)],
             ["sha256", record.sha256], ["source", record.source], ["parent", record.parent or "—"],
             ["technique", _technique(record.technique)], ["device", record.device or "—"],

@@ -12,7 +12,7 @@ from slipstream.engines.protocol import Engine
 from slipstream.errors import InvalidConfig, Unsupported
 from slipstream.store import Store, Variant
 
-# format -> (default engine, {engine name: "module:Class"})
+# format -> {engine name: "module:Class"}, the first the default: causal language models
 ENGINES: dict[str, dict[str, str]] = {
     "hf": {"transformers": "slipstream.engines.transformers:TransformersEngine",
            "vllm": "slipstream.engines.vllm:VLLMEngine"},  # its own interpreter: see engines/vllm_server.py
@@ -20,10 +20,25 @@ ENGINES: dict[str, dict[str, str]] = {
     "onnx": {"onnxruntime": "slipstream.engines.onnxruntime:OnnxRuntimeEngine"},
     "gguf": {"llamacpp": "slipstream.engines.llamacpp:LlamaCppEngine"},
 }
+# Encoders (embedding and classification models) speak the Encoder protocol: token ids in, one vector out.
+_ENCODERS: dict[str, dict[str, str]] = {
+    "hf": {"transformers": "slipstream.engines.encoders.transformers:TransformersEncoder"},
+    "ctranslate2": {"ctranslate2": "slipstream.engines.encoders.ctranslate2:CTranslate2Encoder"},
+    "onnx": {"onnxruntime": "slipstream.engines.encoders.onnxruntime:OnnxRuntimeEncoder"},
+}
+# Encoder-decoder (seq2seq) models speak the Engine protocol: source token ids in, target tokens out.
+_SEQ2SEQ: dict[str, dict[str, str]] = {
+    "hf": {"transformers": "slipstream.engines.seq2seq.transformers:TransformersSeq2Seq"},
+    "ctranslate2": {"ctranslate2": "slipstream.engines.seq2seq.ctranslate2:CTranslate2Translator"},
+}
+# task -> format -> engines
+BY_TASK: dict[str, dict[str, dict[str, str]]] = {
+    "causal-lm": ENGINES, "embedding": _ENCODERS, "classification": _ENCODERS, "seq2seq": _SEQ2SEQ,
+}
 
 
-def engines_for(fmt: str) -> list[str]:
-    return list(ENGINES.get(fmt, {}))
+def engines_for(fmt: str, task: str = "causal-lm") -> list[str]:
+    return list(BY_TASK.get(task, {}).get(fmt, {}))
 
 
 def open_engine(
@@ -71,19 +86,25 @@ def open_engine(
 def engine_name(variant: Variant, engine: str | None = None) -> str:
     """The engine that runs ``variant``: ``engine`` if it can, else the format's default; refused in one
     line when it cannot."""
-    choices = ENGINES.get(variant.format)
+    from slipstream.models.tasks import task_of
+
+    task = task_of(variant)
+    choices = BY_TASK[task].get(variant.format)
     if not choices:
-        raise Unsupported(f"no engine runs variants of format {variant.format!r}")
+        raise Unsupported(f"no engine runs {task} variants of format {variant.format!r}"
+                          + (f" ({variant.name!r})" if getattr(variant, "name", None) else ""))
     engine = engine or next(iter(choices))
     if engine not in choices:
         raise Unsupported(
-            f"engine {engine!r} cannot run {variant.name!r} ({variant.format}); use one of: {', '.join(choices)}"
+            f"engine {engine!r} cannot run {variant.name!r} ({task}, {variant.format}); use one of: {', '.join(choices)}"
         )
     return engine
 
 
 def _engine_path(variant: Variant, engine: str | None) -> tuple[str, str]:
-    module, _, cls = ENGINES[variant.format][engine_name(variant, engine)].partition(":")
+    from slipstream.models.tasks import task_of
+
+    module, _, cls = BY_TASK[task_of(variant)][variant.format][engine_name(variant, engine)].partition(":")
     return module, cls
 
 

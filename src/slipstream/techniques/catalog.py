@@ -32,6 +32,7 @@ CATALOG: tuple[TechniqueSpec, ...] = (
         output_format="ctranslate2",
         summary="Convert to CTranslate2 with weight quantization (int8, int8_float16, int16, float16, ...)",
         extra="ctranslate2",
+        tasks=("causal-lm", "seq2seq", "embedding", "classification"),
     ),
     TechniqueSpec(
         name="smoothquant",
@@ -117,6 +118,7 @@ CATALOG: tuple[TechniqueSpec, ...] = (
         function="slipstream.techniques.quantize.cast:apply",
         output_format="hf",
         summary="Cast weights to float16 or bfloat16; the transformers engine then computes in that type",
+        tasks=("causal-lm", "seq2seq", "embedding", "classification"),
     ),
     TechniqueSpec(
         name="bitsandbytes",

@@ -7,14 +7,15 @@ from pathlib import Path
 from typing import Any
 
 from slipstream.extras import require
-from slipstream.models.checks import CONFIG_FILES, TOKENIZER_FILES
+from slipstream.models.checks import CONFIG_FILES, TOKENIZER_FILES, copy_sentence_files
 
 
 def load_model(src: Path, dtype: str = "float32", device: str = "cpu") -> Any:
+    """The model in ``src`` with the head its task needs (a causal LM's, a classifier's, none for an encoder)."""
     torch = require("torch", "core")
-    from transformers import AutoModelForCausalLM
+    from slipstream.models.tasks import auto_class, detect
 
-    model = AutoModelForCausalLM.from_pretrained(src, dtype=getattr(torch, dtype)).to(device)
+    model = auto_class(detect(src)).from_pretrained(src, dtype=getattr(torch, dtype)).to(device)
     model.eval()
     return model
 
@@ -28,3 +29,4 @@ def save_model(model: Any, src: Path, out: Path) -> None:
     for name in CONFIG_FILES:
         if not (out / name).exists() and (src / name).exists():
             shutil.copy2(src / name, out / name)
+    copy_sentence_files(src, out)

@@ -27,6 +27,7 @@ class TechniqueSpec:
     needs_calibration: bool = False
     modules: tuple[str, ...] = ()  # modules the extra provides (default: the extra's name)
     devices: tuple[str, ...] = ("cpu", "cuda")  # where its variants can run
+    tasks: tuple[str, ...] = ("causal-lm",)  # the model tasks it takes (slipstream.models.tasks)
 
     def load(self) -> Callable[..., Any]:
         return getattr(self.load_module(), self.function.partition(":")[2])

@@ -1,0 +1,1 @@
+"""Engines for encoder models (embeddings and classifiers), behind the Encoder protocol."""
