@@ -68,7 +68,7 @@ def export(src: Path, out: Path, config: CTranslate2, device: str = "cpu", progr
 
     with or_null(progress).task(f"converting to CTranslate2 {config.quantization}"):
         converter = TransformersConverter(str(src), low_cpu_mem_usage=True)
-        with explicit_head_dim(src):
+        with explicit_head_dim(src), absolute_positions_by_default():
             converter.convert(str(out), quantization=config.quantization, force=True)
     copy_tokenizer(src, out)
     return {"ctranslate2": ct2.__version__, "device": device}
@@ -98,6 +98,25 @@ def explicit_head_dim(src: Path) -> Iterator[None]:
         yield
     finally:
         TransformerDecoderModelSpec.from_config = original  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
+def absolute_positions_by_default() -> Iterator[None]:
+    """CTranslate2's BERT-family loaders assert ``config.position_embedding_type == "absolute"``; recent
+    transformers no longer writes that key for the default (absolute) case, so the attribute is missing. For
+    one conversion the config classes answer "absolute" when a config does not say."""
+    import transformers
+
+    classes = [getattr(transformers, n) for n in ("BertConfig", "RobertaConfig", "XLMRobertaConfig",
+                                                  "CamembertConfig", "ElectraConfig") if hasattr(transformers, n)]
+    added = [c for c in classes if "position_embedding_type" not in c.__dict__]
+    for c in added:
+        c.position_embedding_type = "absolute"
+    try:
+        yield
+    finally:
+        for c in added:
+            del c.position_embedding_type
 
 
 def check_runnable(path: Path, device: str, compute_type: str = "default") -> None:

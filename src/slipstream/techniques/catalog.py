@@ -140,6 +140,7 @@ CATALOG: tuple[TechniqueSpec, ...] = (
         extra="onnx",
         modules=("onnx", "onnxruntime", "onnxscript"),
         needs_calibration=True,  # static int8 only
+        tasks=("causal-lm", "embedding", "classification"),
     ),
     TechniqueSpec(
         name="gguf",
