@@ -41,7 +41,8 @@ def serve_cmd(
     allow_unauthenticated: bool = typer.Option(False, "--allow-unauthenticated",
                                                help="Listen beyond loopback with no API key (refused otherwise)"),
 ) -> None:
-    """Serve VARIANT over HTTP with OpenAI's API: completions, chat, streaming, batching, caches, metrics."""
+    """Serve VARIANT over HTTP with OpenAI's API: completions, chat, streaming, batching, caches, metrics
+    (an embedding model: /v1/embeddings, its inputs batched across requests)."""
     from slipstream.cli.engine_options import engine_options
     from slipstream.engines.loading import engine_name, open_engine
     from slipstream.serving.settings import DeploymentSettings, parse_assignment

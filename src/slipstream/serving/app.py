@@ -1,8 +1,9 @@
 """The FastAPI app: one engine, one deployment's settings, routes per endpoint.
 
 ``create_app(engine, settings)`` wires the pieces: a scheduler chosen for the engine (continuous
-batching when it has a stepper, dynamic batching otherwise), the caches, metrics and API keys. The
-scheduler's worker thread starts and stops with the app's lifespan.
+batching when it has a stepper, dynamic batching otherwise; an encoder's inputs batched for
+/v1/embeddings), the caches, metrics and API keys. The scheduler's worker thread starts and stops with
+the app's lifespan.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from slipstream.errors import InvalidConfig
 from slipstream.serving import openapi
 from slipstream.serving.auth import key_checker
 from slipstream.serving.caches import Embedder, ExactCache, SemanticCache
+from slipstream.serving.embeddings import EmbeddingService
 from slipstream.serving.errors import ApiError
 from slipstream.serving.generation import Service
 from slipstream.serving.metrics import Metrics
-from slipstream.serving.scheduler import ContinuousScheduler, DynamicScheduler, Scheduler, SequentialScheduler
+from slipstream.serving.scheduler import (ContinuousScheduler, DynamicScheduler, EmbeddingScheduler, Scheduler,
+                                          SequentialScheduler)
 from slipstream.serving.settings import DeploymentSettings
 
 log = logging.getLogger("slipstream.serving")
@@ -37,7 +40,7 @@ class ServerState:
     settings: DeploymentSettings
     model_name: str
     scheduler: Scheduler
-    service: Service
+    service: Any  # a Service (generation), or an EmbeddingService (an encoder)
     metrics: Metrics
     created: int
     adapters: Any = None  # an AdapterCatalog: the adapters this server may load at run time (None: none)
@@ -76,14 +79,40 @@ def make_scheduler(engine: Any, settings: DeploymentSettings, metrics: Metrics) 
     return SequentialScheduler(engine, **common)
 
 
+def task_of(engine: Any) -> str:
+    """What the engine's model does: "embedding" or "classification" for an encoder
+    (:class:`~slipstream.engines.protocol.Encoder`), else it generates ("causal-lm", "seq2seq")."""
+    return getattr(engine, "task", "causal-lm")
+
+
+def is_encoder(engine: Any) -> bool:
+    return task_of(engine) in ("embedding", "classification")
+
+
+def make_embedding_scheduler(engine: Any, settings: DeploymentSettings, metrics: Metrics) -> Scheduler:
+    """An encoder's scheduler: dynamic batching of inputs (``batching: sequential``: one input at a time)."""
+    if task_of(engine) != "embedding":
+        raise InvalidConfig(f"a {task_of(engine)} model cannot be served yet: the server answers embedding "
+                            "models (/v1/embeddings) and generative ones")
+    if settings.batching == "continuous":
+        raise InvalidConfig("an encoder runs whole batches: use batching 'auto', 'dynamic' or 'sequential'")
+    if settings.adapters:
+        raise InvalidConfig("LoRA adapters are served over generative models only, not an embedding model")
+    return EmbeddingScheduler(engine, window_s=settings.batch_window_ms / 1000,
+                              max_batch_size=1 if settings.batching == "sequential" else settings.max_batch_size,
+                              max_queue=settings.max_queue, max_queued_tokens=settings.max_queued_tokens,
+                              on_batch=metrics.batch.observe)
+
+
 def create_app(engine: Any, settings: DeploymentSettings, *, model_name: str,
                embedder: Embedder | None = None, adapters: Any = None) -> FastAPI:
     """``adapters``: an :class:`~slipstream.serving.adapters.AdapterCatalog` for LoRA adapters over the
-    model (the settings' ``adapters`` loaded at start, others through /v1/adapters)."""
+    model (the settings' ``adapters`` loaded at start, others through /v1/adapters). An encoder (an embedding
+    model) is served on /v1/embeddings instead of completions and chat."""
     import time
 
     from slipstream.serving.routes import adapters as adapter_routes
-    from slipstream.serving.routes import chat, completions, info
+    from slipstream.serving.routes import chat, completions, embeddings, info
 
     holder: dict[str, ServerState] = {}
 
@@ -96,6 +125,63 @@ def create_app(engine: Any, settings: DeploymentSettings, *, model_name: str,
                 "peak_batch": st.scheduler.peak_batch, **(stepper.stats() if stepper is not None else {})}
 
     metrics = Metrics(live)
+    encoder = is_encoder(engine)
+    if encoder:
+        scheduler = make_embedding_scheduler(engine, settings, metrics)
+        service: Any = EmbeddingService(engine, scheduler, metrics, deadline_s=settings.deadline_s)
+        adapters = None
+    else:
+        scheduler, service, adapters = _generation(engine, settings, metrics, embedder, adapters)
+    state = ServerState(engine, settings, model_name, scheduler, service, metrics, int(time.time()), adapters)
+    holder["state"] = state
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        scheduler.start()
+        try:
+            yield
+        finally:
+            scheduler.stop()
+
+    # FastAPI's own /openapi.json route would be open to all: the schema is served below, behind the key
+    app = FastAPI(title="slipstream", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.state.slipstream = state
+    guarded = [Depends(key_checker(settings.api_keys))]
+    app.include_router(info.public)
+    app.include_router(info.router, dependencies=guarded)
+    generation_paths = ["/v1/completions", "/v1/chat/completions"]
+    bounds = None
+    if encoder:
+        app.include_router(embeddings.router, dependencies=guarded)
+        app.include_router(embeddings.wrong_task(generation_paths, task_of(engine), "/v1/embeddings"),
+                           dependencies=guarded)
+        bounds = openapi.EmbeddingBounds(max_inputs=scheduler.max_batch_size + scheduler.max_queue,
+                                         max_tokens=engine.max_context, dimensions=engine.dimensions,
+                                         matryoshka=settings.embeddings.matryoshka)
+    else:
+        app.include_router(completions.router, dependencies=guarded)
+        app.include_router(chat.router, dependencies=guarded)
+        app.include_router(embeddings.wrong_task(["/v1/embeddings"], task_of(engine), " and ".join(generation_paths)),
+                           dependencies=guarded)
+    if adapters is not None:  # the engine and its batching can run adapters
+        app.include_router(adapter_routes.router, dependencies=guarded)
+    if settings.openapi:
+        keyed = any(k for k in settings.api_keys)
+
+        @app.get("/openapi.json", include_in_schema=False, dependencies=guarded)
+        async def openapi_json() -> JSONResponse:
+            return JSONResponse(openapi.schema(app, keyed=keyed, limits=settings.limits,
+                                               vocab_size=engine.tokenizer.vocab_size, embeddings=bounds))
+
+    error_handlers(app, settings.max_body_bytes)
+    return app
+
+
+def _generation(engine: Any, settings: DeploymentSettings, metrics: Metrics, embedder: Embedder | None,
+                adapters: Any) -> tuple[Scheduler, Service, Any]:
+    """A generative model's scheduler and service, and the adapters it can serve (None: none)."""
     if settings.adapters and adapters is None:
         raise InvalidConfig("adapters are listed but this server has no store to load them from")
     if adapters is not None and (settings.adapters or hasattr(engine, "adapters")):
@@ -125,39 +211,7 @@ def create_app(engine: Any, settings: DeploymentSettings, *, model_name: str,
             embedder = MiniLMEmbedder(settings.semantic_cache.model)
         semantic = SemanticCache(embedder, settings.semantic_cache.threshold, settings.semantic_cache.max_entries)
     service = Service(engine, scheduler, metrics, exact=exact, semantic=semantic, deadline_s=settings.deadline_s)
-    state = ServerState(engine, settings, model_name, scheduler, service, metrics, int(time.time()), adapters)
-    holder["state"] = state
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        scheduler.start()
-        try:
-            yield
-        finally:
-            scheduler.stop()
-
-    # FastAPI's own /openapi.json route would be open to all: the schema is served below, behind the key
-    app = FastAPI(title="slipstream", version=_version(), lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None)
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
-    app.state.slipstream = state
-    guarded = [Depends(key_checker(settings.api_keys))]
-    app.include_router(info.public)
-    app.include_router(info.router, dependencies=guarded)
-    app.include_router(completions.router, dependencies=guarded)
-    app.include_router(chat.router, dependencies=guarded)
-    if adapters is not None:  # the engine and its batching can run adapters
-        app.include_router(adapter_routes.router, dependencies=guarded)
-    if settings.openapi:
-        keyed = any(k for k in settings.api_keys)
-
-        @app.get("/openapi.json", include_in_schema=False, dependencies=guarded)
-        async def openapi_json() -> JSONResponse:
-            return JSONResponse(openapi.schema(app, keyed=keyed, limits=settings.limits,
-                                               vocab_size=engine.tokenizer.vocab_size))
-
-    error_handlers(app, settings.max_body_bytes)
-    return app
+    return scheduler, service, adapters
 
 
 class BodyLimit:

@@ -80,16 +80,18 @@ class Metrics:
                                  "went away", registry=r)
         self.expired = Counter("slipstream_requests_expired", "Generations cancelled at the deployment's "
                                "deadline (deadline_s)", registry=r)
-        self.prompt_tokens = Counter("slipstream_prompt_tokens", "Prompt tokens processed", registry=r)
+        self.prompt_tokens = Counter("slipstream_prompt_tokens", "Prompt tokens processed (embeddings: input "
+                                     "tokens)", registry=r)
         self.output_tokens = Counter("slipstream_output_tokens", "Tokens generated", registry=r)
         self.ttft = Histogram("slipstream_time_to_first_token_seconds", "From request arrival to its first "
                               "token", buckets=_TTFT_BUCKETS, registry=r)
         self.tpot = Histogram("slipstream_time_per_output_token_seconds", "Mean time between a request's "
                               "tokens after the first", buckets=_TPOT_BUCKETS, registry=r)
         self.latency = Histogram("slipstream_request_duration_seconds", "From request arrival to its last "
-                                 "token", buckets=_TTFT_BUCKETS, registry=r)
+                                 "token (embeddings: to its vectors)", buckets=_TTFT_BUCKETS, registry=r)
         self.batch = Histogram("slipstream_batch_size", "Sequences in each engine step (continuous) or "
-                               "batch (dynamic)", buckets=_BATCH_BUCKETS, registry=r)
+                               "batch (dynamic; embeddings: inputs in each embed call)", buckets=_BATCH_BUCKETS,
+                               registry=r)
         self.step = Histogram("slipstream_engine_step_seconds", "Wall time of each engine step (continuous "
                               "batching: one token for every running sequence, newcomers' prompts included)",
                               buckets=_STEP_BUCKETS, registry=r)

@@ -8,6 +8,7 @@ routes' use of them) and is what ``GET /openapi.json`` returns; schemathesis fuz
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI
@@ -32,6 +33,23 @@ GENERATION_ERRORS: dict[int | str, dict[str, Any]] = {
     503: {**_ERROR, "description": "Cancelled: the request ran past deadline_s (code deadline_exceeded), or the "
                                    "server is shutting down"},
 }
+
+
+def embedding_responses() -> dict[int | str, dict[str, Any]]:
+    """``responses=`` of POST /v1/embeddings."""
+    return {**GENERATION_ERRORS,
+            429: {**GENERATION_ERRORS[429], "description": "The queue is full (max_queue inputs or max_queued_tokens "
+                                                           "tokens); retry after Retry-After seconds"}}
+
+
+@dataclass(frozen=True)
+class EmbeddingBounds:
+    """What an embedding server takes, written into its request schema."""
+
+    max_inputs: int  # inputs in one request (max_batch_size plus max_queue)
+    max_tokens: int  # tokens in one input (the model's context)
+    dimensions: int  # the model's
+    matryoshka: bool  # whether fewer dimensions may be asked for
 
 
 def _event(chunk: type) -> dict[str, Any]:
@@ -87,6 +105,24 @@ def _limits(schemas: dict[str, Any], limits: SamplingLimits, vocab_size: int) ->
             _cap(props, "top_k", limits.max_top_k)
 
 
+def _embedding_limits(schemas: dict[str, Any], bounds: EmbeddingBounds, vocab_size: int) -> None:
+    props = schemas.get("EmbeddingRequest", {}).get("properties", {})
+    if not props:
+        return
+    _integers(props.get("input"), vocab_size - 1)
+    for branch in props["input"].get("anyOf", []):
+        if branch.get("type") != "array":
+            continue
+        items = branch.get("items", {})
+        # token ids of one input, or a list of inputs (texts, or token ids of each)
+        branch["maxItems"] = bounds.max_tokens if items.get("type") == "integer" else bounds.max_inputs
+        if items.get("type") == "array":
+            items["maxItems"] = bounds.max_tokens
+    _cap(props, "dimensions", bounds.dimensions)
+    if not bounds.matryoshka:
+        _cap(props, "dimensions", bounds.dimensions, "minimum")
+
+
 def errors_only(doc: dict[str, Any], *, keyed: bool, open_paths: tuple[str, ...] = ("/health",)) -> None:
     """What every slipstream service's schema says of errors: no 422 (invalid input is answered 400 in the
     ``{"error": ...}`` shape, app.error_handlers), and, when ``keyed``, bearer auth and 401 on every route
@@ -111,9 +147,11 @@ def errors_only(doc: dict[str, Any], *, keyed: bool, open_paths: tuple[str, ...]
         components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
 
 
-def schema(app: FastAPI, *, keyed: bool, limits: SamplingLimits, vocab_size: int) -> dict[str, Any]:
+def schema(app: FastAPI, *, keyed: bool, limits: SamplingLimits, vocab_size: int,
+           embeddings: EmbeddingBounds | None = None) -> dict[str, Any]:
     """The app's OpenAPI document (built once): FastAPI's, less its 422 entries, with the deployment's
-    ``limits`` and the model's vocabulary on the request fields, plus bearer auth when ``keyed``."""
+    ``limits`` (an embedding server's ``embeddings``) and the model's vocabulary on the request fields, plus
+    bearer auth when ``keyed``."""
     if app.openapi_schema:
         return app.openapi_schema
     doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
@@ -130,5 +168,7 @@ def schema(app: FastAPI, *, keyed: bool, limits: SamplingLimits, vocab_size: int
         schemas.update(definition.pop("$defs", {}))
         schemas[chunk.__name__] = definition
     _limits(schemas, limits, vocab_size)
+    if embeddings is not None:
+        _embedding_limits(schemas, embeddings, vocab_size)
     app.openapi_schema = doc
     return doc

@@ -40,10 +40,22 @@ def _surrogate(data: Any) -> str | None:
 _UNSUPPORTED = {"minimum": 0, "maximum": 0}
 
 
-class _Request(BaseModel):
+class _Body(BaseModel):
     # strict, as OpenAI is: "5" is not a number, 1.0 not an integer, "yes" not a boolean (400 naming the field)
     model_config = ConfigDict(extra="forbid", strict=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_surrogates(cls, data: Any) -> Any:
+        # JSON's "\ud800" escape decodes to a str no tokenizer or UTF-8 response can hold; refused here, by
+        # field, instead of failing later in the tokenizer or in an error message that quotes it
+        where = _surrogate(data)
+        if where:
+            raise ValueError(f"{where} holds an unpaired UTF-16 surrogate (\\ud800-\\udfff), which is not text")
+        return data
+
+
+class _Request(_Body):
     model: str
     max_tokens: Optional[int] = Field(None, ge=0)
     temperature: Optional[float] = Field(None, ge=0)
@@ -62,16 +74,6 @@ class _Request(BaseModel):
     frequency_penalty: float = Field(0.0, json_schema_extra=_UNSUPPORTED)
     logit_bias: Optional[dict[str, float]] = Field(None, json_schema_extra={"maxProperties": 0})
     user: Optional[str] = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_surrogates(cls, data: Any) -> Any:
-        # JSON's "\ud800" escape decodes to a str no tokenizer or UTF-8 response can hold; refused here, by
-        # field, instead of failing later in the tokenizer or in an error message that quotes it
-        where = _surrogate(data)
-        if where:
-            raise ValueError(f"{where} holds an unpaired UTF-16 surrogate (\\ud800-\\udfff), which is not text")
-        return data
 
     def stops(self) -> list[str] | None:
         if self.stop is None:
@@ -96,6 +98,17 @@ class CompletionRequest(_Request):
     logprobs: Optional[int] = Field(None, ge=0)
     best_of: Optional[int] = Field(None, ge=1)
     suffix: Optional[str] = Field(None, json_schema_extra={"maxLength": 0})  # not supported
+
+
+class EmbeddingRequest(_Body):
+    model: str
+    # a text, texts, token ids (the model's special tokens included, as its tokenizer's encode gives them), or
+    # lists of token ids; none of them empty
+    input: Union[Text, Annotated[list[Text], Field(min_length=1)], TokenIds,
+                 Annotated[list[TokenIds], Field(min_length=1)]]
+    encoding_format: Literal["float", "base64"] = "float"  # base64: each vector's little-endian float32 bytes
+    dimensions: Optional[int] = Field(None, ge=1)  # the model's size, or fewer with embeddings.matryoshka
+    user: Optional[str] = None
 
 
 class ContentPart(BaseModel):
@@ -242,6 +255,24 @@ class ChatCompletionResponse(BaseModel):
     choices: list[ChatChoice]
     usage: Optional[Usage] = None
     system_fingerprint: Optional[str] = None
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: Union[list[float], str]  # a string with encoding_format=base64
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
 
 
 class ModelCard(BaseModel):

@@ -12,6 +12,9 @@ their tokens back. Admission is bounded: past ``max_batch_size`` running plus ``
   the shortest prompt's length as a prefill and force-decodes the rest one step at a time, so a
   batch of very different prompt lengths would spend hundreds of steps before its first token.
 - :class:`SequentialScheduler`: one request at a time through ``engine.stream`` (the baseline).
+- :class:`EmbeddingScheduler` (encoders): each input of a /v1/embeddings request is a ticket; inputs of
+  concurrent requests are collected for ``window_s`` (or until ``max_batch_size`` inputs wait) and embedded
+  in one ``engine.embed`` call.
 """
 
 from __future__ import annotations
@@ -210,6 +213,15 @@ class Scheduler:
             self.running.pop(ticket.seq_id, None)
         ticket.emit("done", reason)
 
+    def _collect(self, window_s: float) -> None:
+        """Wait up to ``window_s`` (from the oldest arrival) for the batch to fill (dynamic batching)."""
+        with self._cond:
+            while self.waiting and len(self.waiting) < self.max_batch_size and not self._stopping:
+                left = self.waiting[0].submitted + window_s - time.perf_counter()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+
     def _record_batch(self, rows: int) -> None:
         self.peak_batch = max(self.peak_batch, rows)
         self.on_batch(rows)
@@ -269,17 +281,8 @@ class DynamicScheduler(Scheduler):
         super().__init__(**kwargs)
         self.engine, self.window_s, self.prompt_spread = engine, window_s, prompt_spread
 
-    def _collect(self) -> None:
-        """Wait up to the window (from the oldest arrival) for the batch to fill."""
-        with self._cond:
-            while self.waiting and len(self.waiting) < self.max_batch_size and not self._stopping:
-                left = self.waiting[0].submitted + self.window_s - time.perf_counter()
-                if left <= 0:
-                    break
-                self._cond.wait(left)
-
     def _run_once(self) -> None:
-        self._collect()
+        self._collect(self.window_s)
         if not self.waiting:
             return
         rows = callable(getattr(self.engine, "generate_rows", None))
@@ -357,3 +360,32 @@ class SequentialScheduler(Scheduler):
             if close:
                 close()
         self._finish(t, "cancelled" if t.cancelled else ("length" if count >= t.params.max_tokens else "stop"))
+
+
+EMBED = SamplingParams(max_tokens=1)  # an input's ticket generates nothing: its queue cost is its tokens, plus one
+
+
+class EmbeddingScheduler(Scheduler):
+    """Dynamic batching for an :class:`~slipstream.engines.protocol.Encoder`: one ticket per input, any
+    request's; a batch is the waiting inputs (up to ``max_batch_size``) after the oldest has waited ``window_s``.
+    A ticket gets ``("embedding", vector)``, or ``("error", message)`` when the engine fails, or
+    ``("done", "cancelled")`` when the server stops first."""
+
+    mode = "embeddings"
+
+    def __init__(self, engine: Any, *, window_s: float = 0.005, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.engine, self.window_s = engine, window_s
+
+    def _run_once(self) -> None:
+        self._collect(self.window_s)
+        batch = self._admit(self.max_batch_size, lambda t: not t.cancelled)
+        if not batch:
+            return
+        self._record_batch(len(batch))
+        vectors = self.engine.embed([t.prompt for t in batch])
+        with self._cond:
+            for t in batch:
+                self.running.pop(t.seq_id, None)
+        for t, vector in zip(batch, vectors):
+            t.emit("embedding", vector)

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import uvicorn
 
-from slipstream.serving.app import batching_mode, create_app, kv_cache_dtype
+from slipstream.serving.app import batching_mode, create_app, is_encoder, kv_cache_dtype, task_of
 from slipstream.serving.settings import DeploymentSettings
 
 log = logging.getLogger("slipstream.serving")
@@ -39,6 +39,8 @@ def uvicorn_config(app: Any, settings: DeploymentSettings, **options: Any) -> uv
 
 
 def banner(url: str, model_name: str, engine: Any, settings: DeploymentSettings) -> list[str]:
+    if is_encoder(engine):
+        return encoder_banner(url, model_name, engine, settings)
     info = engine.info()
     options = getattr(engine, "options", None)  # the engine's options in force (slipstream.engines.options)
     s = settings
@@ -67,6 +69,35 @@ def banner(url: str, model_name: str, engine: Any, settings: DeploymentSettings)
         f"  api keys   {len(s.api_keys) if s.api_keys else 'none (no authentication)'}",
         f"  shutdown   SIGTERM: {s.grace_period_s:g} s grace for requests in flight",
         f"  endpoints  {url}/v1/completions {url}/v1/chat/completions {url}/v1/models {url}/health {url}/metrics"
+        + (f" {url}/openapi.json" if s.openapi else ""),
+    ]
+
+
+def _engine_line(engine: Any) -> list[str]:
+    info = engine.info()
+    options = getattr(engine, "options", None)  # the engine's options in force (slipstream.engines.options)
+    return [f"  engine     {info.engine} ({info.compute_type}, {info.device}, {info.threads} threads)",
+            *([f"  options    {options.summary()}"] if options is not None else [])]
+
+
+def encoder_banner(url: str, model_name: str, engine: Any, settings: DeploymentSettings) -> list[str]:
+    s = settings
+    batch = 1 if s.batching == "sequential" else s.max_batch_size
+    shorter = "truncated and renormalised (embeddings.matryoshka)" if s.embeddings.matryoshka else "refused"
+    return [
+        f"slipstream serve: listening on {url}",
+        f"  model      {model_name} ({task_of(engine)}, {engine.dimensions} dimensions, context "
+        f"{engine.max_context} tokens)",
+        *_engine_line(engine),
+        f"  batching   inputs of concurrent requests, max_batch_size={batch} inputs, window={s.batch_window_ms} ms, "
+        f"max_queue={s.max_queue} inputs",
+        f"  limits     inputs per request {batch + s.max_queue}, tokens per input {engine.max_context}, "
+        f"max_queued_tokens={s.max_queued_tokens} deadline_s={s.deadline_s} max_body_bytes={s.max_body_bytes} "
+        f"max_connections={s.max_connections}",
+        f"  dimensions {engine.dimensions}; fewer {shorter}",
+        f"  api keys   {len(s.api_keys) if s.api_keys else 'none (no authentication)'}",
+        f"  shutdown   SIGTERM: {s.grace_period_s:g} s grace for requests in flight",
+        f"  endpoints  {url}/v1/embeddings {url}/v1/models {url}/health {url}/metrics"
         + (f" {url}/openapi.json" if s.openapi else ""),
     ]
 

@@ -61,6 +61,15 @@ class PrefixCacheSettings(_Strict):
     max_tokens: int = Field(8192, ge=0)  # prompt tokens whose keys/values are kept
 
 
+class EmbeddingSettings(_Strict):
+    """POST /v1/embeddings (embedding models). Batching, queue and deadline are the server's own settings:
+    ``max_batch_size`` inputs per engine call, ``batch_window_ms``, ``max_queue`` inputs waiting."""
+
+    # a request's ``dimensions`` below the model's size: refused (400) unless the model was trained for
+    # shortened embeddings (Matryoshka); then its vectors are cut to that many and scaled back to unit length
+    matryoshka: bool = False
+
+
 class AdapterSettings(_Strict):
     name: str  # a LoRA adapter in the store (slipstream adapters import), served under this name
     pinned: bool = False  # never evicted from the resident set
@@ -98,6 +107,7 @@ class ModelSettings(_Strict):
     exact_cache: ExactCacheSettings = Field(default_factory=ExactCacheSettings)
     semantic_cache: SemanticCacheSettings = Field(default_factory=SemanticCacheSettings)
     prefix_cache: PrefixCacheSettings = Field(default_factory=PrefixCacheSettings)
+    embeddings: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     threads: Optional[int] = Field(None, ge=1)  # engine CPU threads (default: all)
     # the engine's options (slipstream.engines.options), e.g. {gemm: onednn} or {compute_type: int8}; checked
     # here against every engine's, and against the engine that runs the variant once it is known
