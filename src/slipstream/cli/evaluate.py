@@ -22,6 +22,10 @@ def evaluate_cmd(
     window: int = typer.Option(1024, "--window", help="Perplexity: tokens per sliding window"),
     stride: int = typer.Option(512, "--stride", help="Perplexity: tokens between window starts"),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Generation tasks: token budget"),
+    source_prefix: Optional[str] = typer.Option(
+        None, "--source-prefix", help="Seq2seq translation: text before each source (default: the family's, "
+        "'translate English to German: ' for T5, none for Marian)"),
+    beam_size: int = typer.Option(1, "--beam-size", help="Seq2seq generation: beams searched (1: greedy)"),
     gate: List[str] = typer.Option([], "--gate", help="METRIC[=DROP], e.g. perplexity=1% or arc_easy.acc_norm=0.02abs"),
     max_drop: Optional[str] = typer.Option(None, "--max-drop", help="Default DROP for --gate METRIC: 1% or 0.02"),
     absolute: bool = typer.Option(False, "--absolute", help="Read a plain --max-drop number as absolute points"),
@@ -48,7 +52,8 @@ def evaluate_cmd(
     reports = []
     for name in tasks:
         settings = EvalSettings(task=name, window=window, stride=stride, max_tokens=max_tokens, limit=limit,
-                                max_new_tokens=max_new_tokens, threads=threads)
+                                max_new_tokens=max_new_tokens, threads=threads, source_prefix=source_prefix,
+                                beam_size=beam_size)
         reports.append(evaluate(variant, reference=None if no_reference else reference, settings=settings,
                                 progress=progress, use_cache=not no_cache))
     results = check_gates(reports, gates) if gates else []

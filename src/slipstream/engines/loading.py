@@ -64,6 +64,7 @@ def open_engine(
     name = engine_name(variant, engine)
     module, cls = _engine_path(variant, name)
     from slipstream.store.manifest import verify
+    from slipstream.models.tasks import task_of
 
     extra = verify(Path(variant.path)).extra  # a variant changed on disk is refused before it is loaded
     given = options.given() if isinstance(options, EngineOptions) else dict(options or {})
@@ -76,6 +77,9 @@ def open_engine(
     kind = options_class(name)
     recorded = {k: v for k, v in ((extra.get("facts") or {}).get("engine_options") or {}).items() if k in kind.names()}
     opts = kind.of({**recorded, **given})
+    if getattr(opts, "beam_size", 1) > 1 and task_of(variant) != "seq2seq":
+        raise Unsupported(f"engine option beam_size is for seq2seq models; {variant.name!r} is a "
+                          f"{task_of(variant)} model")
     kwargs: dict[str, Any] = {"device": resolve_device(device), "options": opts}
     if variant.format == "hf":
         kwargs["trust_remote_code"] = bool(extra.get("trust_remote_code"))

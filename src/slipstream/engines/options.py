@@ -36,8 +36,8 @@ class EngineOptions:
 
     def __post_init__(self) -> None:
         check_fields(self, owner=f"engine {self.engine!r}")
-        for name in ("threads", "batch_size"):
-            value = getattr(self, name)
+        for name in ("threads", "batch_size", "beam_size"):
+            value = getattr(self, name, None)
             if value is not None and value < 1:
                 raise InvalidConfig(f"engine {self.engine!r}: {name}={value} is not valid; expected at least 1")
 
@@ -95,6 +95,8 @@ class TransformersOptions(EngineOptions):
     decode_attention: Literal["c", "torch"] = "c"
     # continuous batching: the key/value cache's dtype (auto: the model's)
     kv_cache_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # encoder-decoder (seq2seq) models: beams searched for a greedy request (1: greedy search)
+    beam_size: int = 1
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,8 @@ class CTranslate2Options(EngineOptions):
     compute_type: Literal["default", "auto", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16",
                           "float16", "bfloat16", "float32"] = "default"
     max_context: int | None = None  # None: the model's own context length
+    # encoder-decoder (seq2seq) models: beams searched for a greedy request (1: greedy search)
+    beam_size: int = 1
 
 
 @dataclass(frozen=True)

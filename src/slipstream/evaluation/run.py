@@ -21,6 +21,7 @@ from slipstream.evaluation.tasks import Task, get_task
 from slipstream.extras import library_versions
 from slipstream.exporters.readme import write as write_readme
 from slipstream.machine import describe_machine
+from slipstream.models.tasks import require_task, task_of
 from slipstream.progress import Progress, or_null
 from slipstream.store import Store, Variant
 
@@ -39,6 +40,8 @@ class EvalSettings:
     max_new_tokens: int | None = None  # generation tasks: None = the task's default
     batch_size: int = 16
     threads: int | None = None
+    source_prefix: str | None = None  # seq2seq translation: before each source (None: the family's default)
+    beam_size: int = 1  # seq2seq generation: beams searched (the engine option of that name)
 
     def __post_init__(self) -> None:
         if self.window < 2 or not 0 < self.stride <= self.window:
@@ -59,6 +62,10 @@ class EvalSettings:
             d["limit"] = self.limit
         if task.kind == "generation":
             d["max_new_tokens"] = self.max_new_tokens or task.options.get("max_new_tokens")
+            if self.source_prefix is not None:
+                d["source_prefix"] = self.source_prefix
+            if self.beam_size > 1:
+                d["beam_size"] = self.beam_size
         return d
 
 
@@ -110,6 +117,9 @@ def evaluate_many(
     progress = or_null(progress)
     targets = [store.get(v) for v in variants]
     refs = [_reference(store, t, reference) for t in targets]
+    if task.kind in ("perplexity", "multiple_choice"):  # next-token scores of one sequence: causal LMs only
+        for model in [*targets, *(r for r in refs if r)]:
+            require_task(task_of(model), ("causal-lm",), f"{task.kind.replace('_', ' ')} ({task.name})", model.name)
     reports: dict[str, EvalReport] = {}
     pending: dict[str | None, list[Variant]] = {}
     for target, ref in zip(targets, refs):
@@ -229,7 +239,8 @@ def _score_one(task: Task, variant: Variant, settings: EvalSettings, store: Stor
     from slipstream.engines.loading import open_engine
     from slipstream.evaluation import generation, multiple_choice
 
-    engine = open_engine(variant, threads=settings.threads, store=store)
+    beams = {"beam_size": settings.beam_size} if settings.beam_size > 1 else {}
+    engine = open_engine(variant, threads=settings.threads, store=store, **beams)
     try:
         items = task.load(settings.limit)
         if not items:
@@ -239,9 +250,14 @@ def _score_one(task: Task, variant: Variant, settings: EvalSettings, store: Stor
             metrics = multiple_choice.accuracy(engine, items, settings.batch_size, progress, label)
         else:
             opts = task.options
+            chat = opts.get("chat")
+            if task_of(variant) == "seq2seq":  # the bare source, behind the family's task prefix
+                from slipstream.evaluation.translation import model_type, seq2seq_items
+
+                items, chat = seq2seq_items(items, model_type(variant.path), settings.source_prefix), False
             outputs = generation.generate_all(
                 engine, items, max_new_tokens=settings.max_new_tokens or opts.get("max_new_tokens", 64),
-                stop=tuple(opts.get("stop", ())), chat=opts.get("chat"),
+                stop=tuple(opts.get("stop", ())), chat=chat,
                 batch_size=max(1, settings.batch_size // 2), progress=progress, label=label)
             if task.scorer == "translation":
                 metrics = generation.translation_metrics(outputs, [it.references[0] for it in items])

@@ -39,7 +39,9 @@ def _flores(source: str, target: str) -> Task:
 
     def load(limit: int | None) -> list[GenerationItem]:
         return [GenerationItem(str(i), f"Translate this {src_name} sentence into {tgt_name}. Reply with the "
-                               f"{tgt_name} translation only.\n\n{text}", (ref,))
+                               f"{tgt_name} translation only.\n\n{text}", (ref,),
+                               # a seq2seq model reads the bare source (evaluation/translation.py)
+                               {"source": text, "source_lang": src_name, "target_lang": tgt_name})
                 for i, (text, ref) in enumerate(datasets.flores(source, target, limit))]
 
     return Task(f"flores_{source}_{target}", "generation", ("chrf", "bleu"),

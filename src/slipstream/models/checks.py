@@ -27,6 +27,8 @@ TOKENIZER_FILES = (
     "chat_template.json",
     "spiece.model",
     "sentencepiece.bpe.model",
+    "source.spm",  # Marian (OPUS-MT): one sentencepiece model per side, beside vocab.json
+    "target.spm",
 )
 CONFIG_FILES = ("config.json", "generation_config.json")
 # A sentence-transformers pipeline around an encoder: its pooling and normalisation (engines/pooling.py).

@@ -18,7 +18,7 @@ def download(repo_id: str, dest: Path, revision: str | None = None, allow_pickle
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
-    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.py"]
+    patterns = ["*.json", "*.safetensors", "*.model", "*.spm", "*.txt", "*.jinja", "*.py"]
     if allow_pickle:
         patterns.append("*.bin")
     try:
