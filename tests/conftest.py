@@ -93,7 +93,7 @@ def build_tiny_gemma3(directory: Path, seed: int = 0, layers: int = 2, vocab: in
 
 
 def build_tiny_bert(directory: Path, seed: int = 0, layers: int = 2, hidden: int = 64,
-                    labels: int = 0) -> Path:
+                    labels: int = 0, initializer_range: float = 0.02) -> Path:
     """A tiny random BERT sentence encoder with a WordPiece tokenizer trained on WikiText-2 and the
     sentence-transformers files of all-MiniLM-L6-v2 (mean pooling, normalised); ``labels > 0``: a
     classifier with that many labels instead."""
@@ -120,7 +120,7 @@ def build_tiny_bert(directory: Path, seed: int = 0, layers: int = 2, hidden: int
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=TINY_VOCAB, hidden_size=hidden, intermediate_size=2 * hidden,
                         num_hidden_layers=layers, num_attention_heads=4, max_position_embeddings=128,
-                        pad_token_id=0, num_labels=max(labels, 2))
+                        pad_token_id=0, num_labels=max(labels, 2), initializer_range=initializer_range)
     model = BertForSequenceClassification(config) if labels else BertModel(config, add_pooling_layer=False)
     model.save_pretrained(directory)
     if not labels:

@@ -37,7 +37,7 @@ def test_intake_records_the_task_and_variants_inherit_it(store, tiny_bert_dir, t
 
 def test_a_technique_for_another_task_is_refused_in_one_line(store, tiny_bert_dir):
     import_model(str(tiny_bert_dir), "bert", store=store)
-    with pytest.raises(Unsupported, match=r"technique 'smoothquant' takes causal-lm models; 'bert' is a embedding"):
+    with pytest.raises(Unsupported, match=r"technique 'smoothquant' takes causal-lm models; 'bert' is an embedding"):
         optimize("bert", "smoothquant", store=store)
 
 

@@ -16,9 +16,10 @@ from slipstream.evaluation.tasks import get_task, known
 def test_unknown_task_lists_the_known_ones():
     with pytest.raises(NotFound) as info:
         get_task("hellaswag")
-    for name in ("wikitext2", "arc_easy", "arc_challenge", "flores_en_de", "flores_en_fr", "qa:PATH", "custom:SPEC"):
+    for name in ("wikitext2", "arc_easy", "arc_challenge", "flores_en_de", "flores_en_fr", "embeddings", "qa:PATH",
+                 "classify:PATH", "custom:SPEC"):
         assert name in str(info.value)
-    assert len(known()) == 8
+    assert len(known()) == 10
 
 
 def test_bundled_data_sizes_and_deterministic_limit():

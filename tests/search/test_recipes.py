@@ -46,12 +46,13 @@ def test_the_recipes_file_ships_in_the_package():
 def test_the_pruning_candidates_use_the_pruning_modules_steps():
     from slipstream.techniques.prune.recipes import DISTILL_30M, MLP_ONLY, STRUCTURED
 
-    pruning = [r.steps for r in builtin_recipes() if r.steps[0][0] == "prune-structured"]
+    pruning = [r.steps for r in builtin_recipes() if r.steps[0][0] == "prune-structured" and "causal-lm" in r.tasks]
     assert [steps[:2] for steps in pruning] == [(STRUCTURED, DISTILL_30M)] * 2 + [(MLP_ONLY, DISTILL_30M)]
 
 
 @pytest.mark.parametrize("data,message", [
     ({"candidates": [GOOD], "version": 2}, "unknown key 'version'"),
+    ({"candidates": [GOOD | {"tasks": ["embeddings"]}]}, "'tasks' must be a list of causal-lm, seq2seq"),
     ({"candidates": [GOOD | {"priors": {}}]}, "candidate 1: unknown key 'priors'"),
     ({"candidates": [GOOD | {"prior": GOOD["prior"] | {"speed": 4}}]}, "candidate 1: prior: unknown key 'speed'"),
     ({"candidates": [GOOD | {"prior": {"speedup": 4}}]}, "prior needs size_ratio, pass_probability, minutes"),

@@ -38,6 +38,20 @@ def run(request: dict) -> dict:
     separate = reset_peak_rss()  # from here on, the peak is that of generation alone
     emit(event="tick", stage="loaded")
 
+    if hasattr(engine, "embed") and not hasattr(engine, "generate"):  # an encoder: sentences, not tokens
+        from slipstream.benchmark import encoders
+
+        seqs = encoders.sentences(engine)
+        tick = lambda: emit(event="tick")  # noqa: E731
+        lat = encoders.latency(engine, seqs, s["repeats"], s["warmup"], tick)
+        tput = [encoders.throughput(engine, seqs, b, s["repeats"], tick) for b in s["batch_sizes"]]
+        return {"kind": "encoder", "engine": engine.info().__dict__,
+                "workload": {"name": "flores-en", "sentences": len(seqs)}, "load_s": load_s,
+                "latency": lat, "throughput": tput,
+                "memory": {"rss_before_load_bytes": rss_before, "rss_after_load_bytes": rss_loaded,
+                           "peak_rss_load_bytes": peak_loaded,
+                           "peak_rss_generate_bytes": peak_rss_bytes() if separate else None,
+                           "peak_rss_bytes": max(peak_loaded, peak_rss_bytes()), "peak_gpu_bytes": None}}
     workload = s.get("workload", "fixed")
     if workload == "fixed":  # one prompt of exactly prompt_tokens tokens, exactly output_tokens generated
         prompts = [engine.tokenizer.encode(text_set("wikitext2")[:40_000])[: s["prompt_tokens"]]]

@@ -57,9 +57,10 @@ class _Printer:
 def auto_cmd(
     model: str = typer.Argument(..., help="A model in the store, or a source to import (e.g. smollm2-135m)"),
     max_drop: str = typer.Option("1%", "--max-drop", help="At most this much worse on the gate metric: 1%, 0.02abs"),
-    metric: str = typer.Option("perplexity", "--metric",
-                               help="Gate metric: perplexity or kl_mean (WikiText-2), or TASK.METRIC such as "
-                                    "arc_easy.acc_norm"),
+    metric: Optional[str] = typer.Option(None, "--metric",
+                                         help="Gate metric: perplexity or kl_mean (WikiText-2), or TASK.METRIC such "
+                                              "as arc_easy.acc_norm [default: perplexity; for an embedding model "
+                                              "embeddings.cosine_mean]"),
     objective: str = typer.Option("latency", "--objective", help="latency | throughput | size | cost"),
     budget: str = typer.Option("30m", "--budget", help="Wall-clock budget (30m, 1h, none)"),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda"),
@@ -90,6 +91,10 @@ def auto_cmd(
     from slipstream.search.record import Status
     from slipstream.search.run import SearchSettings, search
 
+    if metric is None:
+        from slipstream.search.settings import default_gate, model_task
+
+        metric = default_gate(model_task(model)).metric
     gate = Gate.parse(metric, default_drop=max_drop)
     settings = SearchSettings(model=model, gate=gate, objective=objective, budget_s=parse_duration(budget),
                               device=device, eval_tokens=eval_tokens, screen_tokens=screen_tokens, eval_limit=limit,

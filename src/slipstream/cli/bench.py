@@ -49,6 +49,9 @@ def bench_cmd(
                              threads=threads, engine=engine, device=device, workload=workload,
                              engine_options=options)
     report = bench(variant, settings=settings, progress=RichProgress(not as_json))
+    if report.metrics.get("kind") == "encoder":
+        _encoder_table(variant, report, as_json)
+        return
     extra = _analysis(variant, report, instance, price_per_hour)
     if as_json:
         print_json(report.to_dict() | extra)
@@ -83,6 +86,22 @@ def bench_cmd(
              f"{variant}: {workload} prompts ({m['workload']['prompts']}), up to {output_tokens} tokens, mean prompt "
              f"{lat['prompt_tokens']} / output {lat['output_tokens']} tokens")
     table(title, ["measure", "value"], rows)
+
+
+def _encoder_table(variant: str, report, as_json: bool) -> None:
+    if as_json:
+        print_json(report.to_dict())
+        return
+    m = report.metrics
+    lat, mem, eng = m["latency"], m["memory"], m["engine"]
+    rows = [["engine", f"{eng['engine']} ({eng['compute_type']}, {eng['device']}, {eng['threads']} threads)"],
+            ["latency per sentence p50 / p95 / p99", " / ".join(f"{lat['latency_s'][p] * 1e3:.2f}"
+                                                             for p in ("p50", "p95", "p99")) + " ms"],
+            ["sentences/s one at a time (median)", f"{lat['sentences_per_s']['median']:.1f}"]]
+    rows += [[f"sentences/s, batch {t['batch_size']}", f"{t['sentences_per_s']['median']:.1f}"] for t in m["throughput"]]
+    rows += [["load time", f"{m['load_s']:.2f} s"], ["peak RSS (process)", mb(mem["peak_rss_bytes"])],
+             ["size on disk", mb(m["size_bytes"])]]
+    table(f"{variant}: FLORES-200 English sentences (mean {lat['mean_tokens']} tokens)", ["measure", "value"], rows)
 
 
 def _analysis(variant: str, report, instance: str | None, price_per_hour: float | None) -> dict:

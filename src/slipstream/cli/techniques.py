@@ -43,16 +43,17 @@ def techniques_markdown() -> str:
     from slipstream.engines.loading import engines_for
     from slipstream.techniques.registry import all_techniques
 
-    lines = ["| technique | kind | options: default (allowed) | output | engines | extra | needs |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| technique | kind | tasks | options: default (allowed) | output | engines | extra | needs |",
+             "|---|---|---|---|---|---|---|---|"]
     for spec in all_techniques():
         options = "<br>".join(f"`{name}` = **{_value(default)}** ({_allowed(hint)})"
                               for name, (hint, default) in spec.options().items())
         needs = [*(["calibration text"] if spec.needs_calibration else []),
                  *([" or ".join(d.upper() for d in spec.devices) + " only"]
                    if set(spec.devices) != {"cpu", "cuda"} else [])]
-        cells = [f"`{spec.name}`", spec.kind, options or "—", f"`{spec.output_format}`",
-                 ", ".join(engines_for(spec.output_format)) or "—", f"`{spec.extra}`" if spec.extra else "—",
+        engines = dict.fromkeys(e for task in spec.tasks for e in engines_for(spec.output_format, task))
+        cells = [f"`{spec.name}`", spec.kind, ", ".join(spec.tasks), options or "—", f"`{spec.output_format}`",
+                 ", ".join(engines) or "—", f"`{spec.extra}`" if spec.extra else "—",
                  ", ".join(needs) or "—"]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"

@@ -14,7 +14,8 @@ from slipstream.evaluation.tasks import LOWER_IS_BETTER
 
 
 # What a divergence metric is for the reference itself (it is never scored against itself).
-SELF_VALUES = {"kl_mean": 0.0, "top1_agreement": 1.0}
+SELF_VALUES = {"kl_mean": 0.0, "top1_agreement": 1.0, "cosine_mean": 1.0, "cosine_min": 1.0, "cosine_p5": 1.0,
+               "retrieval_top10": 1.0, "label_agreement": 1.0}
 
 
 @dataclass(frozen=True)

@@ -117,9 +117,11 @@ def evaluate_many(
     progress = or_null(progress)
     targets = [store.get(v) for v in variants]
     refs = [_reference(store, t, reference) for t in targets]
-    if task.kind in ("perplexity", "multiple_choice"):  # next-token scores of one sequence: causal LMs only
-        for model in [*targets, *(r for r in refs if r)]:
-            require_task(task_of(model), ("causal-lm",), f"{task.kind.replace('_', ' ')} ({task.name})", model.name)
+    from slipstream.evaluation.tasks import KIND_TAKES
+
+    for model in [*targets, *(r for r in refs if r)]:  # next-token scores need a causal LM, cosines an encoder
+        require_task(task_of(model), KIND_TAKES[task.kind], f"{task.kind.replace('_', ' ')} ({task.name})",
+                     model.name)
     reports: dict[str, EvalReport] = {}
     pending: dict[str | None, list[Variant]] = {}
     for target, ref in zip(targets, refs):
@@ -135,6 +137,8 @@ def evaluate_many(
         ref = store.get(ref_name) if ref_name else None
         if task.kind == "perplexity":
             done = _perplexity_pass(task, group, ref, settings, store, progress)
+        elif task.kind in ("embedding", "classification"):
+            done = _encoder_pass(task, group, ref, settings, store, progress)
         else:
             done = [_independent(task, t, ref, settings, store, progress, use_cache) for t in group]
         for report in done:
@@ -213,6 +217,36 @@ def _perplexity_pass(task: Task, targets: list[Variant], ref: Variant | None, se
     for target, engine, acc, d in zip(targets, engines, nll, div):
         metrics = acc.result() | (d.result() | paired_change(acc, ref_nll) if ref_engine else {}) | \
             {"engine": asdict(engine.info())}
+        stored = _store(store, target, ref, settings, task, metrics)
+        reports.append(EvalReport(target.name, ref.name if ref else None, task.name, stored, metrics, ref_metrics,
+                                  False, task.metrics[0]))
+    return reports
+
+
+# --- encoders: reference and variants on the same sentences ----------------------------------------
+
+def _encoder_pass(task: Task, targets: list[Variant], ref: Variant | None, settings: EvalSettings,
+                  store: Store, progress: Progress) -> list[EvalReport]:
+    from slipstream.engines.loading import open_engine
+    from slipstream.evaluation import embeddings
+
+    items = task.load(settings.limit)
+    engines = [open_engine(t, threads=settings.threads, store=store) for t in targets]
+    ref_engine = open_engine(ref, threads=settings.threads, store=store) if ref else None
+    try:
+        label = f"{task.name}: " + ", ".join(t.name for t in targets) + (f" vs {ref.name}" if ref else "")
+        results, ref_metrics = embeddings.score(task.kind, items, engines, ref_engine, progress, label)
+        infos = [asdict(e.info()) for e in engines]
+        ref_info = asdict(ref_engine.info()) if ref_engine else None
+    finally:
+        for engine in [*engines, *([ref_engine] if ref_engine else [])]:
+            engine.close()
+    if ref is not None and ref_metrics is not None:
+        ref_metrics |= {"engine": ref_info}
+        _store(store, ref, None, settings, task, ref_metrics)
+    reports = []
+    for target, info, metrics in zip(targets, infos, results):
+        metrics |= {"engine": info}
         stored = _store(store, target, ref, settings, task, metrics)
         reports.append(EvalReport(target.name, ref.name if ref else None, task.name, stored, metrics, ref_metrics,
                                   False, task.metrics[0]))

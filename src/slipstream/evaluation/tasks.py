@@ -17,7 +17,12 @@ from slipstream.errors import InvalidConfig, NotFound
 from slipstream.evaluation import datasets
 from slipstream.evaluation.datasets import GenerationItem, MultipleChoiceItem
 
-Kind = Literal["perplexity", "multiple_choice", "generation"]
+Kind = Literal["perplexity", "multiple_choice", "generation", "embedding", "classification"]
+# The model tasks (slipstream.models.tasks) each kind of evaluation takes.
+KIND_TAKES: dict[str, tuple[str, ...]] = {
+    "perplexity": ("causal-lm",), "multiple_choice": ("causal-lm",), "generation": ("causal-lm", "seq2seq"),
+    "embedding": ("embedding",), "classification": ("classification",),
+}
 LOWER_IS_BETTER = frozenset({"perplexity", "nll", "kl_mean", "kl_p99", "kl_max"})
 
 
@@ -57,6 +62,22 @@ def _wikitext() -> Task:
                 load=lambda: text_set("wikitext2"))
 
 
+def _embeddings() -> Task:
+    from slipstream.evaluation.embeddings import sentences
+
+    return Task("embeddings", "embedding", ("cosine_mean", "retrieval_top10", "cosine_min", "cosine_p5"),
+                "FLORES-200 English and WikiText-2 sentences: cosine to the reference's embeddings, and the "
+                "share of each sentence's 10 nearest neighbours both find", load=sentences)
+
+
+def _classify_file(path: Path) -> Task:
+    from slipstream.evaluation.embeddings import read_labelled
+
+    return Task(f"classify:{path}", "classification", ("accuracy", "f1_macro", "label_agreement"),
+                f"classification accuracy and macro F1 on {path.name}", _digest(path),
+                load=lambda limit: read_labelled(path, limit))
+
+
 BUILTIN: dict[str, Callable[[], Task]] = {
     "wikitext2": _wikitext,
     "arc_easy": lambda: Task("arc_easy", "multiple_choice", ("acc_norm", "acc"),
@@ -67,8 +88,9 @@ BUILTIN: dict[str, Callable[[], Task]] = {
                                   load=lambda limit: datasets.arc("Challenge", limit)),
     "flores_en_de": lambda: _flores("en", "de"),
     "flores_en_fr": lambda: _flores("en", "fr"),
+    "embeddings": _embeddings,
 }
-PREFIXES = ("file:PATH", "qa:PATH", "custom:SPEC")
+PREFIXES = ("file:PATH", "qa:PATH", "classify:PATH", "custom:SPEC")
 
 
 def known() -> list[str]:
@@ -83,6 +105,8 @@ def get_task(name: str) -> Task:
         return _text_file(Path(rest))
     if rest and prefix == "qa":
         return _qa_file(Path(rest))
+    if rest and prefix == "classify":
+        return _classify_file(Path(rest))
     if rest and prefix == "custom":
         return _custom(Path(rest))
     raise NotFound(f"unknown task {name!r}; known: {', '.join(known())}")

@@ -63,6 +63,11 @@ def check_device(config: CTranslate2, device: str) -> None:
 def export(src: Path, out: Path, config: CTranslate2, device: str = "cpu", progress: Progress | None = None) -> dict:
     """Convert the transformers model in ``src`` into ``out``; return facts for the manifest."""
     check_device(config, device)
+    from slipstream.models.heads import kept_heads
+
+    if kept_heads(src):
+        raise Unsupported(f"{src.name}: its attention heads were pruned; CTranslate2's converter reads the head "
+                          "count from num_attention_heads and cannot take it (ONNX Runtime and transformers can)")
     ct2 = require("ctranslate2", "ctranslate2", "CTranslate2 conversion")
     from ctranslate2.converters import TransformersConverter
 

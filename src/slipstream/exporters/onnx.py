@@ -486,12 +486,6 @@ def quantize(inp: Path, out: Path, config: ONNX, src: Path, shape: dict[str, Any
 
 def export(src: Path, out: Path, config: ONNX, device: str = "cpu", progress: Progress | None = None) -> dict:
     """Export the transformers model in ``src`` into ``out``; return facts for the manifest."""
-    from slipstream.models.tasks import ENCODER_TASKS, detect
-
-    if (task := detect(src)) in ENCODER_TASKS:
-        from slipstream.exporters import onnx_encoder
-
-        return onnx_encoder.export(src, out, config, task, device, progress)
     if device != "cpu":
         raise Unsupported(f"ONNX export here targets ONNX Runtime's CPU provider, not {device}")
     check_model(src)

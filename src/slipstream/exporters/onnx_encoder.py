@@ -32,9 +32,9 @@ STATIC_KEEP_FLOAT = {"bert": ("output.dense",), "roberta": ("output.dense",), "x
 def export_float(src: Path, path: Path, task: str) -> dict[str, Any]:
     torch = require("torch", "core")
     require("onnxscript", "onnx", "ONNX export")
-    from slipstream.models.tasks import auto_class
+    from slipstream.models.heads import load_pretrained
 
-    model = auto_class(task).from_pretrained(src, dtype=torch.float32, attn_implementation="eager").eval()
+    model = load_pretrained(src, task, dtype=torch.float32, attn_implementation="eager").eval()
     output = "logits" if task == "classification" else "last_hidden_state"
 
     class Wrapper(torch.nn.Module):

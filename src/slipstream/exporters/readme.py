@@ -131,11 +131,61 @@ USAGE: dict[str, Callable[[str, Path], tuple[str, str]]] = {
 }
 
 
+def _encoder(fmt: str, path: Path) -> tuple[str, str]:
+    """How to embed with an encoder variant in each engine's own library (mean pooling shown; the model's
+    pipeline in ``1_Pooling/`` says which pooling it was trained with)."""
+    pool = ("hidden = ...                      # [batch, tokens, dims]\n"
+            "mask = enc['attention_mask'][..., None]\n"
+            "vec = (hidden * mask).sum(1) / mask.sum(1)   # mean pooling, then normalise")
+    if fmt == "ctranslate2":
+        return "CTranslate2", f"""`model.bin` is CTranslate2's encoder; `tokenizer/` holds the Hugging Face tokenizer and pooling config:
+
+```python
+import ctranslate2, numpy as np               # pip install ctranslate2 transformers
+from transformers import AutoTokenizer
+encoder = ctranslate2.Encoder(".", device="cpu")
+tok = AutoTokenizer.from_pretrained("tokenizer")
+enc = tok(["A sentence to embed."], return_tensors="np")
+hidden = np.asarray(encoder.forward_batch([list(map(int, enc["input_ids"][0]))]).last_hidden_state)
+mask = enc["attention_mask"][..., None]
+vec = (hidden * mask).sum(1) / mask.sum(1)    # mean pooling, then normalise
+```"""
+    if fmt == "onnx":
+        return "ONNX Runtime", f"""`model.onnx` runs in plain ONNX Runtime (inputs `input_ids`, `attention_mask`; output the last hidden
+states or a classifier's logits); `tokenizer/` holds the Hugging Face tokenizer and pooling config:
+
+```python
+import onnxruntime as ort                     # pip install onnxruntime transformers
+from transformers import AutoTokenizer
+session = ort.InferenceSession("model.onnx")
+tok = AutoTokenizer.from_pretrained("tokenizer")
+enc = tok(["A sentence to embed."], return_tensors="np")
+hidden = session.run(None, {{"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}})[0]
+mask = enc["attention_mask"][..., None]
+vec = (hidden * mask).sum(1) / mask.sum(1)    # mean pooling, then normalise
+```"""
+    return "transformers", """A Hugging Face encoder (safetensors) with its sentence-transformers pooling files:
+
+```python
+from sentence_transformers import SentenceTransformer   # pip install sentence-transformers
+model = SentenceTransformer(".")
+print(model.encode(["A sentence to embed."]))
+```
+
+A head-pruned encoder (`slipstream_kept_heads` in config.json) loads through slipstream
+(`slipstream serve`), which shrinks each layer's attention before reading the weights."""
+
+
 def render(manifest: Any, path: Path, results: list[Any]) -> str:
     """The README for the variant in ``path`` from its manifest and its results in the registry."""
     technique = manifest.technique or {}
     options = ", ".join(f"{k}={v}" for k, v in technique.items() if k != "technique")
-    engine, usage = USAGE.get(manifest.format, lambda n, p: ("slipstream", ""))(manifest.name, path)
+    from slipstream.models.tasks import ENCODER_TASKS
+
+    if (manifest.extra or {}).get("task") in ENCODER_TASKS:
+        engine, usage = _encoder(manifest.format, path)
+    else:
+        engine, usage = USAGE.get(manifest.format, lambda n, p: ("slipstream", ""))(manifest.name, path)
     lines = [f"# {manifest.name}", ""]
     if manifest.parent:
         lines.append(f"Made by slipstream from `{manifest.parent}` with `{technique.get('technique')}`"
@@ -163,6 +213,13 @@ def _figures(results: list[Any]) -> list[str]:
         elif r.kind == "evaluation":
             scores = ", ".join(f"{k} {v:.4g}" for k, v in m.items() if isinstance(v, (int, float)))
             rows.append(f"| {st.get('task', '?')} | {scores} | {cpu} | {when} |")
+        elif r.kind == "benchmark" and m.get("kind") == "encoder":
+            lat = m["latency"]
+            batches = ", ".join(f"batch {t['batch_size']} {t['sentences_per_s']['median']:.1f}/s" for t in m["throughput"])
+            rows.append(f"| speed, {(m.get('engine') or {}).get('threads') or '?'} thread(s) | "
+                        f"{lat['sentences_per_s']['median']:.1f} sentences/s one at a time (p50 "
+                        f"{lat['latency_s']['p50'] * 1e3:.1f} ms); {batches}; peak RSS "
+                        f"{m.get('memory', {}).get('peak_rss_bytes', 0) / 1e6:.0f} MB | {cpu} | {when} |")
         elif r.kind == "benchmark" and "latency" in m:
             lat = m["latency"]
             threads = st.get("threads") or (m.get("engine") or {}).get("threads")

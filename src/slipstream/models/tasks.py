@@ -80,6 +80,11 @@ def task_of(variant: Any) -> Task:
     return recorded if recorded in TASKS else detect(path)
 
 
+def a(task: str) -> str:
+    """``task`` with its indefinite article ("an embedding", "a seq2seq")."""
+    return f"an {task}" if task[0] in "aeiou" else f"a {task}"
+
+
 def auto_class(task: str) -> Any:
     """The transformers class that loads a model of ``task`` with its head."""
     import transformers
@@ -92,5 +97,5 @@ def auto_class(task: str) -> Any:
 def require_task(task: str, accepted: tuple[str, ...], what: str, name: str = "") -> None:
     """Refuse, in one line, ``what`` (a technique, an engine, a metric) on a model of another task."""
     if task not in accepted:
-        subject = f"{name!r} is a {task} model" if name else f"a {task} model"
+        subject = f"{name!r} is {a(task)} model" if name else f"{a(task)} model"
         raise Unsupported(f"{what} takes {' or '.join(accepted)} models; {subject}")

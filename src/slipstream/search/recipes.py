@@ -12,7 +12,8 @@ Both files have one shape (so an entry can be copied from one to the other)::
                                {"technique": "ctranslate2", "quantization": "int8"}],
                      "prior": {"speedup": 4, "size_ratio": 0.26, "pass_probability": 0.7, "minutes": 3},
                      "evidence": "BENCHMARKS.md#ctranslate2-variants",
-                     "note": "why this prior"}]}
+                     "note": "why this prior",
+                     "tasks": ["causal-lm"]}]}              # optional: the model tasks it is for
 
 Unknown keys are refused, naming the key. The built-in file is checked strictly when first loaded: every
 prior complete, every evidence pointer given, every step a valid config of a registered technique. In a
@@ -34,7 +35,7 @@ from slipstream.errors import InvalidConfig, SlipstreamError
 
 BUILTIN = "recipes.json"
 _TOP_KEYS = ("replace", "candidates")
-_CANDIDATE_KEYS = ("steps", "prior", "evidence", "note")
+_CANDIDATE_KEYS = ("steps", "prior", "evidence", "note", "tasks")
 _EVIDENCE = re.compile(r"^[\w./-]+\.md#[\w-]+$")  # a markdown file relative to the repository root, a heading
 
 
@@ -61,6 +62,7 @@ class Recipe:
     prior: Prior
     evidence: str | None = None  # "BENCHMARKS.md#heading": where the prior comes from
     note: str | None = None  # why this recipe and this prior
+    tasks: tuple[str, ...] = ("causal-lm",)  # the model tasks it is for (slipstream.models.tasks)
 
 
 def builtin_recipes() -> tuple[Recipe, ...]:
@@ -112,7 +114,7 @@ def _recipe(data: Any, where: str, strict: bool) -> Recipe:
     _refuse_unknown(data, _CANDIDATE_KEYS, where)
     recipe = Recipe(steps=tuple((s["technique"], {k: v for k, v in s.items() if k != "technique"}) for s in steps),
                     prior=_prior(data.get("prior"), where, strict), evidence=data.get("evidence"),
-                    note=data.get("note"))
+                    note=data.get("note"), tasks=_tasks(data.get("tasks", ["causal-lm"]), where))
     for key in ("evidence", "note"):
         if getattr(recipe, key) is not None and not isinstance(getattr(recipe, key), str):
             raise InvalidConfig(f"{where}: '{key}' must be text")
@@ -123,6 +125,14 @@ def _recipe(data: Any, where: str, strict: bool) -> Recipe:
             raise InvalidConfig(f"{where} needs 'evidence': the docs section its prior comes from")
         _check_steps(recipe.steps, where)
     return recipe
+
+
+def _tasks(data: Any, where: str) -> tuple[str, ...]:
+    from slipstream.models.tasks import TASKS
+
+    if not isinstance(data, list) or not data or any(t not in TASKS for t in data):
+        raise InvalidConfig(f"{where}: 'tasks' must be a list of {', '.join(TASKS)}, got {data!r}")
+    return tuple(data)
 
 
 def _prior(data: Any, where: str, strict: bool) -> Prior:

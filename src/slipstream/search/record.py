@@ -94,8 +94,16 @@ class BenchSummary:
 
     @classmethod
     def from_metrics(cls, m: dict[str, Any]) -> "BenchSummary":
-        """From a benchmark's full metrics (:func:`slipstream.benchmark.run.bench`)."""
+        """From a benchmark's full metrics (:func:`slipstream.benchmark.run.bench`). An encoder's speeds are
+        sentences per second (batch 1 and by batch size) and its per-token times are per-sentence latencies."""
         lat = m["latency"]
+        if m.get("kind") == "encoder":
+            return cls(decode_tokens_per_s=lat["sentences_per_s"]["median"], tpot_p50_s=lat["latency_s"]["p50"],
+                       tpot_p95_s=lat["latency_s"]["p95"], ttft_p50_s=lat["latency_s"]["p50"],
+                       batch_tokens_per_s={str(t["batch_size"]): t["sentences_per_s"]["median"]
+                                           for t in m["throughput"]},
+                       peak_rss_bytes=m["memory"]["peak_rss_bytes"], engine=m["engine"],
+                       extra={"unit": "sentences/s"})
         return cls(decode_tokens_per_s=lat["decode_tokens_per_s"]["median"], tpot_p50_s=lat["tpot_s"]["p50"],
                    tpot_p95_s=lat["tpot_s"]["p95"], ttft_p50_s=lat["ttft_s"]["p50"],
                    batch_tokens_per_s={str(t["batch_size"]): t["output_tokens_per_s"]["median"]

@@ -113,6 +113,7 @@ class Run:
     recipes: list[Recipe]
     emit: Listener
     deadline: float | None
+    task: str = "causal-lm"  # the model's (slipstream.models.tasks)
 
     def time_left(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.time()
@@ -147,7 +148,7 @@ def search(settings: SearchSettings, *, store: Store | None = None, executor: An
     records, not_run = run_candidates(settings, run, space, reference, bench_s, executor)
     records, confirmed = confirm_leaders(settings, run, records)
     result = conclude(settings, run, space, reference, records, not_run, confirmed, started)
-    if report is not None:
+    if report is not None and run.task == "causal-lm":  # the HTML report compares decoders
         result.report = str(write_search_report(result, settings, report, run.store))
     (run.ledger.directory / "result.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
     run.emit({"event": "done", "summary": result.summary()})
@@ -163,11 +164,14 @@ def start(settings: SearchSettings, store: Store, emit: Listener, started: float
     if not store.exists(settings.model):
         emit({"event": "log", "message": f"importing {settings.model}"})
         import_model(settings.model, store=store)
+    from slipstream.models.tasks import task_of
+
     identity = settings.identity(store.get(settings.model).sha256)
     search_id = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
     return Run(search_id=search_id, identity=identity, store=store,
                ledger=Ledger(store.home / "searches" / search_id, identity), recipes=recipes, emit=emit,
-               deadline=started + settings.budget_s if settings.budget_s else None)
+               deadline=started + settings.budget_s if settings.budget_s else None,
+               task=task_of(store.get(settings.model)))
 
 
 def measure_reference(settings: SearchSettings, run: Run) -> tuple[Reference, float]:
@@ -202,7 +206,7 @@ def measure_reference(settings: SearchSettings, run: Run) -> tuple[Reference, fl
 def plan(settings: SearchSettings, run: Run) -> Plan:
     """The space in expected-value order, split into what the ledger already holds and what is to run."""
     candidates, skipped = candidates_from(run.recipes, settings.device, list(settings.include) or None,
-                                          list(settings.exclude) or None)
+                                          list(settings.exclude) or None, run.task)
     if not candidates:
         raise SlipstreamError("no candidate can run here: " +
                               "; ".join(f"{s.recipe}: {s.reason}" for s in skipped[:5]))
@@ -304,6 +308,12 @@ def confirm_leaders(settings: SearchSettings, run: Run,
     confirmed ratios (and, for latency, the confirmed objective)."""
     passing = sorted([r for r in records if r.status is Status.PASSED], key=lambda r: -r.objective)  # type: ignore[operator]
     if settings.objective == "size" or not passing or settings.confirm <= 0:
+        return records, None
+    if run.task != "causal-lm":  # the side-by-side comparison decodes and scores perplexity
+        from slipstream.models.tasks import a
+
+        run.emit({"event": "log", "message": f"confirmation rounds are for generative models; {a(run.task)} "
+                                             "model's candidates keep their own benchmark"})
         return records, None
     leaders = [r.name for r in passing[: settings.confirm]]
     run.emit({"event": "confirm", "names": leaders, "rounds": settings.confirm_rounds})

@@ -30,6 +30,36 @@ def parse_duration(text: str | None) -> float | None:
         raise InvalidConfig(f"budget {text!r}: expected a duration such as 30m, 1h or 900s") from None
 
 
+def default_gate(task: str) -> Gate:
+    """The gate a search uses when none is given: perplexity within 1% for a generator, mean cosine to the
+    original's embeddings within 1% (at least 0.99) for an embedding model. A classifier's gate needs its
+    labelled data (``classify:PATH.accuracy``), and a translation model's a FLORES task."""
+    if task == "embedding":
+        return Gate("embeddings.cosine_mean", 0.01)
+    if task == "causal-lm":
+        return Gate("perplexity", 0.01)
+    hint = ("classify:PATH.accuracy (a JSONL file of text and label)" if task == "classification"
+            else "flores_en_de.chrf")
+    raise InvalidConfig(f"a {task} model has no default accuracy gate; give one with --metric, e.g. {hint}")
+
+
+def model_task(model: str) -> str:
+    """The task of ``model`` before a search imports it: from the store, a bundled model's entry, or a model
+    directory's config (a hub id not yet downloaded counts as a causal LM)."""
+    from pathlib import Path
+
+    from slipstream.models import bundled
+    from slipstream.models.tasks import detect, task_of
+    from slipstream.store import Store
+
+    store = Store()
+    if store.exists(model):
+        return task_of(store.get(model))
+    if (entry := bundled.lookup(model)) is not None:
+        return entry.task
+    return detect(Path(model)) if Path(model).is_dir() else "causal-lm"
+
+
 @dataclass(frozen=True)
 class SearchSettings:
     model: str
@@ -75,7 +105,7 @@ class SearchSettings:
         if self.task:
             return self.task
         if "." in self.gate.metric:
-            return self.gate.metric.split(".", 1)[0]
+            return self.gate.metric.rsplit(".", 1)[0]  # a task may hold dots (classify:data.jsonl)
         if self.gate.metric in ("perplexity", "kl_mean", "top1_agreement"):
             return "wikitext2"
         raise InvalidConfig(f"gate metric {self.gate.metric!r}: name its task as TASK.METRIC "

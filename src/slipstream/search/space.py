@@ -94,12 +94,15 @@ def gather_recipes(device: str, recipe_file: Path | None = None, replace_default
 
 
 def candidates_from(recipes: list[Recipe], device: str, include: list[str] | None = None,
-                    exclude: list[str] | None = None) -> tuple[list[Candidate], list[LeftOut]]:
-    """Candidates that can run here, and the recipes left out with the reason."""
+                    exclude: list[str] | None = None, task: str = "causal-lm") -> tuple[list[Candidate], list[LeftOut]]:
+    """Candidates that can run here on a model of ``task``, and the recipes left out with the reason (recipes
+    for other tasks are not part of the space at all)."""
     candidates: list[Candidate] = []
     skipped: list[LeftOut] = []
     seen: set[str] = set()
     for recipe in recipes:
+        if task not in recipe.tasks:
+            continue
         try:
             configs = tuple(make_config(t, o) for t, o in recipe.steps)
         except SlipstreamError as exc:
@@ -121,6 +124,7 @@ def candidates_from(recipes: list[Recipe], device: str, include: list[str] | Non
 
 
 def build_space(device: str, recipe_file: Path | None = None, include: list[str] | None = None,
-                exclude: list[str] | None = None, replace_defaults: bool = False) -> tuple[list[Candidate], list[LeftOut]]:
+                exclude: list[str] | None = None, replace_defaults: bool = False,
+                task: str = "causal-lm") -> tuple[list[Candidate], list[LeftOut]]:
     """Candidates that can run here, and the ones left out with the reason."""
-    return candidates_from(gather_recipes(device, recipe_file, replace_defaults), device, include, exclude)
+    return candidates_from(gather_recipes(device, recipe_file, replace_defaults), device, include, exclude, task)

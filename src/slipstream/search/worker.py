@@ -33,9 +33,10 @@ def objective_value(objective: str, bench: dict | None, size_bytes: int, price_p
         return -float(size_bytes)
     if bench is None:
         return None
+    speed = "sentences_per_s" if bench.get("kind") == "encoder" else "output_tokens_per_s"
     if objective == "latency":
-        return bench["latency"]["decode_tokens_per_s"]["median"]
-    best = max(t["output_tokens_per_s"]["median"] for t in bench["throughput"])
+        return bench["latency"]["sentences_per_s" if speed == "sentences_per_s" else "decode_tokens_per_s"]["median"]
+    best = max(t[speed]["median"] for t in bench["throughput"])
     if objective == "throughput":
         return best
     return -price_per_hour / (best * 3600) * 1e6  # cost: negated dollars per million tokens

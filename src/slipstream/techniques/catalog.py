@@ -133,7 +133,7 @@ CATALOG: tuple[TechniqueSpec, ...] = (
         name="onnx",
         kind="export",
         config=ONNX,
-        function="slipstream.exporters.onnx:export",
+        function="slipstream.exporters.onnx_technique:export",
         output_format="onnx",
         summary="Export to ONNX (torch.onnx dynamo, with a KV cache) for ONNX Runtime: float32, dynamic int8, "
         "static int8 calibrated on calibration text, or blockwise int8 weights (MatMulNBits)",
@@ -158,9 +158,10 @@ CATALOG: tuple[TechniqueSpec, ...] = (
         config=StructuredPrune,
         function="slipstream.techniques.prune.structured:apply",
         output_format="hf",
-        summary="Structured pruning: drop the most redundant decoder layers, MLP channels and attention heads "
-        "(ranked on calibration text); a smaller dense model every engine runs faster",
+        summary="Structured pruning: drop the most redundant layers, MLP channels and attention heads "
+        "(ranked on calibration text) of a decoder or an encoder; a smaller model engines run faster",
         needs_calibration=True,
+        tasks=("causal-lm", "embedding", "classification"),
     ),
     TechniqueSpec(
         name="prune-unstructured",
@@ -179,6 +180,8 @@ CATALOG: tuple[TechniqueSpec, ...] = (
         function="slipstream.techniques.distill.kd:apply",
         output_format="hf",
         summary="Knowledge distillation: train this variant (e.g. a pruned model) on its teacher's logits "
-        "(KL with temperature, optional hidden-state MSE); resumable checkpoints, step/time budget",
+        "(KL with temperature, optional hidden-state MSE), or an embedding model on its teacher's sentence "
+        "embeddings (cosine); resumable checkpoints, step/time budget",
+        tasks=("causal-lm", "embedding"),
     ),
 )

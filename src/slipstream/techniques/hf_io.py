@@ -13,9 +13,10 @@ from slipstream.models.checks import CONFIG_FILES, TOKENIZER_FILES, copy_sentenc
 def load_model(src: Path, dtype: str = "float32", device: str = "cpu") -> Any:
     """The model in ``src`` with the head its task needs (a causal LM's, a classifier's, none for an encoder)."""
     torch = require("torch", "core")
-    from slipstream.models.tasks import auto_class, detect
+    from slipstream.models.heads import load_pretrained
+    from slipstream.models.tasks import detect
 
-    model = auto_class(detect(src)).from_pretrained(src, dtype=getattr(torch, dtype)).to(device)
+    model = load_pretrained(src, detect(src), dtype=getattr(torch, dtype)).to(device)
     model.eval()
     return model
 

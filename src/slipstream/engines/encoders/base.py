@@ -8,61 +8,15 @@ says (``modules.json``, ``1_Pooling/config.json``), so every engine returns the 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from slipstream.engines.protocol import EngineInfo
+from slipstream.models.pooling import Pooling
 from slipstream.errors import InvalidConfig, Unsupported
 from slipstream.tokenizer import Tokenizer
-
-Mode = str  # "mean" | "cls" | "max" | "lasttoken"
-
-
-@dataclass(frozen=True)
-class Pooling:
-    mode: Mode = "mean"
-    normalize: bool = True
-
-    @classmethod
-    def from_dir(cls, path: Path) -> "Pooling":
-        """Read a sentence-transformers pipeline's pooling; a bare encoder gets mean pooling, normalised (what
-        most sentence encoders use, and OpenAI's embeddings are unit length)."""
-        path = Path(path)
-        modules_file = path / "modules.json"
-        if not modules_file.exists():
-            return cls()
-        modules = json.loads(modules_file.read_text())
-        normalize = any(str(m.get("type", "")).endswith("Normalize") for m in modules)
-        mode = "mean"
-        for m in modules:
-            if str(m.get("type", "")).endswith("Pooling"):
-                config_file = path / m.get("path", "1_Pooling") / "config.json"
-                config = json.loads(config_file.read_text()) if config_file.exists() else {}
-                for key, name in (("pooling_mode_cls_token", "cls"), ("pooling_mode_max_tokens", "max"),
-                                  ("pooling_mode_lasttoken", "lasttoken"), ("pooling_mode_mean_tokens", "mean")):
-                    if config.get(key):
-                        mode = name
-                        break
-        return cls(mode=mode, normalize=normalize)
-
-    def __call__(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        hidden = hidden.astype(np.float32, copy=False)
-        m = mask[..., None].astype(np.float32)
-        if self.mode == "cls":
-            pooled = hidden[:, 0]
-        elif self.mode == "max":
-            pooled = np.where(m > 0, hidden, -np.inf).max(axis=1)
-        elif self.mode == "lasttoken":
-            pooled = hidden[np.arange(len(hidden)), mask.sum(1).astype(int) - 1]
-        else:
-            pooled = (hidden * m).sum(1) / np.clip(m.sum(1), 1e-9, None)
-        if self.normalize:
-            pooled = pooled / np.clip(np.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12, None)
-        return pooled.astype(np.float32)
-
 
 def config_dir(path: Path) -> Path:
     """Where a variant keeps its transformers config and tokenizer: beside the weights, or in ``tokenizer/``."""

@@ -19,15 +19,15 @@ class TransformersEncoder(EncoderBase):
         options = options or TransformersOptions()
         super().__init__(path, batch_size=options.batch_size, threads=options.threads)
         torch = require("torch", "core")
-        from slipstream.models.tasks import auto_class
+        from slipstream.models.heads import load_pretrained
 
         if options.threads:
             torch.set_num_threads(options.threads)
         self._torch = torch
         self.device = device
         self.dtype = options.dtype
-        self.model = auto_class(self.task).from_pretrained(
-            self.path, dtype=getattr(torch, options.dtype), trust_remote_code=trust_remote_code).to(device).eval()
+        self.model = load_pretrained(self.path, self.task, dtype=getattr(torch, options.dtype),
+                                     trust_remote_code=trust_remote_code).to(device).eval()
 
     def _run(self, ids: np.ndarray, mask: np.ndarray, **kwargs):
         torch = self._torch

@@ -305,6 +305,12 @@ def apply(src: Path, out: Path, config: Distill, device: str = "cpu", progress: 
     progress = or_null(progress)
     teacher_dir = resolve_teacher(src, config.teacher)
     tokenizer = check_tokenizers(teacher_dir, src)
+    from slipstream.models.tasks import detect
+
+    if detect(src) == "embedding":
+        from slipstream.techniques.distill import embeddings
+
+        return embeddings.apply(src, out, config, teacher_dir, device, progress)
     checkpoints = checkpoint_dir(src, config)
     with progress.task(f"loading student {src.name} and teacher {teacher_dir.name}"):
         student = load_model(src, device=device)

@@ -312,8 +312,13 @@ def calibration_batches(src: Path, calibration: Calibration) -> list[Any]:
 
 
 def apply(src: Path, out: Path, config: StructuredPrune, device: str = "cpu", progress: Progress | None = None) -> dict:
+    from slipstream.models.tasks import ENCODER_TASKS, detect
     from slipstream.techniques.hf_io import load_model, save_model
 
+    if detect(src) in ENCODER_TASKS:
+        from slipstream.techniques.prune import encoder
+
+        return encoder.apply(src, out, config, device, progress)
     progress = or_null(progress)
     model = load_model(src, device=device)
     check_plan(model, config)
