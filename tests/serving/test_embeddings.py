@@ -304,3 +304,19 @@ def test_fuzzed_against_its_own_schema(served, mode):
         assert seen.get(200, 0) >= 6, seen
     reply = server.client(KEY).embeddings.create(model="bert", input="still serving")
     assert len(reply.data[0].embedding) == 64
+
+
+@pytest.mark.parametrize("technique, options", [("ctranslate2", {"quantization": "int8"}),
+                                                ("onnx", {"quantization": "int8_dynamic"})])
+def test_ctranslate2_and_onnx_encoders_serve_their_own_vectors(bert, technique, options):
+    pytest.importorskip("ctranslate2" if technique == "ctranslate2" else "onnxruntime")
+    from slipstream.engines.loading import open_engine
+    from slipstream.pipeline import optimize
+
+    store, _ = bert
+    variant = optimize("bert", technique, options, store=store)
+    engine = open_engine(variant, store=store, threads=1)
+    with RunningServer(engine, DeploymentSettings(api_keys=[KEY]), variant.name) as server:
+        got = server.client(KEY).embeddings.create(model=variant.name, input=TEXTS, encoding_format="float")
+    np.testing.assert_allclose([d.embedding for d in got.data], expected(engine, TEXTS), atol=1e-5)
+    assert np.allclose(np.linalg.norm([d.embedding for d in got.data], axis=1), 1, atol=1e-5)

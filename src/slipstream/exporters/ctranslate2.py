@@ -74,7 +74,14 @@ def export(src: Path, out: Path, config: CTranslate2, device: str = "cpu", progr
     with or_null(progress).task(f"converting to CTranslate2 {config.quantization}"):
         converter = TransformersConverter(str(src), low_cpu_mem_usage=True)
         with explicit_head_dim(src), absolute_positions_by_default():
-            converter.convert(str(out), quantization=config.quantization, force=True)
+            try:
+                converter.convert(str(out), quantization=config.quantization, force=True)
+            except ValueError as exc:
+                if "No conversion is registered" not in str(exc):
+                    raise
+                model_type = json.loads((src / "config.json").read_text()).get("model_type", "?")
+                raise Unsupported(f"CTranslate2 {ct2.__version__} has no converter for {model_type!r} models "
+                                  "(ONNX Runtime and transformers run them)") from None
     copy_tokenizer(src, out)
     return {"ctranslate2": ct2.__version__, "device": device}
 
