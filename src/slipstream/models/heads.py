@@ -66,7 +66,6 @@ def load_pretrained(path: Path, task: str, dtype: Any = None, **kwargs: Any) -> 
     kept = kept_heads(path)
     if not kept:
         return cls.from_pretrained(path, dtype=dtype, **kwargs)
-    import torch
     from safetensors.torch import load_file
     from transformers import AutoConfig
 

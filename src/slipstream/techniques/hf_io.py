@@ -31,3 +31,15 @@ def save_model(model: Any, src: Path, out: Path) -> None:
         if not (out / name).exists() and (src / name).exists():
             shutil.copy2(src / name, out / name)
     copy_sentence_files(src, out)
+
+
+def pad_batch(seqs: list[list[int]], pad: int) -> tuple[Any, Any]:
+    """Token-id lists as one right-padded ``[batch, longest]`` tensor and its attention mask."""
+    torch = require("torch", "core")
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        ids[row, : len(s)] = torch.tensor(s)
+        mask[row, : len(s)] = 1
+    return ids, mask

@@ -7,7 +7,6 @@ checkpoints: a run takes minutes.
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from pathlib import Path
@@ -34,24 +33,13 @@ def sentences(config: Any, tokenizer: Any) -> list[list[int]]:
     return out
 
 
-def _batch(seqs: list[list[int]], pad: int):
-    import torch
-
-    width = max(map(len, seqs))
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, s in enumerate(seqs):
-        ids[row, : len(s)] = torch.tensor(s)
-        mask[row, : len(s)] = 1
-    return ids, mask
-
-
 def apply(src: Path, out: Path, config: Any, teacher_dir: Path, device: str = "cpu",
           progress: Progress | None = None) -> dict:
     import torch
 
     from slipstream.models.pooling import Pooling
-    from slipstream.techniques.hf_io import load_model, save_model
+    from slipstream.techniques.distill.schedule import warmup_cosine
+    from slipstream.techniques.hf_io import load_model, pad_batch, save_model
     from slipstream.tokenizer import Tokenizer
 
     progress = or_null(progress)
@@ -67,7 +55,7 @@ def apply(src: Path, out: Path, config: Any, teacher_dir: Path, device: str = "c
     pad = int(student.config.pad_token_id or 0)
 
     def embed(model: Any, seqs: list[list[int]]) -> Any:
-        ids, mask = _batch(seqs, pad)
+        ids, mask = pad_batch(seqs, pad)
         ids, mask = ids.to(device), mask.to(device)
         return pooling.torch(model(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
 
@@ -82,13 +70,7 @@ def apply(src: Path, out: Path, config: Any, teacher_dir: Path, device: str = "c
     torch.manual_seed(config.seed)
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.learning_rate, weight_decay=0.0)
 
-    def factor(step: int) -> float:
-        if step < config.warmup:
-            return (step + 1) / config.warmup
-        done = (step - config.warmup) / max(1, config.steps - config.warmup)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
-
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config))
     budget = config.minutes * 60 if config.minutes else None
     per_step = config.batch_size * config.accumulation
     step, curve, start, stopped_by = 0, [], time.perf_counter(), "steps"

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import random
 import time
@@ -195,13 +194,9 @@ def train(student: Any, teacher: Any, sequences: Any, config: Distill, checkpoin
     student.train()
     optimizer = torch.optim.AdamW(student.parameters(), lr=config.learning_rate, weight_decay=0.0)
 
-    def factor(step: int) -> float:
-        if step < config.warmup:
-            return (step + 1) / config.warmup
-        done = (step - config.warmup) / max(1, config.steps - config.warmup)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
+    from slipstream.techniques.distill.schedule import warmup_cosine
 
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config))
     identity = {"config": config.to_dict(), "sequences": list(sequences.shape)}
     step, tokens, elapsed, curve, resumed = 0, 0, 0.0, [], None
     state = load_checkpoint(checkpoints)

@@ -65,18 +65,20 @@ def calibration_sentences(src: Path, calibration: Any) -> list[list[int]]:
     return out
 
 
-def _batches(sentences: list[list[int]], pad: int, size: int = 8):
+def _forward_all(base: Any, batches: list, hooks: list, current: dict, progress: Progress, label: str) -> None:
+    """Every calibration batch through ``base`` (the hooks read the batch's mask from ``current``); the
+    hooks are removed afterwards."""
     import torch
 
-    for start in range(0, len(sentences), size):
-        chunk = sentences[start:start + size]
-        width = max(map(len, chunk))
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, s in enumerate(chunk):
-            ids[row, : len(s)] = torch.tensor(s)
-            mask[row, : len(s)] = 1
-        yield ids, mask
+    try:
+        with progress.task(label, total=len(batches)) as bar, torch.no_grad():
+            for ids, mask in batches:
+                current["mask"] = mask.bool()
+                base(input_ids=ids, attention_mask=mask)
+                bar.advance()
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 def prune_encoder(model: Any, config: Any, sentences: list[list[int]], progress: Progress | None = None) -> dict:
@@ -88,7 +90,10 @@ def prune_encoder(model: Any, config: Any, sentences: list[list[int]], progress:
     cfg = model.config
     pad = int(cfg.pad_token_id or 0)
     facts: dict[str, Any] = {}
-    batches = list(_batches(sentences, pad))
+    from slipstream.techniques.hf_io import pad_batch
+
+    batches = [pad_batch(sentences[i:i + 8], pad) for i in range(0, len(sentences), 8)]
+    current: dict[str, Any] = {}
     n_layers = len(encoder.layer)
     if config.layers:
         keep = n_layers - round(n_layers * config.layers)
@@ -101,14 +106,9 @@ def prune_encoder(model: Any, config: Any, sentences: list[list[int]], progress:
                 x = args[0] if args else kwargs["hidden_states"]
                 y = output[0] if isinstance(output, tuple) else output
                 cos = torch.nn.functional.cosine_similarity(x, y, dim=-1)
-                change[i] += (1 - cos)[_mask.bool()].mean()
+                change[i] += (1 - cos)[current["mask"]].mean()
             hooks.append(layer.register_forward_hook(hook, with_kwargs=True))
-        with progress.task("scoring layers", total=len(batches)) as bar, torch.no_grad():
-            for ids, _mask in batches:
-                base(input_ids=ids, attention_mask=_mask)
-                bar.advance()
-        for h in hooks:
-            h.remove()
+        _forward_all(base, batches, hooks, current, progress, "scoring layers")
         kept = sorted(torch.argsort(change, descending=True)[:keep].tolist())
         encoder.layer = torch.nn.ModuleList([encoder.layer[i] for i in kept])
         cfg.num_hidden_layers = keep
@@ -129,22 +129,17 @@ def prune_encoder(model: Any, config: Any, sentences: list[list[int]], progress:
                 w = module.weight.view(module.weight.shape[0], heads, head_dim)
                 parts = x.view(*x.shape[:2], heads, head_dim)
                 written = torch.einsum("bthd,ohd->btho", parts, w).norm(dim=-1)  # [b, t, heads]
-                head_score[i] += written[_mask.bool()].mean(0)
+                head_score[i] += written[current["mask"]].mean(0)
 
             def on_mlp(module, args, i=i):
-                x = args[0].abs()[_mask.bool()].mean(0)  # [width]
+                x = args[0].abs()[current["mask"]].mean(0)  # [width]
                 mlp_score[i] += x * module.weight.norm(dim=0)
 
             if config.heads:
                 hooks.append(out_proj.register_forward_pre_hook(on_attn))
             if config.mlp:
                 hooks.append(down.register_forward_pre_hook(on_mlp))
-        with progress.task("scoring heads and MLP channels", total=len(batches)) as bar, torch.no_grad():
-            for ids, _mask in batches:
-                base(input_ids=ids, attention_mask=_mask)
-                bar.advance()
-        for h in hooks:
-            h.remove()
+        _forward_all(base, batches, hooks, current, progress, "scoring heads and MLP channels")
     if config.heads:
         drop = round(heads * config.heads)
         if drop >= heads:
