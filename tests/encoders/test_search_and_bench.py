@@ -63,3 +63,28 @@ def test_auto_on_an_encoder_gates_on_cosine_and_picks_a_passing_variant(store, t
     assert exact.status is Status.PASSED and abs(exact.drop) < 1e-5
     assert result.best is not None and result.best.status is Status.PASSED
     assert result.best.bench.extra.get("unit") == "sentences/s"
+
+
+def test_auto_on_a_classifier_gates_on_its_labelled_data(tmp_path, store):
+    pytest.importorskip("onnxruntime")
+    import json
+
+    from slipstream.evaluation.gate import Gate
+    from slipstream.search.record import Status
+    from slipstream.search.run import search
+    from slipstream.search.settings import SearchSettings
+    from tests.conftest import build_tiny_bert
+
+    import_model(str(build_tiny_bert(tmp_path / "clf", labels=2)), "clf", store=store)
+    data = tmp_path / "reviews.jsonl"
+    data.write_text("".join(json.dumps({"text": t, "label": i % 2}) + "\n" for i, t in
+                            enumerate(["a fine film", "dull and long", "loved it", "not again", "great cast",
+                                       "a waste of time", "moving", "boring plot"])))
+    gate = Gate.parse(f"classify:{data}.accuracy=0.5abs")
+    settings = SearchSettings(model="clf", gate=gate, budget_s=600, repeats=1, include=("onnx",),
+                              exclude=("prune-structured",), skip_margin=None)
+    assert settings.gate_task == f"classify:{data}"  # the file name's dots stay in the task
+    result = search(settings, store=store)
+    assert result.reference.metric == "accuracy" and 0 <= result.reference.value <= 1
+    exact = next(r for r in result.records if r.label == "onnx-fp32")
+    assert exact.status is Status.PASSED and exact.drop == 0

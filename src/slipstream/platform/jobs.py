@@ -98,7 +98,7 @@ class SearchSpec(_Spec):
     """``slipstream auto``'s settings: the gate (metric and allowed drop), the objective and the budget."""
 
     model: str
-    metric: str = "perplexity"
+    metric: Optional[str] = None  # None: perplexity, or embeddings.cosine_mean for an embedding model
     max_drop: str = "1%"
     objective: Literal["latency", "throughput", "size", "cost"] = "latency"
     budget: str = "30m"
@@ -113,11 +113,12 @@ class SearchSpec(_Spec):
     recipes: Optional[dict[str, Any]] = None
     only_recipes: bool = False
 
-    def settings(self, recipe_file: Optional[str] = None) -> Any:
+    def settings(self, recipe_file: Optional[str] = None, store: Any = None) -> Any:
         from slipstream.evaluation.gate import Gate
-        from slipstream.search.settings import SearchSettings, parse_duration
+        from slipstream.search.settings import SearchSettings, default_gate, model_task, parse_duration
 
-        return SearchSettings(model=self.model, gate=Gate.parse(self.metric, default_drop=self.max_drop),
+        metric = self.metric or default_gate(model_task(self.model, store)).metric
+        return SearchSettings(model=self.model, gate=Gate.parse(metric, default_drop=self.max_drop),
                               objective=self.objective, budget_s=parse_duration(self.budget),
                               eval_tokens=self.eval_tokens, screen_tokens=self.screen_tokens,
                               bench_threads=self.threads, confirm=self.confirm, include=tuple(self.include),

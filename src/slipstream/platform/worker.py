@@ -136,7 +136,7 @@ def run(job: Any, store: Store, progress: EventProgress) -> dict[str, Any]:
         if spec.recipes is not None:  # the same path on every attempt: the search's ledger (its id) follows it
             recipe_file = store.home / "jobs" / f"{job.id}.recipes.json"
             recipe_file.write_text(json.dumps(spec.recipes))
-        result = search(spec.settings(str(recipe_file) if recipe_file else None), store=store,
+        result = search(spec.settings(str(recipe_file) if recipe_file else None, store), store=store,
                         listener=SearchEvents(progress))
         return json.loads(json.dumps(result.to_dict(), default=str))
     if job.kind == "optimize":

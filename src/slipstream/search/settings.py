@@ -43,7 +43,7 @@ def default_gate(task: str) -> Gate:
     raise InvalidConfig(f"a {task} model has no default accuracy gate; give one with --metric, e.g. {hint}")
 
 
-def model_task(model: str) -> str:
+def model_task(model: str, store: Any = None) -> str:
     """The task of ``model`` before a search imports it: from the store, a bundled model's entry, or a model
     directory's config (a hub id not yet downloaded counts as a causal LM)."""
     from pathlib import Path
@@ -52,7 +52,7 @@ def model_task(model: str) -> str:
     from slipstream.models.tasks import detect, task_of
     from slipstream.store import Store
 
-    store = Store()
+    store = store or Store()
     if store.exists(model):
         return task_of(store.get(model))
     if (entry := bundled.lookup(model)) is not None:
