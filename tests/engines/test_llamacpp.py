@@ -68,3 +68,25 @@ def test_stream_ignore_eos_and_sampling(engines):
     first = [c.token_ids for c in lc.generate(ids[:2], sampled)]
     assert first == [c.token_ids for c in lc.generate(ids[:2], sampled)]
     assert first != [c.token_ids for c in lc.generate(ids[:2], params)]
+
+
+def test_prompt_lookup_gives_plain_greedy_tokens(engines):
+    from slipstream.engines.llamacpp import LlamaCppEngine
+
+    hf, lc = engines
+    lookup = LlamaCppEngine(lc.path, threads=1, prompt_lookup=6)
+    text = "the cat and the dog went to the market and the cat and the dog came home. "
+    # one group at a time: the plain engine's batch shares the tiny model's 256-token context
+    for ids, params in (([hf.tokenizer.encode(text * 2)], SamplingParams(max_tokens=40, ignore_eos=True)),
+                        (prompts(hf), SamplingParams(max_tokens=24))):
+        want = lc.generate(ids, params)
+        got = lookup.generate(ids, params)
+        assert [c.token_ids for c in got] == [c.token_ids for c in want]
+        assert [c.finish_reason for c in got] == [c.finish_reason for c in want]
+        assert list(lookup.stream(ids[0], params)) == want[0].token_ids
+    details = lookup.info().details
+    assert details["prompt_lookup"] == 6 and details["drafted"] > 0 and details["steps"] > 0
+    # after the lookup sequences, the engine's plain batched path still decodes from a clean cache
+    sampled = SamplingParams(max_tokens=8, temperature=0.7, seed=1)
+    assert [c.token_ids for c in lookup.generate(prompts(hf), sampled)] == \
+        [c.token_ids for c in lc.generate(prompts(hf), sampled)]

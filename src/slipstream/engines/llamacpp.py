@@ -16,7 +16,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from slipstream.engines.finishing import generate_by_steps, stream_by_steps
+from slipstream.engines.finishing import finish, generate_by_steps, stream_by_steps
 from slipstream.engines.options import LlamaCppOptions
 from slipstream.engines.protocol import Completion, EngineInfo, SamplingParams
 from slipstream.engines.sampling import StopRule, log_softmax, pick
@@ -88,6 +88,9 @@ class LlamaCppEngine:
             raise SlipstreamError(f"llama.cpp could not create a context for {path.name}")
         self._batch = lc.llama_batch_init(self.n_batch, 0, batch_size)
         self.max_context = self.n_ctx
+        from slipstream.engines.prompt_lookup import LookupStats
+
+        self.lookup_stats = LookupStats()  # prompt-lookup drafts and their acceptance, when it is on
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -98,7 +101,9 @@ class LlamaCppEngine:
         self._lc.llama_model_desc(self._model, buf, len(buf))
         return EngineInfo("llamacpp", self.device, self.quantization or buf.value.decode(), self._threads,
                           {"llama_cpp_python": self._lc.__version__, "model": buf.value.decode(),
-                           "kv_cache": self._kv, "n_ctx": self.n_ctx})
+                           "kv_cache": self._kv, "n_ctx": self.n_ctx}
+                          | ({"prompt_lookup": self.options.prompt_lookup} | self.lookup_stats.to_dict()
+                             if self.options.prompt_lookup else {}))
 
     def close(self) -> None:
         lc = getattr(self, "_lc", None)
@@ -192,11 +197,51 @@ class LlamaCppEngine:
         finally:
             self._clear()
 
+    def _lookup_tokens(self, prompt: Sequence[int], params: SamplingParams) -> Iterator[int]:
+        """One greedy sequence with prompt-lookup drafts (:mod:`slipstream.engines.prompt_lookup`): a draft
+        goes through one ``llama_decode`` with logits for every position, and a rejected tail is removed from
+        the sequence's memory (``llama_memory_seq_rm``)."""
+        from slipstream.engines.prompt_lookup import decode
+
+        position = [len(prompt)]
+        memory = self._lc.llama_get_memory(self._ctx)
+
+        def forward(tokens: list[int]) -> np.ndarray:
+            rows = self._run([(t, position[0] + i, 0, True) for i, t in enumerate(tokens)])
+            position[0] += len(tokens)
+            return rows
+
+        def rollback(length: int) -> None:
+            self._lc.llama_memory_seq_rm(memory, 0, length, -1)
+            position[0] = length
+
+        self._clear()
+        try:
+            first = self._run([(int(t), p, 0, p == len(prompt) - 1) for p, t in enumerate(prompt)])[0]
+            o = self.options
+            yield from decode(first, forward, rollback, lambda row, banned: pick(row, params, None, banned),
+                              prompt, params, self._tokenizer.eos_token_ids, o.prompt_lookup,
+                              o.prompt_lookup_ngram, self.lookup_stats)
+        finally:
+            self._clear()
+
+    def _lookup(self, params: SamplingParams) -> bool:
+        return bool(self.options.prompt_lookup) and params.greedy
+
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Completion]:
+        if self._lookup(params):  # one sequence at a time: each draft is checked against its own context
+            return [finish(self._tokenizer, len(p), list(self._lookup_tokens(p, params)), params) for p in prompts]
         return generate_by_steps(self._steps, self._tokenizer, prompts, params, self.batch_size)
 
     def stream(self, prompt: Sequence[int], params: SamplingParams) -> Iterator[int]:
-        return stream_by_steps(self._steps, self._tokenizer, prompt, params)
+        if self._lookup(params):
+            rule = StopRule(params, self._tokenizer.eos_token_ids)
+            for token in self._lookup_tokens(prompt, params):
+                if rule.take(token) == "stop":
+                    return
+                yield token
+            return
+        yield from stream_by_steps(self._steps, self._tokenizer, prompt, params)
 
 
 def _stored_quantization(path: Path) -> str | None:

@@ -95,6 +95,10 @@ class TransformersOptions(EngineOptions):
     decode_attention: Literal["c", "torch"] = "c"
     # continuous batching: the key/value cache's dtype (auto: the model's)
     kv_cache_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # generate and stream, greedy requests: prompt-lookup speculative decoding with drafts of up to this many
+    # tokens (slipstream.engines.prompt_lookup; 0: off); output equals plain greedy decoding
+    prompt_lookup: int = 0
+    prompt_lookup_ngram: int = 3  # the longest n-gram matched to find a draft
     # encoder-decoder (seq2seq) models: beams searched for a greedy request (1: greedy search)
     beam_size: int = 1
 
@@ -125,6 +129,10 @@ class LlamaCppOptions(EngineOptions):
     context: int = 4096  # the context's cells, shared by the sequences of a batch (at most the model's)
     kv_type: Literal["auto", "f32", "f16"] = "auto"  # auto: f32 for an F32 file, else f16
     flash_attention: bool | None = None  # None: llama.cpp decides
+    # greedy requests: prompt-lookup speculative decoding with drafts of up to this many tokens, checked in one
+    # llama_decode call (slipstream.engines.prompt_lookup; 0: off); output equals plain greedy decoding
+    prompt_lookup: int = 0
+    prompt_lookup_ngram: int = 3
 
 
 @dataclass(frozen=True)

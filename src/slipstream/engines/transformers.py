@@ -74,6 +74,9 @@ class TransformersEngine:
             getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 2048
         )
         self.adapter_bank: Any = None  # LoRA adapters (slipstream.engines.torch.lora), once one is loaded
+        from slipstream.engines.prompt_lookup import LookupStats
+
+        self.lookup_stats = LookupStats()  # prompt-lookup drafts and their acceptance, when it is on
 
     def adapters(self, max_loras: int = 4) -> Any:
         """The engine's LoRA adapters, served by its continuous batch; made on first use, with slots for
@@ -94,7 +97,9 @@ class TransformersEngine:
         return EngineInfo("transformers", self.device, compute, self._torch.get_num_threads(),
                           {"torch": self._torch.__version__, "gemm": self.gemm}
                           | ({"head_dtype": self.head_dtype} if self.head_dtype != self.dtype else {})
-                          | ({"int8_gemm_layers": self.int8_layers} if self.int8_layers else {}))
+                          | ({"int8_gemm_layers": self.int8_layers} if self.int8_layers else {})
+                          | ({"prompt_lookup": self.options.prompt_lookup} | self.lookup_stats.to_dict()
+                             if self.options.prompt_lookup else {}))
 
     def close(self) -> None:
         self.model = None
@@ -146,9 +151,22 @@ class TransformersEngine:
         return out
 
     # generation -----------------------------------------------------------------------------
+    def _lookup(self, params: SamplingParams) -> bool:
+        return bool(self.options.prompt_lookup) and params.greedy and params.adapter is None
+
+    def _lookup_tokens(self, prompt: Sequence[int], params: SamplingParams) -> Iterator[int]:
+        from slipstream.engines.prompt_lookup import greedy
+
+        o = self.options
+        return greedy(self.model, prompt, params, self._tokenizer.eos_token_ids, self.device, o.prompt_lookup,
+                      o.prompt_lookup_ngram, self.lookup_stats)
+
     def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Completion]:
         torch = self._torch
         from transformers import GenerationConfig
+
+        if self._lookup(params):  # one sequence at a time: each draft is checked against its own context
+            return [finish(self._tokenizer, len(p), list(self._lookup_tokens(p, params)), params) for p in prompts]
 
         if params.seed is not None:
             torch.manual_seed(params.seed)
@@ -180,6 +198,13 @@ class TransformersEngine:
 
     def stream(self, prompt: Sequence[int], params: SamplingParams) -> Iterator[int]:
         torch = self._torch
+        if self._lookup(params):
+            rule = StopRule(params, self._tokenizer.eos_token_ids)
+            for token in self._lookup_tokens(prompt, params):
+                if rule.take(token) == "stop":
+                    return
+                yield token
+            return
         gen = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
         rule = StopRule(params, self._tokenizer.eos_token_ids)
         with torch.inference_mode():
