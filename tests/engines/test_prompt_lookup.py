@@ -50,8 +50,12 @@ class Cache:
     def __init__(self):
         self.tokens: list[int] = []
 
-    def crop(self, length: int) -> None:
-        self.tokens = self.tokens[:length]
+    def get_seq_length(self) -> int:
+        return len(self.tokens)
+
+    def crop(self, change: int) -> None:  # as DynamicCache: a negative count of positions to remove
+        assert change < 0
+        self.tokens = self.tokens[:change]
 
 
 class Copier:

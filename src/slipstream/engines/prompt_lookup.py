@@ -114,5 +114,8 @@ def greedy(model: Any, prompt: Sequence[int], params: SamplingParams, eos: Seque
         def choose(row: Any, banned: list[int]) -> int:
             return pick_torch(row.float().cpu(), params, None, banned)
 
-        yield from decode(out.logits[0, -1], forward, cache.crop, choose, prompt, params, eos, draft_tokens,
+        def rollback(length: int) -> None:  # crop takes how many to remove, as a negative count
+            cache.crop(length - cache.get_seq_length())
+
+        yield from decode(out.logits[0, -1], forward, rollback, choose, prompt, params, eos, draft_tokens,
                           max_ngram, stats)
