@@ -235,11 +235,9 @@ class LlamaCppEngine:
 
     def stream(self, prompt: Sequence[int], params: SamplingParams) -> Iterator[int]:
         if self._lookup(params):
-            rule = StopRule(params, self._tokenizer.eos_token_ids)
-            for token in self._lookup_tokens(prompt, params):
-                if rule.take(token) == "stop":
-                    return
-                yield token
+            from slipstream.engines.prompt_lookup import until_stop
+
+            yield from until_stop(self._lookup_tokens(prompt, params), params, self._tokenizer.eos_token_ids)
             return
         yield from stream_by_steps(self._steps, self._tokenizer, prompt, params)
 

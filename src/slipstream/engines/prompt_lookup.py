@@ -98,6 +98,15 @@ def decode(first: Any, forward: Callable[[list[int]], Any], rollback: Callable[[
             stats.per_sequence.append(accepted / drafted)
 
 
+def until_stop(tokens: Iterator[int], params: SamplingParams, eos: Sequence[int]) -> Iterator[int]:
+    """A raw token stream (its ending end-of-sequence token included) as ``Engine.stream`` yields it."""
+    rule = StopRule(params, eos)
+    for token in tokens:
+        if rule.take(token) == "stop":
+            return
+        yield token
+
+
 def greedy(model: Any, prompt: Sequence[int], params: SamplingParams, eos: Sequence[int], device: str,
            draft_tokens: int, max_ngram: int, stats: LookupStats) -> Iterator[int]:
     """:func:`decode` on a transformers model and its key/value cache."""

@@ -199,11 +199,9 @@ class TransformersEngine:
     def stream(self, prompt: Sequence[int], params: SamplingParams) -> Iterator[int]:
         torch = self._torch
         if self._lookup(params):
-            rule = StopRule(params, self._tokenizer.eos_token_ids)
-            for token in self._lookup_tokens(prompt, params):
-                if rule.take(token) == "stop":
-                    return
-                yield token
+            from slipstream.engines.prompt_lookup import until_stop
+
+            yield from until_stop(self._lookup_tokens(prompt, params), params, self._tokenizer.eos_token_ids)
             return
         gen = torch.Generator().manual_seed(params.seed) if params.seed is not None else None
         rule = StopRule(params, self._tokenizer.eos_token_ids)
