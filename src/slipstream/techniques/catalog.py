@@ -8,6 +8,7 @@ from slipstream.exporters.ctranslate2 import CTranslate2
 from slipstream.exporters.gguf import GGUF
 from slipstream.exporters.onnx import ONNX
 from slipstream.techniques.distill.kd import Distill
+from slipstream.techniques.prune.early_exit import EarlyExit
 from slipstream.techniques.prune.structured import StructuredPrune
 from slipstream.techniques.prune.unstructured import UnstructuredPrune
 from slipstream.techniques.quantize.awq import AWQ
@@ -171,6 +172,17 @@ CATALOG: tuple[TechniqueSpec, ...] = (
         output_format="hf",
         summary="Unstructured or 2:4 pruning by magnitude, Wanda or SparseGPT (llm-compressor); saved dense: "
         "no engine here turns the zeros into speed or size, it measures the accuracy cost alone",
+        needs_calibration=True,
+    ),
+    TechniqueSpec(
+        name="early-exit",
+        kind="transform",
+        config=EarlyExit,
+        function="slipstream.techniques.prune.early_exit:apply",
+        output_format="hf",
+        summary="Early exit: keep the first decoder layers and the model's own final norm and head, the exit "
+        "chosen by its KL from the full model on calibration text (max_kl) or named (layers); lossy, a smaller "
+        "dense model every engine runs",
         needs_calibration=True,
     ),
     TechniqueSpec(
