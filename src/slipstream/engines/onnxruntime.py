@@ -1,30 +1,27 @@
 """The ONNX Runtime engine: runs variants written by the ONNX exporter (float32 or int8).
 
-The graph takes ``input_ids``, ``attention_mask``, ``position_ids`` and the past keys/values of each
-layer, and returns logits and the presents. Decoding binds each step's presents straight back as
-the next step's past through an IO binding, so the KV cache stays inside ONNX Runtime's own buffers
-(no copy through numpy per step). A batch of prompts is left-padded, with positions counted from
-each row's first real token, as transformers does. No PyTorch is imported.
+The graph and the decode loop are :mod:`slipstream.engines.kv_graph`'s; this module runs one step.
+Decoding binds each step's presents straight back as the next step's past through an IO binding, so the
+KV cache stays inside ONNX Runtime's own buffers (no copy through numpy per step). No PyTorch is imported.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
-from slipstream.engines.finishing import generate_by_steps, stream_by_steps
+from slipstream.engines.kv_graph import KVGraphEngine, max_context
 from slipstream.engines.options import OnnxRuntimeOptions
-from slipstream.engines.protocol import Completion, EngineInfo, SamplingParams
-from slipstream.engines.sampling import StopRule, log_softmax, pick
+from slipstream.engines.protocol import EngineInfo
 from slipstream.tokenizer import Tokenizer
 from slipstream.errors import Unsupported
 from slipstream.extras import require
 
 
-class OnnxRuntimeEngine:
+class OnnxRuntimeEngine(KVGraphEngine):
     name = "onnxruntime"
 
     def __init__(self, path: Path, *, device: str = "cpu", options: OnnxRuntimeOptions | None = None, **changes: Any):
@@ -55,11 +52,7 @@ class OnnxRuntimeEngine:
         self._kv_heads, self._head_dim = int(shape[1]), int(shape[3])
         self.quantization = stored_quantization(path) or "float32"
         self._tokenizer = Tokenizer.from_dir(path / TOKENIZER_DIR)
-        self.max_context = o.max_context or _max_context(path / TOKENIZER_DIR)
-
-    @property
-    def tokenizer(self) -> Tokenizer:
-        return self._tokenizer
+        self.max_context = o.max_context or max_context(path / TOKENIZER_DIR)
 
     def info(self) -> EngineInfo:
         return EngineInfo("onnxruntime", self.device, self.quantization, self._threads,
@@ -88,72 +81,3 @@ class OnnxRuntimeEngine:
         self.session.run_with_iobinding(binding)
         logits, *present = binding.get_outputs()
         return logits.numpy(), present
-
-    # scoring --------------------------------------------------------------------------------
-    def logprobs(self, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
-        out: list[np.ndarray] = []
-        for start in range(0, len(sequences), self.batch_size):
-            batch = [list(s) for s in sequences[start : start + self.batch_size]]
-            width = max(len(s) for s in batch)
-            ids = np.full((len(batch), width), self._tokenizer.pad_token_id, dtype=np.int64)
-            mask = np.zeros((len(batch), width), dtype=np.int64)
-            for i, s in enumerate(batch):  # right padding: positions count from 0 in every row
-                ids[i, : len(s)] = s
-                mask[i, : len(s)] = 1
-            positions = np.broadcast_to(np.arange(width, dtype=np.int64), ids.shape)
-            logits, _ = self._forward(ids, mask, positions, self._empty_past(len(batch)))
-            out.extend(log_softmax(logits[i, : len(s)]) for i, s in enumerate(batch))
-        return out
-
-    def score(self, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
-        out = []
-        for seq, lp in zip(sequences, self.logprobs(sequences)):
-            target = np.asarray(seq[1:], dtype=np.int64)
-            out.append(lp[np.arange(len(target)), target].astype(np.float32))
-        return out
-
-    # generation -----------------------------------------------------------------------------
-    def _steps(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> Iterator[list[int | None]]:
-        """Yield, per step, the token each row produced (None once the row has finished)."""
-        rng = np.random.default_rng(params.seed)
-        rules = [StopRule(params, self._tokenizer.eos_token_ids) for _ in prompts]
-        n, width = len(prompts), max(len(p) for p in prompts)
-        ids = np.full((n, width), self._tokenizer.pad_token_id, dtype=np.int64)
-        mask = np.zeros((n, width), dtype=np.int64)
-        for i, p in enumerate(prompts):  # left padding
-            ids[i, width - len(p) :] = list(p)
-            mask[i, width - len(p) :] = 1
-        positions = np.maximum(mask.cumsum(-1) - 1, 0)
-        logits, past = self._forward(ids, mask, positions, self._empty_past(n))
-        rows = logits[:, -1]
-        done = [False] * n
-        while True:
-            chosen = [None if done[i] else pick(rows[i], params, rng, rules[i].banned) for i in range(n)]
-            yield chosen
-            done = [d or rule.take(c) is not None for d, c, rule in zip(done, chosen, rules)]
-            if all(done):
-                return
-            feed = np.array([[c if c is not None else self._tokenizer.pad_token_id] for c in chosen], dtype=np.int64)
-            positions = positions[:, -1:] + 1
-            mask = np.concatenate([mask, np.ones((n, 1), dtype=np.int64)], axis=1)
-            logits, past = self._forward(feed, mask, positions, past)
-            rows = logits[:, -1]
-
-    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Completion]:
-        return generate_by_steps(self._steps, self._tokenizer, prompts, params, self.batch_size)
-
-    def stream(self, prompt: Sequence[int], params: SamplingParams) -> Iterator[int]:
-        return stream_by_steps(self._steps, self._tokenizer, prompt, params)
-
-
-def _max_context(tokenizer_dir: Path) -> int:
-    import json
-
-    f = tokenizer_dir / "config.json"
-    if f.exists():
-        cfg = json.loads(f.read_text())
-        cfg = cfg.get("text_config", cfg)
-        for key in ("max_position_embeddings", "n_positions"):
-            if cfg.get(key):
-                return int(cfg[key])
-    return 2048
