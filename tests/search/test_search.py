@@ -106,7 +106,7 @@ def test_nothing_passes_names_the_closest(tmp_path, tiny_store):
     assert result.best is None
     (miss,) = result.closest
     assert miss.drop > 0 and miss.status in (Status.FAILED_GATE, Status.SCREENED_OUT)
-    assert "missed by" in result.summary() and miss.reason
+    assert miss.reason and f"closest: {miss.shown_name} ({miss.reason})" in result.summary()
 
 
 def test_a_relative_gate_on_kl_is_refused():
@@ -164,3 +164,28 @@ def test_skip_margin_below_one_is_refused():
 
     with pytest.raises(InvalidConfig, match="skip margin"):
         SearchSettings(model="tiny", skip_margin=0.5)
+
+
+def test_kl_bound_must_hold_beside_perplexity(tmp_path, tiny_store):
+    # A gate perplexity cannot miss (100%) beside a KL bound int8 weights cannot meet (0): the candidate fails
+    # on KL alone, with its value recorded and shown; with the bound off it passes.
+    lossy_only = {"replace": True, "candidates": RECIPES["candidates"][2:3]}
+    (tmp_path / "strict").mkdir()
+    strict = settings(tmp_path / "strict", gate="perplexity=100%", recipes=lossy_only, max_kl=0.0)
+    assert [g.metric for g in strict.gates] == ["perplexity", "kl_mean"]
+    result = search(strict, store=tiny_store, executor=LocalExecutor(), report=tmp_path / "strict.html")
+    (r,) = result.records
+    assert result.best is None and r.status in (Status.FAILED_GATE, Status.SCREENED_OUT)
+    assert r.drop < 1.0  # perplexity held
+    measured = r.evaluation or r.screen
+    (kl,) = measured.guards
+    assert kl["metric"] == "kl_mean" and kl["value"] > 0 and kl["max_drop"] == 0.0 and not kl["relative"]
+    assert "kl_mean" in r.reason and "perplexity" not in r.reason
+    html = (tmp_path / "strict.html").read_text()
+    assert "kl_mean ≤ 0" in html and f"{kl['value']:.4g}" in html
+
+    (tmp_path / "off").mkdir()
+    off = settings(tmp_path / "off", gate="perplexity=100%", recipes=lossy_only, max_kl=None)
+    assert off.guards == ()
+    result = search(off, store=tiny_store, executor=LocalExecutor())
+    assert result.best is not None and result.best.status is Status.PASSED

@@ -163,3 +163,45 @@ def test_w8a8_prior_follows_the_int8_products(monkeypatch):
     for label in with_int8:
         assert with_int8[label].speedup > 1.0 and without[label].speedup <= 0.6
         assert with_int8[label].pass_probability == without[label].pass_probability
+
+
+def test_default_gate_bounds_kl_beside_perplexity():
+    import math
+
+    from slipstream.evaluation.gate import Gate
+    from slipstream.search.record import Measurement
+    from slipstream.search.settings import parse_max_kl
+
+    s = SearchSettings(model="m")  # the default: perplexity within 1% and KL within ln(1.01)
+    assert [(g.metric, g.relative) for g in s.gates] == [("perplexity", True), ("kl_mean", False)]
+    assert s.guards[0].max_drop == pytest.approx(math.log(1.01)) == pytest.approx(0.00995, abs=1e-5)
+    assert SearchSettings(model="m", gate=Gate("perplexity", 0.02)).max_kl == pytest.approx(math.log(1.02))
+    assert SearchSettings(model="m", max_kl="0.05").max_kl == 0.05
+    assert SearchSettings(model="m", max_kl="none").guards == ()
+    assert SearchSettings(model="m", gate=Gate("kl_mean", 0.02, relative=False)).guards == ()  # not twice
+    assert SearchSettings(model="m", gate=Gate("arc_easy.acc_norm", 0.02, relative=False)).guards == ()
+    assert parse_max_kl("auto", Gate("arc_easy.acc_norm", 0.02, relative=False)) == pytest.approx(0.00995, abs=1e-5)
+    with pytest.raises(InvalidConfig, match="max KL 'lots'"):
+        SearchSettings(model="m", max_kl="lots")
+    with pytest.raises(InvalidConfig, match="max KL must be"):
+        SearchSettings(model="m", max_kl=-0.1)
+    # the identity holds the guards: a search with another bound does not resume this one's ledger
+    assert s.identity("sha")["guards"] != SearchSettings(model="m", max_kl=0.02).identity("sha")["guards"]
+
+    # Both must hold: perplexity +0.3% with KL 0.0118 (Gemma-3-270m's ONNX int8 dynamic) misses on KL alone.
+    gate, (kl,) = s.gate, s.guards
+    m = Measurement(drop=0.0053, best_case_drop=0.002, candidate=None, reference=None, tokens=8192, items=None,
+                    guards=[{"metric": "kl_mean", "value": 0.0118, "drop": 0.0118, "best_case_drop": 0.0109,
+                             "max_drop": kl.max_drop, "relative": False}])
+    (why,) = m.misses(gate)
+    assert why.startswith("kl_mean +0.0118") and "allowed 0.00995" in why
+    (why,) = m.misses(gate, best_case=True)
+    assert "even at best +0.0109" in why
+    assert Measurement.from_dict(m.to_dict()) == m
+    ok = replace(m, guards=[m.guards[0] | {"drop": 0.0058, "best_case_drop": 0.005}])
+    assert ok.misses(gate) == [] and replace(ok, drop=0.012).misses(gate) == [
+        "perplexity +1.20% vs the original, allowed 1.00%"]
+
+    # a candidate that holds perplexity and misses only the KL bound is the closest miss
+    only_kl = record("g", "failed_gate", 10.0, 0.003)
+    assert closest_misses([record("c", "failed_gate", 80.0, 0.037), only_kl])[0].name == "g"

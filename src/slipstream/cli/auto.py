@@ -61,6 +61,10 @@ def auto_cmd(
                                          help="Gate metric: perplexity or kl_mean (WikiText-2), or TASK.METRIC such "
                                               "as arc_easy.acc_norm [default: perplexity; for an embedding model "
                                               "embeddings.cosine_mean]"),
+    max_kl: str = typer.Option("auto", "--max-kl",
+                               help="WikiText-2 gates: the mean KL divergence from the original (nats per token) "
+                                    "must stay within this too; auto: ln(1 + the perplexity drop allowed), "
+                                    "0.00995 for 1%; 'none' turns it off"),
     objective: str = typer.Option("latency", "--objective", help="latency | throughput | size | cost"),
     budget: str = typer.Option("30m", "--budget", help="Wall-clock budget (30m, 1h, none)"),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda"),
@@ -101,7 +105,7 @@ def auto_cmd(
                               bench_threads=threads, confirm=confirm, instance=instance,
                               price_per_hour=price_per_hour, recipe_file=str(recipes) if recipes else None,
                               replace_defaults=only_recipes, include=tuple(include), exclude=tuple(exclude),
-                              skip_margin=None if run_all else 1.5)
+                              skip_margin=None if run_all else 1.5, max_kl=max_kl)
     start = time.perf_counter()
     if report is not None and not report.name:  # --report '' (typer makes it Path('.')): no report
         report = None
@@ -110,15 +114,18 @@ def auto_cmd(
     if as_json:
         print_json(result.to_dict())
         return
+    from slipstream.search.run import guard_values
+
     rows = []
     for r in sorted(result.records, key=lambda r: (r.status is not Status.PASSED, -(r.objective or -1e30))):
         rows.append([r.shown_name + (" ★" if r in result.frontier else ""), r.status.value,
                      "—" if r.drop is None else f"{r.drop:+.2%}" if gate.relative else f"{r.drop:+.4g}",
+                     *("—" if v is None else f"{v:.4g}" for v in guard_values(r, settings.guards)),
                      "—" if r.ratio is None else f"{r.ratio:.2f}x",
                      "—" if not r.size_bytes else f"{r.size_bytes / 1e6:.0f}",
                      f"{r.seconds or 0:.0f}", (r.reason or "")[:80]])
-    table(f"search {result.search_id}: {gate.describe()}, objective {objective} (★ Pareto frontier)",
-          ["variant", "status", "gate Δ", f"{objective} ×", "MB", "s", "reason"], rows)
+    table(f"search {result.search_id}: {settings.describe_gates()}, objective {objective} (★ Pareto frontier)",
+          ["variant", "status", "gate Δ", *(g.metric for g in settings.guards), f"{objective} ×", "MB", "s", "reason"], rows)
     for n in result.not_run:
         err.print(f"not run: {n.label} ({n.reason})", highlight=False)
     out.print(result.summary(), highlight=False)

@@ -13,6 +13,8 @@ from slipstream.cli.output import RichProgress, err, out
 def demo_cmd(
     budget: str = typer.Option("30m", "--budget", help="Wall-clock budget of the search"),
     max_drop: str = typer.Option("1%", "--max-drop", help="At most this much worse perplexity"),
+    max_kl: str = typer.Option("auto", "--max-kl", help="And at most this mean KL divergence from the original "
+                               "(nats per token; auto: ln(1 + the perplexity drop); 'none': no bound)"),
     objective: str = typer.Option("latency", "--objective", help="latency | throughput | size | cost"),
     report: Path = typer.Option(Path("slipstream-demo.html"), "--report", help="HTML report to write"),
     compare_only: bool = typer.Option(False, "--compare-only",
@@ -21,7 +23,8 @@ def demo_cmd(
     rounds: int = typer.Option(1, "--rounds", help="--compare-only: benchmark rounds, interleaved"),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON"),
 ) -> None:
-    """Import SmolLM2-135M-Instruct and find its fastest variant within 1% perplexity; write the HTML report."""
+    """Import SmolLM2-135M-Instruct and find its fastest variant within 1% perplexity and
+    ln(1.01) mean KL; write the HTML report."""
     from slipstream.demo import MODEL
 
     start = time.perf_counter()
@@ -34,10 +37,10 @@ def demo_cmd(
     else:
         from slipstream.cli.auto import auto_cmd
 
-        auto_cmd(model=MODEL, max_drop=max_drop, metric="perplexity", objective=objective, budget=budget,
-                 device="cpu", recipes=None, only_recipes=False, include=[], exclude=[], eval_tokens=8_192,
+        auto_cmd(model=MODEL, max_drop=max_drop, metric="perplexity", max_kl=max_kl, objective=objective,
+                 budget=budget, device="cpu", recipes=None, only_recipes=False, include=[], exclude=[], eval_tokens=8_192,
                  screen_tokens=2_048, limit=None, executor="local", address=None, workers=None, threads=1, confirm=2,
-                 instance=None, price_per_hour=None, report=report, as_json=as_json)
+                 run_all=False, instance=None, price_per_hour=None, report=report, as_json=as_json)
     if not as_json:
         err.print(f"demo finished in {time.perf_counter() - start:.0f} s")
         out.print(f"open {report} in a browser" if not compare_only else "", highlight=False)

@@ -41,7 +41,7 @@ class Gate:
 
     def describe(self) -> str:
         return f"{self.metric} at most {self.max_drop:.2%} worse" if self.relative else \
-            f"{self.metric} at most {self.max_drop:g} worse (absolute)"
+            f"{self.metric} at most {self.max_drop:.3g} worse (absolute)"
 
     @property
     def lower_is_better(self) -> bool:

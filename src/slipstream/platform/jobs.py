@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -100,6 +100,9 @@ class SearchSpec(_Spec):
     model: str
     metric: Optional[str] = None  # None: perplexity, or embeddings.cosine_mean for an embedding model
     max_drop: str = "1%"
+    # WikiText-2 gates: the mean KL divergence from the original must hold too (nats per token; "auto":
+    # ln(1 + the perplexity drop allowed); None: off)
+    max_kl: Union[Annotated[float, Field(ge=0)], Literal["auto"], None] = "auto"
     objective: Literal["latency", "throughput", "size", "cost"] = "latency"
     budget: str = "30m"
     include: list[str] = Field(default_factory=list)
@@ -123,7 +126,7 @@ class SearchSpec(_Spec):
                               eval_tokens=self.eval_tokens, screen_tokens=self.screen_tokens,
                               bench_threads=self.threads, confirm=self.confirm, include=tuple(self.include),
                               exclude=tuple(self.exclude), skip_margin=None if self.run_all else 1.5,
-                              recipe_file=recipe_file, replace_defaults=self.only_recipes)
+                              recipe_file=recipe_file, replace_defaults=self.only_recipes, max_kl=self.max_kl)
 
 
 SPECS: dict[str, type[_Spec]] = {"import": ImportSpec, "optimize": OptimizeSpec, "evaluate": EvaluateSpec,

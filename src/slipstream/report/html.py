@@ -115,12 +115,15 @@ def _search_section(search: SearchTable) -> str:
         mark = " (best)" if r.name == best else ""
         body.append(f"<tr{cls}>" + "".join(f"<td>{c}</td>" for c in (
             html.escape(r.name) + mark, html.escape(r.label), html.escape(r.status), drop_s,
+            *(_cell(v, "{:.4g}") for v in (r.guards or (None,) * len(search.guards))),
             _cell(r.ratio, "{:.2f}×"), _cell((r.size_bytes or 0) / 1e6 or None, "{:.0f}"),
             _cell(r.seconds, "{:.0f}"), html.escape(r.reason or ""))) + "</tr>")
+    blank = "<td></td>" * (4 + len(search.guards))
     for n in search.not_run:
-        body.append(f"<tr><td></td><td>{html.escape(n.label)}</td><td>not run</td><td></td><td></td><td></td>"
-                    f"<td></td><td>{html.escape(n.reason)}</td></tr>")
-    head = ["variant", "recipe", "status", "gate metric Δ", "objective ×", "MB", "seconds", "reason"]
+        body.append(f"<tr><td></td><td>{html.escape(n.label)}</td><td>not run</td>{blank}"
+                    f"<td>{html.escape(n.reason)}</td></tr>")
+    head = ["variant", "recipe", "status", "gate metric Δ", *map(html.escape, search.guards), "objective ×", "MB",
+            "seconds", "reason"]
     return (f"<h2>Search</h2><p>{html.escape(search.summary)}</p>"
             f"<div class=\"scroll\"><table><thead><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr></thead>"
             f"<tbody>{''.join(body)}</tbody></table></div>"

@@ -21,6 +21,7 @@ class SearchRow:
     size_bytes: int | None
     seconds: float | None
     reason: str | None
+    guards: tuple[float | None, ...] = ()  # the value on each of the table's guards, in its order
 
 
 @dataclass(frozen=True)
@@ -35,5 +36,6 @@ class SearchTable:
     best: str | None  # the chosen variant's name
     frontier: list[str]  # names on the search's Pareto frontier (gate metric against the objective)
     relative: bool  # the gate's drop is relative (shown in %) or absolute
+    guards: tuple[str, ...] = ()  # the gates that must hold beside it, as headings ("kl_mean ≤ 0.01")
     rows: list[SearchRow] = field(default_factory=list)
     not_run: list[NotRunRow] = field(default_factory=list)

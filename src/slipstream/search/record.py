@@ -48,6 +48,13 @@ def _to_dict(obj: Any, always: frozenset[str] = frozenset()) -> dict[str, Any]:
     return out | getattr(obj, "extra", {})
 
 
+def _miss_text(metric: str, drop: float, allowed: float, relative: bool, best_case: bool) -> str:
+    case = "even at best " if best_case else ""
+    if relative:
+        return f"{metric} {case}{drop:+.2%} vs the original, allowed {allowed:.2%}"
+    return f"{metric} {case}{drop:+.4g} vs the original, allowed {allowed:.3g}"
+
+
 @dataclass(frozen=True)
 class Measurement:
     """The candidate against the original on the gate's metric, on the screening slice or the full evaluation.
@@ -62,9 +69,25 @@ class Measurement:
     kl_mean: float | None = None
     top1_agreement: float | None = None
     perplexity: float | None = None
+    # The gates that must hold beside the gate (the KL bound), each as metric, value, drop, best_case_drop,
+    # max_drop, relative: a candidate passes only when every one does.
+    guards: list[dict[str, Any]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     ALWAYS = frozenset({"drop", "best_case_drop", "candidate", "reference", "tokens", "items"})
+
+    def misses(self, gate: Any, best_case: bool = False) -> list[str]:
+        """Why this measurement fails ``gate`` or a guard (empty when all hold); ``best_case``: judged on the
+        optimistic end of each interval (the screening slice's test)."""
+        out = []
+        drop = self.best_case_drop if best_case else self.drop
+        if drop > gate.max_drop + 1e-12:
+            out.append(_miss_text(gate.metric, drop, gate.max_drop, gate.relative, best_case))
+        for g in self.guards or ():
+            d = g["best_case_drop"] if best_case else g["drop"]
+            if d > g["max_drop"] + 1e-12:
+                out.append(_miss_text(g["metric"], d, g["max_drop"], g["relative"], best_case))
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return _to_dict(self, self.ALWAYS)

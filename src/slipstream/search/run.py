@@ -26,10 +26,10 @@ import json
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from slipstream.errors import InvalidConfig, SlipstreamError
-from slipstream.evaluation.gate import SELF_VALUES
+from slipstream.evaluation.gate import SELF_VALUES, Gate
 from slipstream.search.ledger import Ledger
 from slipstream.search.recipes import Recipe
 from slipstream.search.record import LeftOut, NotRun, SearchRecord, Status
@@ -89,13 +89,8 @@ class SearchResult:
             return f"best: {self.best.name} ({self.best.label}), {_drop_text(self.best)} on the gate metric{speed}"
         if self.closest:
             c = self.closest[0]
-            return (f"no candidate passed; closest: {c.shown_name} missed by "
-                    f"{_fmt_drop(c.drop - c.max_drop, self.settings['gate']['relative'])}")  # type: ignore[operator]
+            return f"no candidate passed; closest: {c.shown_name} ({c.reason})"
         return "no candidate passed and none was measured"
-
-
-def _fmt_drop(value: float, relative: bool) -> str:
-    return f"{value:+.2%}" if relative else f"{value:+.4g}"
 
 
 def _drop_text(record: SearchRecord) -> str:
@@ -230,9 +225,9 @@ def run_candidates(settings: SearchSettings, run: Run, space: Plan, reference: R
     not_run: list[NotRun] = []
     by_id = {c.id: c for c in space.todo}
     base_request = {"model": settings.model, "home": str(run.store.home), "device": settings.device,
-                    "gate": asdict(settings.gate), "objective": settings.objective,
-                    "screen": settings.eval_settings(True), "evaluate": settings.eval_settings(False),
-                    "bench": settings.bench_settings(), "price_per_hour": settings.price().price_per_hour}
+                    "gate": asdict(settings.gate), "guards": [asdict(g) for g in settings.guards],
+                    "objective": settings.objective, "screen": settings.eval_settings(True),
+                    "evaluate": settings.eval_settings(False), "bench": settings.bench_settings(), "price_per_hour": settings.price().price_per_hour}
 
     def requests():
         started = 0
@@ -339,6 +334,13 @@ def conclude(settings: SearchSettings, run: Run, space: Plan, reference: Referen
         resumed=len(space.resumed))
 
 
+def guard_values(record: SearchRecord, guards: Sequence[Gate]) -> tuple[float | None, ...]:
+    """The record's value on each guard's metric, from its full evaluation (else its screening slice)."""
+    measured = record.evaluation or record.screen
+    found = {g["metric"]: g["value"] for g in (measured.guards or ())} if measured else {}
+    return tuple(found.get(g.metric) for g in guards)
+
+
 def write_search_report(result: SearchResult, settings: SearchSettings, out: Path, store: Store) -> Path:
     """The measurement report over the original, the frontier and the best, plus the search's candidates."""
     from slipstream.benchmark.run import BenchSettings
@@ -354,13 +356,14 @@ def write_search_report(result: SearchResult, settings: SearchSettings, out: Pat
         names = [r.name for r in result.closest if r.name]
     comparison = compare(settings.model, names[:8], eval_settings=EvalSettings(**ppl_settings(settings)),
                          bench_settings=BenchSettings(**settings.bench_settings()), rounds=1, store=store)
-    title = f"slipstream auto: {settings.model}, {settings.gate.describe()}, objective {settings.objective}"
+    title = f"slipstream auto: {settings.model}, {settings.describe_gates()}, objective {settings.objective}"
     table = SearchTable(
         summary=result.summary(), best=result.best and result.best.name,
         frontier=[r.name for r in result.frontier if r.name], relative=settings.gate.relative,
+        guards=tuple(f"{g.metric} ≤ {g.max_drop:g}" for g in settings.guards),
         rows=[SearchRow(name=r.shown_name, label=r.label, status=r.status.value, drop=r.drop, ratio=r.ratio,
-                        objective=r.objective, size_bytes=r.size_bytes, seconds=r.seconds, reason=r.reason)
-              for r in result.records],
+                        objective=r.objective, size_bytes=r.size_bytes, seconds=r.seconds, reason=r.reason,
+                        guards=guard_values(r, settings.guards)) for r in result.records],
         not_run=[NotRunRow(n.label, n.reason) for n in result.not_run])
     write_report(comparison, out, store, settings.price(), title=title, search=table)
     return out

@@ -30,6 +30,7 @@ def frontier(records: Sequence[SearchRecord]) -> list[SearchRecord]:
 
 
 def closest_misses(records: Sequence[SearchRecord], n: int = 3) -> list[SearchRecord]:
-    """When nothing passes: the measured candidates that missed the gate by the least."""
+    """When nothing passes: the measured candidates that missed the gate by the least (one that holds the gate
+    and misses only a guard, the KL bound, counts as missing it by nothing)."""
     missed = [r for r in records if r.status in (Status.FAILED_GATE, Status.SCREENED_OUT) and r.drop is not None]
-    return sorted(missed, key=lambda r: r.drop - r.max_drop)[:n]  # type: ignore[operator]
+    return sorted(missed, key=lambda r: max(r.drop - r.max_drop, 0.0))[:n]  # type: ignore[operator]

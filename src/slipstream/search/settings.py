@@ -6,6 +6,7 @@ identity resumes from its ledger.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -14,6 +15,10 @@ from slipstream.evaluation.gate import Gate
 from slipstream.search.worker import OBJECTIVES
 
 LEDGER_VERSION = 1
+# The default bound on the mean KL divergence (nats per token) from the original, beside a 1% perplexity gate:
+# ln(1.01), what a 1% perplexity loss costs if the original's own predictions were the text. The figures that
+# chose it are in docs/search.md#the-default-gate.
+DEFAULT_MAX_KL = math.log(1.01)
 
 
 def parse_duration(text: str | None) -> float | None:
@@ -28,6 +33,24 @@ def parse_duration(text: str | None) -> float | None:
         return float(t) * 60
     except ValueError:
         raise InvalidConfig(f"budget {text!r}: expected a duration such as 30m, 1h or 900s") from None
+
+
+def parse_max_kl(text: str | float | None, gate: Gate | None = None) -> float | None:
+    """``0.01`` (nats per token), ``none``/``off`` for no KL bound, or ``auto``: ln(1 + the allowed drop) beside
+    a relative perplexity gate (the KL a perplexity loss that size would mean), else :data:`DEFAULT_MAX_KL`."""
+    if text is None or (isinstance(text, str) and text.strip().lower() in ("none", "off", "")):
+        return None
+    if isinstance(text, str) and text.strip().lower() == "auto":
+        if gate is not None and gate.metric == "perplexity" and gate.relative:
+            return math.log1p(gate.max_drop)
+        return DEFAULT_MAX_KL
+    try:
+        value = float(text)
+    except ValueError:
+        raise InvalidConfig(f"max KL {text!r}: expected nats per token such as 0.01, auto or none") from None
+    if not value >= 0:
+        raise InvalidConfig(f"max KL must be >= 0 (or none), got {text}")
+    return value
 
 
 def default_gate(task: str) -> Gate:
@@ -89,6 +112,11 @@ class SearchSettings:
     # latency/throughput: a candidate whose prior speed-up times this margin is below the best passing
     # candidate's measured speed-up is not run (listed as not run, with why); None runs every candidate.
     skip_margin: float | None = 1.5
+    # WikiText-2 gates (perplexity, top-1 agreement): the mean KL divergence from the original must stay within
+    # this too (absolute, nats per token), since perplexity can hold while the next-token distribution moves;
+    # "auto" follows the perplexity gate (ln(1 + its allowed drop)); None turns the bound off. Other tasks do
+    # not measure KL, so it does not apply to them.
+    max_kl: float | str | None = "auto"
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -99,6 +127,26 @@ class SearchSettings:
             raise InvalidConfig(f"device must be cpu or cuda, got {self.device!r}")
         if self.skip_margin is not None and self.skip_margin < 1:
             raise InvalidConfig(f"skip margin must be at least 1 (or None to run every candidate), got {self.skip_margin}")
+        if isinstance(self.max_kl, str):  # "auto" (the default), "none", or a number as text
+            object.__setattr__(self, "max_kl", parse_max_kl(self.max_kl, self.gate))
+        if self.max_kl is not None and not self.max_kl >= 0:
+            raise InvalidConfig(f"max KL must be a number of nats per token >= 0 (or none), got {self.max_kl}")
+
+
+    @property
+    def guards(self) -> tuple[Gate, ...]:
+        """Gates that must hold beside :attr:`gate`, on the same evaluation: the KL bound on WikiText-2."""
+        if self.max_kl is None or self.gate.metric == "kl_mean" or self.gate_task != "wikitext2":
+            return ()
+        return (Gate("kl_mean", self.max_kl, relative=False),)
+
+    @property
+    def gates(self) -> tuple[Gate, ...]:
+        """Every gate a candidate must pass: the gate first, then the guards."""
+        return (self.gate, *self.guards)
+
+    def describe_gates(self) -> str:
+        return " and ".join(g.describe() for g in self.gates)
 
     @property
     def gate_task(self) -> str:
@@ -131,6 +179,7 @@ class SearchSettings:
     def identity(self, model_sha: str) -> dict[str, Any]:
         """What decides every candidate's record: a restart with the same identity resumes."""
         return {"v": LEDGER_VERSION, "model": self.model, "sha": model_sha, "gate": asdict(self.gate),
+                "guards": [asdict(g) for g in self.guards],
                 "objective": self.objective, "device": self.device, "screen": self.eval_settings(True),
                 "evaluate": self.eval_settings(False), "bench": self.bench_settings(),
                 "price": asdict(self.price()) if self.objective == "cost" else None}

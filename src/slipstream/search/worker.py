@@ -55,14 +55,15 @@ def run_candidate(request: dict[str, Any], emit: Emit = lambda **_: None) -> Sea
     stage = "build"
     try:
         store, gate = Store(request["home"]), Gate(**request["gate"])
+        guards = [Gate(**g) for g in request.get("guards") or ()]
         record = _build(record, request, store, emit)
         if request.get("screen"):
             stage = "screen"
-            record = _screen(record, request, store, gate, emit)
+            record = _screen(record, request, store, gate, guards, emit)
             if record.status is Status.SCREENED_OUT:
                 return replace(record, seconds=time.time() - started)
         stage = "evaluate"
-        record = _evaluate(record, request, store, gate, emit)
+        record = _evaluate(record, request, store, gate, guards, emit)
         bench_metrics = None
         if request["objective"] != "size":  # size needs no benchmark
             stage = "benchmark"
@@ -87,31 +88,32 @@ def _build(record: SearchRecord, request: dict[str, Any], store: Any, emit: Emit
     return record
 
 
-def _screen(record: SearchRecord, request: dict[str, Any], store: Any, gate: Any, emit: Emit) -> SearchRecord:
-    """The screening slice: a candidate whose best case there misses the gate goes no further."""
+def _screen(record: SearchRecord, request: dict[str, Any], store: Any, gate: Any, guards: list[Any],
+            emit: Emit) -> SearchRecord:
+    """The screening slice: a candidate whose best case there misses the gate or a guard goes no further."""
     from slipstream.evaluation.run import EvalSettings, evaluate
 
     emit(event="stage", stage="screen")
     t = time.time()
     screen = _measure(evaluate(record.name, reference=request["model"], settings=EvalSettings(**request["screen"]),
-                               store=store), gate)
+                               store=store), gate, guards)
     record = replace(record, screen=screen)
     record.timings["screen_s"] = time.time() - t  # type: ignore[index]
-    if screen.best_case_drop <= gate.max_drop:
+    misses = screen.misses(gate, best_case=True)
+    if not misses:
         return record
-    reason = (f"even the best case on the screening slice is {screen.best_case_drop:.2%} worse "
-              f"(allowed {gate.max_drop:.2%})" if gate.relative else
-              "even the best case on the screening slice misses the gate")
-    return replace(record, status=Status.SCREENED_OUT, drop=screen.drop, objective=None, reason=reason)
+    return replace(record, status=Status.SCREENED_OUT, drop=screen.drop, objective=None,
+                   reason="screening slice: " + "; ".join(misses))
 
 
-def _evaluate(record: SearchRecord, request: dict[str, Any], store: Any, gate: Any, emit: Emit) -> SearchRecord:
+def _evaluate(record: SearchRecord, request: dict[str, Any], store: Any, gate: Any, guards: list[Any],
+              emit: Emit) -> SearchRecord:
     from slipstream.evaluation.run import EvalSettings, evaluate
 
     emit(event="stage", stage="evaluate")
     t = time.time()
     full = _measure(evaluate(record.name, reference=request["model"], settings=EvalSettings(**request["evaluate"]),
-                             store=store), gate)
+                             store=store), gate, guards)
     record = replace(record, evaluation=full, drop=full.drop)
     record.timings["evaluate_s"] = time.time() - t  # type: ignore[index]
     return record
@@ -129,19 +131,18 @@ def _benchmark(record: SearchRecord, request: dict[str, Any], store: Any,
 
 
 def _judge(record: SearchRecord, request: dict[str, Any], gate: Any, bench_metrics: dict | None) -> SearchRecord:
-    """The objective, and the gate's verdict on the full evaluation."""
+    """The objective, and the verdict of the gate and every guard on the full evaluation."""
     objective = objective_value(request["objective"], bench_metrics, record.size_bytes,  # type: ignore[arg-type]
                                 request.get("price_per_hour", 0.0816))
-    drop = record.drop
-    if drop <= gate.max_drop + 1e-12:  # type: ignore[operator]
+    misses = record.evaluation.misses(gate) if record.evaluation else []
+    if not misses:
         return replace(record, objective=objective, status=Status.PASSED)
-    reason = (f"{gate.metric} {drop:+.2%} vs the original, allowed {gate.max_drop:.2%}" if gate.relative
-              else f"{gate.metric} drop {drop:.4g} > {gate.max_drop:g}")
-    return replace(record, objective=objective, status=Status.FAILED_GATE, reason=reason)
+    return replace(record, objective=objective, status=Status.FAILED_GATE, reason="; ".join(misses))
 
 
-def _measure(report: Any, gate: Any) -> Measurement:
-    """How much worse than the reference on the gate's metric, with the best case the data allows."""
+def _against(report: Any, gate: Any) -> tuple[float, float, float | None, float | None]:
+    """How much worse than the reference on ``gate``'s metric, the best case the data allows (the optimistic
+    end of its 95% interval), and the candidate's and the reference's values."""
     metric = gate.metric.rsplit(".", 1)[-1]
     m, r = report.metrics, report.reference_metrics or {}
     ref = r.get(metric, SELF_VALUES.get(metric))  # KL and top-1 of the reference against itself
@@ -152,8 +153,20 @@ def _measure(report: Any, gate: Any) -> Measurement:
         drop = gate.drop(ref, m[metric])
         se = (m.get(f"{metric}_stderr") or 0.0) + (r.get(f"{metric}_stderr") or 0.0)
         best = drop - 1.96 * (se / abs(ref) if gate.relative and ref else se)
-    return Measurement(drop=drop, best_case_drop=best, candidate=m.get(metric), reference=ref,
-                       tokens=m.get("tokens"), items=m.get("items"),
+    return drop, best, m.get(metric), ref
+
+
+def _measure(report: Any, gate: Any, guards: list[Any] = ()) -> Measurement:  # type: ignore[assignment]
+    """The candidate on the gate's metric and on each guard's."""
+    m = report.metrics
+    drop, best, value, ref = _against(report, gate)
+    checked = []
+    for g in guards:
+        g_drop, g_best, g_value, _ = _against(report, g)
+        checked.append({"metric": g.metric, "value": g_value, "drop": g_drop, "best_case_drop": g_best,
+                        "max_drop": g.max_drop, "relative": g.relative})
+    return Measurement(drop=drop, best_case_drop=best, candidate=value, reference=ref,
+                       tokens=m.get("tokens"), items=m.get("items"), guards=checked or None,
                        **{k: m[k] for k in ("kl_mean", "top1_agreement", "perplexity") if k in m})
 
 
