@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 #   make TORCH_SPEC=torch==2.13.0 TORCH_INDEX=--index-url=https://download.pytorch.org/whl/cu128
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
-EXTRAS ?= ctranslate2,llmcompressor,bitsandbytes,onnx,eval,lm-eval,report,serve,ray,postgres,dev
+EXTRAS ?= ctranslate2,llmcompressor,bitsandbytes,onnx,openvino,eval,lm-eval,report,serve,ray,postgres,dev
 LLAMACPP_VERSION ?= 0.3.36
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 # llama-cpp-python compiles llama.cpp for this CPU (-march=native), which takes minutes: `make llamacpp`

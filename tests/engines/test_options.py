@@ -33,7 +33,7 @@ def test_values_from_strings_take_their_field_types():
 
 
 def test_every_engine_has_threads_and_batch_size_and_its_own_class():
-    assert set(OPTIONS) == {"transformers", "ctranslate2", "onnxruntime", "llamacpp", "vllm"}
+    assert set(OPTIONS) == {"transformers", "ctranslate2", "onnxruntime", "openvino", "llamacpp", "vllm"}
     for name, cls in OPTIONS.items():
         assert issubclass(cls, EngineOptions) and cls.engine == name and options_class(name) is cls
         assert {"threads", "batch_size"} <= set(cls.names())

@@ -18,7 +18,7 @@ from typing import Any
 from slipstream.machine import describe_machine
 
 WEIGHT_FILES = {"hf": (".safetensors",), "ctranslate2": ("model.bin",), "gguf": (".gguf",),
-                "onnx": (".onnx", ".onnx_data", ".data")}
+                "onnx": (".onnx", ".onnx_data", ".data"), "openvino": ("openvino_model.bin",)}
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ ENGINES: dict[str, dict[str, str]] = {
            "vllm": "slipstream.engines.vllm:VLLMEngine"},  # its own interpreter: see engines/vllm_server.py
     "ctranslate2": {"ctranslate2": "slipstream.engines.ctranslate2:CTranslate2Engine"},
     "onnx": {"onnxruntime": "slipstream.engines.onnxruntime:OnnxRuntimeEngine"},
+    "openvino": {"openvino": "slipstream.engines.openvino:OpenVINOEngine"},
     "gguf": {"llamacpp": "slipstream.engines.llamacpp:LlamaCppEngine"},
 }
 # Encoders (embedding and classification models) speak the Encoder protocol: token ids in, one vector out.

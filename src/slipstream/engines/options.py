@@ -123,6 +123,19 @@ class OnnxRuntimeOptions(EngineOptions):
 
 
 @dataclass(frozen=True)
+class OpenVINOOptions(EngineOptions):
+    engine: ClassVar[str] = "openvino"
+
+    max_context: int | None = None  # None: the model's own context length
+    # what the CPU plugin computes in: OpenVINO's own default is bf16 wherever the CPU has bf16 instructions,
+    # which would make a float32 variant silently lossy; f32 keeps it exact
+    inference_precision: Literal["f32", "bf16"] = "f32"
+    # compressed (int8/int4) weights: activations quantized to int8 in groups of this many values at run time
+    # (None: OpenVINO's default; 0: off, activations stay in inference_precision)
+    dynamic_quantization: int | None = None
+
+
+@dataclass(frozen=True)
 class LlamaCppOptions(EngineOptions):
     engine: ClassVar[str] = "llamacpp"
 
@@ -150,8 +163,8 @@ class VLLMOptions(EngineOptions):
 
 
 OPTIONS: dict[str, type[EngineOptions]] = {
-    cls.engine: cls for cls in (TransformersOptions, CTranslate2Options, OnnxRuntimeOptions, LlamaCppOptions,
-                                VLLMOptions)
+    cls.engine: cls for cls in (TransformersOptions, CTranslate2Options, OnnxRuntimeOptions, OpenVINOOptions,
+                                LlamaCppOptions, VLLMOptions)
 }
 
 

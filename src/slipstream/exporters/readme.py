@@ -55,13 +55,16 @@ print(tok.decode(step.sequences_ids[0]))
 ```"""
 
 
+_KV_GRAPH = """The graph takes the key/value cache as inputs and returns it as outputs: feed
+`past.{i}.key`/`past.{i}.value` of length 0 on the first step (shape [batch, kv heads, 0, head dim]), then
+each step's `present.{i}.*` outputs; `attention_mask` covers the past and the new tokens, `position_ids`
+the new tokens' positions."""
+
+
 def _onnx(name: str, path: Path) -> tuple[str, str]:
     rows = _onnx_signature(path / "model.onnx")
     return "ONNX Runtime", f"""`model.onnx` (and its external weights) run in plain ONNX Runtime; `tokenizer/` holds the model's
-Hugging Face tokenizer. The graph takes the key/value cache as inputs and returns it as outputs: feed
-`past.{{i}}.key`/`past.{{i}}.value` of length 0 on the first step (shape [batch, kv heads, 0, head dim]), then
-each step's `present.{{i}}.*` outputs; `attention_mask` covers the past and the new tokens, `position_ids`
-the new tokens' positions.
+Hugging Face tokenizer. {_KV_GRAPH}
 
 | name | kind | type | shape |
 |---|---|---|---|
@@ -89,6 +92,21 @@ generator.append_tokens(tok.encode("The capital of France is"))
 while not generator.is_done():
     generator.generate_next_token()
 print(tok.decode(generator.get_sequence(0)))
+```"""
+
+
+def _openvino(name: str, path: Path) -> tuple[str, str]:
+    return "OpenVINO", f"""`openvino_model.xml` and `openvino_model.bin` are OpenVINO IR: slipstream's ONNX graph, converted, its
+weights in float32 or as NNCF compressed them; `tokenizer/` holds the model's Hugging Face tokenizer.
+{_KV_GRAPH}
+
+```python
+import numpy as np, openvino as ov       # pip install openvino tokenizers
+from tokenizers import Tokenizer
+# f32: the CPU plugin would otherwise compute in bf16 where the CPU has it
+model = ov.Core().compile_model("openvino_model.xml", "CPU", {{"INFERENCE_PRECISION_HINT": "f32"}})
+request = model.create_infer_request()
+tok = Tokenizer.from_file("tokenizer/tokenizer.json")
 ```"""
 
 
@@ -127,7 +145,7 @@ print(tok.decode(out[0]))
 
 
 USAGE: dict[str, Callable[[str, Path], tuple[str, str]]] = {
-    "gguf": _gguf, "ctranslate2": _ctranslate2, "onnx": _onnx, "hf": _hf,
+    "gguf": _gguf, "ctranslate2": _ctranslate2, "onnx": _onnx, "openvino": _openvino, "hf": _hf,
 }
 
 

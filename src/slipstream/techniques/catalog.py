@@ -7,6 +7,7 @@ from __future__ import annotations
 from slipstream.exporters.ctranslate2 import CTranslate2
 from slipstream.exporters.gguf import GGUF
 from slipstream.exporters.onnx import ONNX
+from slipstream.exporters.openvino import OpenVINO
 from slipstream.techniques.distill.kd import Distill
 from slipstream.techniques.prune.early_exit import EarlyExit
 from slipstream.techniques.prune.structured import StructuredPrune
@@ -152,6 +153,19 @@ CATALOG: tuple[TechniqueSpec, ...] = (
         summary="Export to GGUF for llama.cpp: F32/F16/BF16, Q8_0, or K-quant mixes (Q5_K_M, Q4_K_M, ...)",
         extra="llamacpp",
         modules=("llama_cpp", "gguf"),
+    ),
+    TechniqueSpec(
+        name="openvino",
+        kind="export",
+        config=OpenVINO,
+        function="slipstream.exporters.openvino:export",
+        output_format="openvino",
+        summary="Export to OpenVINO IR (slipstream's ONNX graph with a KV cache, converted) for OpenVINO's CPU "
+        "plugin: float32, or NNCF weight compression to int8 or group-wise int4 (symmetric or asymmetric, "
+        "a ratio of the weights in int4, the rest int8)",
+        extra="openvino",
+        modules=("openvino", "nncf", "onnxscript"),
+        devices=("cpu",),
     ),
     TechniqueSpec(
         name="prune-structured",
