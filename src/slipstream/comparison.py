@@ -7,9 +7,9 @@ measured first (evaluation against the base, benchmark in a fresh process).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from statistics import median
-from typing import Any
+from typing import Any, Mapping
 
 from slipstream.benchmark.run import BenchSettings, bench
 from slipstream.evaluation.run import EvalSettings, evaluate, evaluate_many
@@ -106,10 +106,12 @@ def compare(
     rounds: int = 1,
     store: Store | None = None,
     progress: Progress | None = None,
+    threads: Mapping[str, int | None] | None = None,
 ) -> Comparison:
     """Compare ``variants`` with ``base``. With ``rounds > 1`` the benchmarks are interleaved
     (A B C, A B C, ...) and each speed ratio is the median of the per-round ratios, so a machine whose
-    speed drifts during the run does not favour whichever variant ran at the quiet moment."""
+    speed drifts during the run does not favour whichever variant ran at the quiet moment. ``threads``: engine
+    threads by name where they differ from ``bench_settings``' (each at its own best, as a search chose)."""
     store = store or Store()
     eval_settings = eval_settings or EvalSettings()
     bench_settings = bench_settings or BenchSettings()
@@ -121,7 +123,9 @@ def compare(
     runs: dict[str, list[dict]] = {n: [] for n in names}
     for _ in range(rounds):
         for name in names:
-            runs[name].append(bench(name, settings=bench_settings, store=store, progress=progress,
+            own = bench_settings if not (threads and threads.get(name)) else \
+                replace(bench_settings, threads=threads[name])
+            runs[name].append(bench(name, settings=own, store=store, progress=progress,
                                     use_cache=rounds == 1).metrics)
     rows = [_row(store, name, evals[name], runs[name]) for name in names]
     base_runs = runs[base]

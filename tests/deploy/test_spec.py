@@ -198,3 +198,23 @@ def test_suggested_layout_shares_the_cores_among_models_without_scaling():
                                         {"name": "c", "variant": "z", "scaling": {"max_replicas": 5}}]})
     left = max(1, (os.cpu_count() or 1) - 1)  # c's first replica reserves one core
     assert [m.scaling.max_replicas for m in spec.models] == [max(1, left // 2)] * 2 + [5]
+
+
+def test_a_search_recommendation_fills_what_the_spec_leaves_open(tmp_path, tiny_llama_dir, monkeypatch):
+    from slipstream.models.intake import import_model
+    from slipstream.store import Store
+
+    store = Store(tmp_path / "home")
+    import_model(str(tiny_llama_dir), "tiny", store=store)
+    open_spec = {"models": [{"name": "a", "variant": "tiny"}]}
+    assert plan_spec(DeploySpec.parse(open_spec), store)[0].settings["batching"] == "auto"
+    store.recommend("tiny", {"engine": "transformers", "threads": 1, "batching": "dynamic"}, {"search": "s1"})
+    (plan,) = plan_spec(DeploySpec.parse(open_spec), store)
+    assert plan.engine == "transformers" and plan.settings["batching"] == "dynamic"
+    assert plan.settings["threads"] == 1  # the scaling section's (one CPU per replica), not the search's
+    chosen = {"models": [{"name": "a", "variant": "tiny", "batching": "continuous"}]}
+    assert plan_spec(DeploySpec.parse(chosen), store)[0].settings["batching"] == "continuous"
+    # measured on a machine of another size: not used
+    monkeypatch.setattr("slipstream.store.os.cpu_count", lambda: 999)
+    assert store.recommendation("tiny") is None
+    assert plan_spec(DeploySpec.parse(open_spec), store)[0].settings["batching"] == "auto"

@@ -38,9 +38,9 @@ class CountingExecutor(LocalExecutor):
 def settings(tmp_path, gate="perplexity=5%", recipes=RECIPES, **kw):
     path = tmp_path / "recipes.json"
     path.write_text(json.dumps(recipes))
-    return SearchSettings(model="tiny", gate=Gate.parse(gate), objective="size", budget_s=None, eval_tokens=1024,
-                          screen_tokens=256, window=128, stride=64, recipe_file=str(path), replace_defaults=True,
-                          **kw)
+    return SearchSettings(**{"model": "tiny", "gate": Gate.parse(gate), "objective": "size", "budget_s": None,
+                             "eval_tokens": 1024, "screen_tokens": 256, "window": 128, "stride": 64,
+                             "recipe_file": str(path), "replace_defaults": True} | kw)
 
 
 @pytest.fixture(scope="module")
@@ -189,3 +189,32 @@ def test_kl_bound_must_hold_beside_perplexity(tmp_path, tiny_store):
     assert off.guards == ()
     result = search(off, store=tiny_store, executor=LocalExecutor())
     assert result.best is not None and result.best.status is Status.PASSED
+
+
+def test_threads_are_a_dimension_and_the_pick_is_recommended_for_serving(tmp_path, tiny_store):
+    # Each candidate is benchmarked at one thread and at two; the faster is kept, and the pick's engine, threads
+    # and batching go into the store, where `slipstream serve` and a deployment find them.
+    from slipstream.cli.serve import _recommended
+    from slipstream.serving.settings import DeploymentSettings
+
+    one = {"replace": True, "candidates": RECIPES["candidates"][:1]}
+    s = settings(tmp_path, recipes=one, objective="latency", bench_threads="1,2", output_tokens=8, repeats=1,
+                 confirm=0)
+    assert s.bench_threads == (1, 2) and SearchSettings(model="m").bench_threads[0] == 1
+    result = search(s, store=tiny_store, executor=LocalExecutor())
+    assert result.reference.threads in (1, 2)
+    (r,) = result.records
+    assert r.status is Status.PASSED and set(r.by_threads) == {"1", "2"}
+    assert r.by_threads[str(r.threads)] == max(r.by_threads.values()) == r.objective
+    assert r.bench.engine["threads"] == r.threads
+    rec = tiny_store.recommendation(r.name)
+    assert result.recommended == {"engine": "ctranslate2", "threads": r.threads, "batching": "dynamic"}
+    assert {k: rec[k] for k in ("engine", "threads", "batching")} == result.recommended
+    assert rec["source"]["search"] == result.search_id
+
+    variant = tiny_store.get(r.name)
+    chosen, engine = _recommended(tiny_store, variant, DeploymentSettings.load(None, {}), None, None, set())
+    assert (engine, chosen.threads, chosen.batching) == ("ctranslate2", r.threads, "dynamic")
+    given = DeploymentSettings.load(None, {"threads": 7, "batching": "sequential"})
+    kept, _ = _recommended(tiny_store, variant, given, None, None, {"threads", "batching"})
+    assert (kept.threads, kept.batching) == (7, "sequential")  # the command line wins

@@ -79,7 +79,9 @@ def auto_cmd(
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (with --executor ray)"),
     workers: Optional[int] = typer.Option(None, "--workers",
                                           help="Candidates at once (local default 1: timings stay clean)"),
-    threads: int = typer.Option(1, "--threads", help="CPU threads per engine for the benchmarks"),
+    threads: str = typer.Option("auto", "--threads",
+                                help="Engine threads each candidate is benchmarked with, the fastest kept and "
+                                     "recommended for serving: auto (1 and every core), N, or N,M"),
     confirm: int = typer.Option(2, "--confirm", help="Leaders re-measured side by side with the original"),
     run_all: bool = typer.Option(False, "--run-all", help="Also run candidates whose expected speed-up (x1.5) "
                                  "cannot beat the best passing one measured so far"),
@@ -129,6 +131,10 @@ def auto_cmd(
     for n in result.not_run:
         err.print(f"not run: {n.label} ({n.reason})", highlight=False)
     out.print(result.summary(), highlight=False)
+    if result.recommended:
+        rec = result.recommended
+        out.print(f"serves fastest here on {rec['engine']} with {rec['threads']} thread(s), {rec['batching']} "
+                  f"batching: `slipstream serve {result.best.name}` uses them", highlight=False)
     if result.report:
         out.print(f"report: {result.report}", highlight=False)
     err.print(f"search finished in {time.perf_counter() - start:.0f} s ({result.resumed} candidate(s) resumed)")

@@ -39,7 +39,8 @@ def demo_cmd(
 
         auto_cmd(model=MODEL, max_drop=max_drop, metric="perplexity", max_kl=max_kl, objective=objective,
                  budget=budget, device="cpu", recipes=None, only_recipes=False, include=[], exclude=[], eval_tokens=8_192,
-                 screen_tokens=2_048, limit=None, executor="local", address=None, workers=None, threads=1, confirm=2,
+                 screen_tokens=2_048, limit=None, executor="local", address=None, workers=None, threads="auto",
+                 confirm=2,
                  run_all=False, instance=None, price_per_hour=None, report=report, as_json=as_json)
     if not as_json:
         err.print(f"demo finished in {time.perf_counter() - start:.0f} s")

@@ -70,6 +70,8 @@ def serve_cmd(
     record = store.get(variant)
     from slipstream.serving.server import serve
 
+    given = {k for k, v in overrides.items() if v is not None}
+    settings, engine = _recommended(store, record, settings, engine, config, given)
     name = engine_name(record, engine)
     options = engine_options(name, engine_option, settings.engine)  # environment < settings file < command line
     if name == "vllm" and settings.adapters and not options.get("max_loras"):
@@ -79,3 +81,35 @@ def serve_cmd(
 
     serve(loaded, settings, model_name=settings.served_model_name or record.name,
           adapters=AdapterCatalog(store, record.name))
+
+
+def _recommended(store, record, settings, engine, config, given):
+    """A search's serving recommendation for this variant on this machine (its engine, threads and batching)
+    where the command line and the settings file leave them open."""
+    from slipstream.cli.output import err
+    from slipstream.engines.loading import engines_for
+    from slipstream.models.tasks import task_of
+
+    rec = store.recommendation(record.name)
+    if rec is None:
+        return settings, engine
+    explicit = set(given)  # the command line's options and assignments
+    if config is not None:
+        import yaml
+
+        explicit |= set((yaml.safe_load(Path(config).read_text()) or {}).keys())
+    used = []
+    if engine is None and rec.get("engine") in engines_for(record.format, task_of(record)):
+        engine = rec["engine"]
+        used.append(f"engine {engine}")
+    update = {}
+    if settings.threads is None and "threads" not in explicit and rec.get("threads"):
+        update["threads"] = rec["threads"]
+        used.append(f"{rec['threads']} thread(s)")
+    if settings.batching == "auto" and "batching" not in explicit and rec.get("batching"):
+        update["batching"] = rec["batching"]
+        used.append(f"{rec['batching']} batching")
+    if used:
+        err.print(f"using the serving settings search {rec['source'].get('search')} measured fastest here: "
+                  f"{', '.join(used)} (give --threads, --engine or --batching to choose otherwise)", highlight=False)
+    return settings.model_copy(update=update), engine

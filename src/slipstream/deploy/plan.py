@@ -47,7 +47,9 @@ def plan_model(model: ModelSpec, store: Store) -> ReplicaPlan:
         raise InvalidConfig(f"model {model.name!r}: {exc}") from None
     if model.optimization is not None:  # first: a wrong claim explains more than the engine refusing it
         check_optimization(model, variant)
-    engine = engine_name(variant, model.engine_name or _engine_for(model, variant))
+    recommended = store.recommendation(variant.name) or {}  # what a search measured fastest here
+    engine = engine_name(variant, model.engine_name or _engine_for(model, variant) or _recommended_engine(
+        recommended, variant))
     try:
         options_class(engine).of(model.engine)  # a typo is refused here, not in a replica
         options = dict(model.engine)
@@ -66,11 +68,27 @@ def plan_model(model: ModelSpec, store: Store) -> ReplicaPlan:
                 raise InvalidConfig(f"model {model.name!r}: {exc}") from None
     return ReplicaPlan(name=model.name, variant=variant.name, variant_sha256=variant.sha256,
                        store_home=str(store.home), engine=engine, device=model.device, options=options,
-                       settings=model.serving_settings())
+                       settings=_with_batching(model.serving_settings(), recommended))
 
 
 def plan_spec(spec: DeploySpec, store: Store) -> list[ReplicaPlan]:
     return [plan_model(m, store) for m in spec.models]
+
+
+def _recommended_engine(recommended: dict, variant: Variant) -> str | None:
+    from slipstream.engines.loading import engines_for
+    from slipstream.models.tasks import task_of
+
+    engine = recommended.get("engine")
+    return engine if engine in engines_for(variant.format, task_of(variant)) else None
+
+
+def _with_batching(settings: dict, recommended: dict) -> dict:
+    """A search's recommended batching where the spec leaves it at auto. Threads stay the scaling section's:
+    replicas times threads is the layout's choice (docs/deploy.md)."""
+    if settings.get("batching", "auto") == "auto" and recommended.get("batching"):
+        return settings | {"batching": recommended["batching"]}
+    return settings
 
 
 def _engine_for(model: ModelSpec, variant: Variant) -> str | None:

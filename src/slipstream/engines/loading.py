@@ -106,6 +106,14 @@ def engine_name(variant: Variant, engine: str | None = None) -> str:
     return engine
 
 
+def batching_for(variant: Variant, engine: str | None = None) -> str:
+    """How a server batches requests on this engine: ``continuous`` where the engine can step a running batch
+    (admit and retire sequences between decoding steps), else ``dynamic`` (whole batches)."""
+    module, cls = _engine_path(variant, engine)
+    factory = getattr(importlib.import_module(module), cls)
+    return "continuous" if callable(getattr(factory, "stepper", None)) else "dynamic"
+
+
 def _engine_path(variant: Variant, engine: str | None) -> tuple[str, str]:
     from slipstream.models.tasks import task_of
 

@@ -109,7 +109,8 @@ class SearchSpec(_Spec):
     exclude: list[str] = Field(default_factory=list)
     eval_tokens: int = Field(8192, ge=64)
     screen_tokens: int = Field(2048, ge=64)
-    threads: int = Field(1, ge=1)
+    # engine threads each candidate is benchmarked with (the fastest kept): "auto" is one and every core
+    threads: Union[Annotated[int, Field(ge=1)], list[Annotated[int, Field(ge=1)]], Literal["auto"]] = "auto"
     confirm: int = Field(2, ge=0)
     run_all: bool = False
     # a recipe file's contents (docs/search.md), extending the space or, with only_recipes, replacing it
@@ -124,7 +125,8 @@ class SearchSpec(_Spec):
         return SearchSettings(model=self.model, gate=Gate.parse(metric, default_drop=self.max_drop),
                               objective=self.objective, budget_s=parse_duration(self.budget),
                               eval_tokens=self.eval_tokens, screen_tokens=self.screen_tokens,
-                              bench_threads=self.threads, confirm=self.confirm, include=tuple(self.include),
+                              bench_threads=tuple(self.threads) if isinstance(self.threads, list) else self.threads,
+                              confirm=self.confirm, include=tuple(self.include),
                               exclude=tuple(self.exclude), skip_margin=None if self.run_all else 1.5,
                               recipe_file=recipe_file, replace_defaults=self.only_recipes, max_kl=self.max_kl)
 

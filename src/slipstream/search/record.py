@@ -166,7 +166,9 @@ class SearchRecord:
     screen: Measurement | None = None
     evaluation: Measurement | None = None
     drop: float | None = None  # the full evaluation's drop (the screen's when screened out)
-    bench: BenchSummary | None = None
+    bench: BenchSummary | None = None  # at the thread count that served the objective best
+    threads: int | None = None  # that thread count: the engine threads recommended for serving it
+    by_threads: dict[str, float] | None = None  # the objective at each thread count tried (keys: strings, JSON)
     objective: float | None = None
     stage: str | None = None  # where an error happened: build, screen, evaluate, benchmark
     reason: str | None = None  # why it failed, missed or stopped

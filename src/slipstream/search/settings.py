@@ -35,6 +35,22 @@ def parse_duration(text: str | None) -> float | None:
         raise InvalidConfig(f"budget {text!r}: expected a duration such as 30m, 1h or 900s") from None
 
 
+def parse_threads(value: int | tuple[int, ...] | list[int] | str | None) -> tuple[int, ...]:
+    """The thread counts a search benchmarks with: ``auto`` (or None) is one thread and every core."""
+    import os
+
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return tuple(sorted({1, os.cpu_count() or 1}))
+    try:
+        counts = [value] if isinstance(value, int) else \
+            [int(v) for v in value.split(",")] if isinstance(value, str) else [int(v) for v in value]
+    except ValueError:
+        raise InvalidConfig(f"threads {value!r}: expected auto, a number, or numbers such as 1,4") from None
+    if not counts or min(counts) < 1:
+        raise InvalidConfig(f"threads {value!r}: every thread count must be at least 1")
+    return tuple(sorted(set(counts)))
+
+
 def parse_max_kl(text: str | float | None, gate: Gate | None = None) -> float | None:
     """``0.01`` (nats per token), ``none``/``off`` for no KL bound, or ``auto``: ln(1 + the allowed drop) beside
     a relative perplexity gate (the KL a perplexity loss that size would mean), else :data:`DEFAULT_MAX_KL`."""
@@ -99,7 +115,9 @@ class SearchSettings:
     screen_limit: int = 200  # dataset tasks: items in the screening slice
     output_tokens: int = 64
     repeats: int = 3
-    bench_threads: int | None = 1
+    # engine threads each candidate is benchmarked with; the fastest is kept (and recommended for serving).
+    # "auto": one thread and every core; a number, or several ("1,2" or a tuple), fixes them
+    bench_threads: int | tuple[int, ...] | str | None = "auto"
     eval_threads: int | None = None
     instance: str | None = None  # cost objective: a priced instance (default aws-m7g.large) ...
     price_per_hour: float | None = None  # ... or a price of your own
@@ -127,6 +145,7 @@ class SearchSettings:
             raise InvalidConfig(f"device must be cpu or cuda, got {self.device!r}")
         if self.skip_margin is not None and self.skip_margin < 1:
             raise InvalidConfig(f"skip margin must be at least 1 (or None to run every candidate), got {self.skip_margin}")
+        object.__setattr__(self, "bench_threads", parse_threads(self.bench_threads))
         if isinstance(self.max_kl, str):  # "auto" (the default), "none", or a number as text
             object.__setattr__(self, "max_kl", parse_max_kl(self.max_kl, self.gate))
         if self.max_kl is not None and not self.max_kl >= 0:
@@ -171,17 +190,19 @@ class SearchSettings:
             d["limit"] = self.screen_limit if screen else self.eval_limit
         return d
 
-    def bench_settings(self) -> dict[str, Any]:
+    def bench_settings(self, threads: int | None = None) -> dict[str, Any]:
+        """The benchmark's settings at ``threads`` (default: the first thread count tried)."""
         batch = (1,) if self.objective in ("latency", "size") else (1, 8)
         return {"output_tokens": self.output_tokens, "batch_sizes": batch, "repeats": self.repeats,
-                "threads": self.bench_threads, "device": self.device}
+                "threads": threads or self.bench_threads[0], "device": self.device}  # type: ignore[index]
 
     def identity(self, model_sha: str) -> dict[str, Any]:
         """What decides every candidate's record: a restart with the same identity resumes."""
         return {"v": LEDGER_VERSION, "model": self.model, "sha": model_sha, "gate": asdict(self.gate),
                 "guards": [asdict(g) for g in self.guards],
                 "objective": self.objective, "device": self.device, "screen": self.eval_settings(True),
-                "evaluate": self.eval_settings(False), "bench": self.bench_settings(),
+                "evaluate": self.eval_settings(False),
+                "bench": self.bench_settings() | {"threads": list(self.bench_threads)},  # type: ignore[arg-type]
                 "price": asdict(self.price()) if self.objective == "cost" else None}
 
     def price(self) -> Any:

@@ -5,8 +5,8 @@ a Ray task (:func:`run_candidate` called in the Ray worker). Every outcome, fail
 back as one :class:`~slipstream.search.record.SearchRecord`; nothing raises past this module.
 
 The request is the JSON the search hands a worker: ``model``, ``home`` (the store), ``device``, ``gate``,
-``objective``, the ``screen``/``evaluate`` evaluation settings, ``bench`` settings, ``price_per_hour`` and
-the ``candidate`` (:meth:`slipstream.search.space.Candidate.to_dict`).
+``objective``, the ``screen``/``evaluate`` evaluation settings, ``bench`` settings and the engine ``threads``
+to benchmark with (the fastest is kept), ``price_per_hour`` and the ``candidate`` (:meth:`slipstream.search.space.Candidate.to_dict`).
 """
 
 from __future__ import annotations
@@ -125,9 +125,20 @@ def _benchmark(record: SearchRecord, request: dict[str, Any], store: Any,
 
     emit(event="stage", stage="benchmark")
     t = time.time()
-    metrics = bench(record.name, settings=BenchSettings(**request["bench"]), store=store, use_cache=True).metrics
+    by_threads: dict[int, tuple[float, dict[str, Any]]] = {}
+    for threads in request.get("threads") or [request["bench"].get("threads")]:
+        metrics = bench(record.name, settings=BenchSettings(**request["bench"] | {"threads": threads}), store=store,
+                        use_cache=True).metrics
+        value = objective_value(request["objective"], metrics, record.size_bytes or 0,
+                                request.get("price_per_hour", 0.0816))
+        by_threads[threads] = (value if value is not None else float("-inf"), metrics)
+    # the fastest thread count; on a tie the fewer threads (they leave cores for other replicas)
+    threads = max(by_threads, key=lambda n: (by_threads[n][0], -(n or 0)))
+    metrics = by_threads[threads][1]
     record.timings["benchmark_s"] = time.time() - t  # type: ignore[index]
-    return replace(record, bench=BenchSummary.from_metrics(metrics)), metrics
+    return replace(record, bench=BenchSummary.from_metrics(metrics), threads=threads,
+                   by_threads={str(n): v for n, (v, _) in sorted(by_threads.items(), key=lambda kv: kv[0] or 0)}), \
+        metrics
 
 
 def _judge(record: SearchRecord, request: dict[str, Any], gate: Any, bench_metrics: dict | None) -> SearchRecord:

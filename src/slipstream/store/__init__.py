@@ -35,6 +35,7 @@ from slipstream.store.registry import DATABASE_URL_ENV, Registry, ResultRow, Var
 
 # One path component, never "." or "..", no separators, no NUL or control characters. Matched with
 # fullmatch: ``$`` alone would let a trailing newline through.
+SERVING = "serving"  # the result kind of serving recommendations
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 LOCK = ".lock"
 
@@ -240,6 +241,23 @@ class Store:
 
     def results(self, variant: str | None = None, kind: str | None = None) -> list[ResultRow]:
         return self.registry.results(variant, kind)
+
+    # serving recommendations ------------------------------------------------------------------
+    def recommend(self, variant: str, settings: dict[str, Any], source: dict[str, Any]) -> None:
+        """Keep how ``variant`` serves best on this machine (``engine``, ``threads``, ``batching``), as a
+        search measured it (``source``: which search, on what objective); ``slipstream serve`` and deployments
+        use it where nothing else is given."""
+        from slipstream.machine import describe_machine
+
+        self.add_result(variant, SERVING, "recommended", source, settings, describe_machine(), {})
+
+    def recommendation(self, variant: str) -> dict[str, Any] | None:
+        """The latest serving recommendation for ``variant`` measured on a machine with this many CPUs (threads
+        chosen on another machine size do not carry over), or None."""
+        row = self.result(variant, SERVING, "recommended")
+        if row is None or row.machine.get("logical_cpus") != os.cpu_count():
+            return None
+        return dict(row.metrics) | {"source": row.settings}
 
     # crash recovery -------------------------------------------------------------------------
     def recover(self) -> list[str]:
