@@ -6,6 +6,8 @@ run the technique, write the manifest, commit atomically.
 
 from __future__ import annotations
 
+import json
+
 import time
 from typing import Any
 
@@ -97,7 +99,8 @@ def build(
         name = f"{current.name}-{step.slug()}"
         if store.exists(name):
             existing = store.get(name)
-            if existing.technique != step.to_dict() or existing.parent != current.name:
+            # compared as stored (JSON): a tuple option reads back as a list
+            if existing.technique != json.loads(json.dumps(step.to_dict())) or existing.parent != current.name:
                 raise Unsupported(f"{name!r} exists in the store but was made differently; remove it or rename")
             current = existing
             continue

@@ -1,7 +1,7 @@
-"""``slipstream auto`` SIGKILLed from outside while its second candidate is being built, after the first
-finished: the candidate's worker dies with it (left running, it would go on writing into the store beside
-the resumed search, and the two builds of one variant would collide), and the same command resumes with the
-finished candidate read back from the ledger, not measured again, and a complete result."""
+"""``slipstream auto`` SIGKILLed from outside while its second candidate is being measured in full, after the
+first finished: the candidate's worker dies with it (left running, it would go on writing into the store
+beside the resumed search), and the same command resumes with the finished candidate read back from the
+ledger, not measured again, and a complete result."""
 
 from __future__ import annotations
 
@@ -62,11 +62,12 @@ def test_a_killed_search_resumes_without_measuring_finished_candidates_again(tmp
     recipes.write_text(json.dumps(RECIPES))
     command = ["auto", "tiny", "--objective", "size", "--max-drop", "50%", "--budget", "none", "--recipes",
                str(recipes), "--only-recipes", "--eval-tokens", "512", "--screen-tokens", "256", "--confirm", "0",
-               "--report", "", "--json"]
+               "--run-all", "--report", "", "--json"]
 
-    # The second candidate's worker stops just before it commits its variant; then the search is killed.
-    env, marker = hooked_env(store.home, "slipstream.store:Store.commit", after=False,
-                             when="kwargs['name'] == 'tiny-ct2-float32'")
+    # Both are built, screened and probed first; the smaller (int8) is measured in full first; the second
+    # candidate's worker stops as its full evaluation starts; then the search is killed.
+    env, marker = hooked_env(store.home, "slipstream.evaluation.run:evaluate", after=False,
+                             when="args[0] == 'tiny-ct2-float32' and kwargs['settings'].max_tokens == 512")
     with open(tmp_path / "first.stderr", "w") as log:
         first = subprocess.Popen([sys.executable, "-m", "slipstream.cli.main", *command], env=env,
                                  stdout=subprocess.DEVNULL, stderr=log)
@@ -75,7 +76,7 @@ def test_a_killed_search_resumes_without_measuring_finished_candidates_again(tmp
             assert first.poll() is None, (tmp_path / "first.stderr").read_text()[-3000:]
             return marker.exists() and marker.read_text()
 
-        worker = int(wait_until(paused, 180, "the second candidate never reached its commit"))
+        worker = int(wait_until(paused, 180, "the second candidate never reached its full evaluation"))
         os.kill(first.pid, signal.SIGKILL)
         first.wait(30)
     finally:
@@ -83,7 +84,6 @@ def test_a_killed_search_resumes_without_measuring_finished_candidates_again(tmp
             first.kill()
             first.wait()
     wait_until(lambda: gone(worker), 10, "the candidate's worker outlived its search")
-    assert not Store(store.home).exists("tiny-ct2-float32")  # its staging removed, nothing registered
     [finished] = [json.loads(line) for line in ledger_lines(store.home)]
     assert finished["name"] == "tiny-ct2-int8"
     made = store.get(finished["name"])

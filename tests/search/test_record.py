@@ -62,7 +62,7 @@ def test_records_are_typed():
 
 
 def test_status_reads_and_prints_as_its_value():
-    assert [s.value for s in Status] == ["passed", "failed_gate", "screened_out", "error", "cancelled"]
+    assert [s.value for s in Status] == ["passed", "failed_gate", "screened_out", "probed", "error", "cancelled"]
     assert str(Status.PASSED) == f"{Status.PASSED}" == "passed" and Status("screened_out") is Status.SCREENED_OUT
     assert json.dumps(SearchRecord("a", "a", [], Status.FAILED_GATE).to_dict()["status"]) == '"failed_gate"'
 

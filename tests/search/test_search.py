@@ -40,7 +40,8 @@ def settings(tmp_path, gate="perplexity=5%", recipes=RECIPES, **kw):
     path.write_text(json.dumps(recipes))
     return SearchSettings(**{"model": "tiny", "gate": Gate.parse(gate), "objective": "size", "budget_s": None,
                              "eval_tokens": 1024, "screen_tokens": 256, "window": 128, "stride": 64,
-                             "recipe_file": str(path), "replace_defaults": True} | kw)
+                             "recipe_file": str(path), "replace_defaults": True,
+                             "skip_margin": None} | kw)  # every screened candidate measured in full
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def local_run(tmp_path_factory, tiny_store):
 
 def test_search_picks_smallest_passing_and_keeps_every_candidate(local_run, tiny_store):
     tmp_path, result, events, executor = local_run
-    assert len(result.records) == 3 and len(executor.started) == 3
+    assert len(result.records) == 3 and len(executor.started) == 6  # each probed, then measured in full
     assert {r.label for r in result.records} == {"ct2-float32", "ct2-int8", f"ct2-{SMALL_LOSS}"} or \
         len({r.label for r in result.records}) == 3
     for r in result.records:  # recipe, lineage, metrics, and a status for every candidate
@@ -93,7 +94,7 @@ def test_search_picks_smallest_passing_and_keeps_every_candidate(local_run, tiny
     ledger.write_text("\n".join(lines[:2]) + "\n" + lines[2][:20])
     third_exec = CountingExecutor()
     third = search(settings(tmp_path), store=tiny_store, executor=third_exec)
-    assert third.resumed == 2 and len(third_exec.started) == 1
+    assert third.resumed == 2 and third_exec.started == [third_exec.started[0]] * 2  # probed and measured
     assert third.best.name == result.best.name
 
 
@@ -136,27 +137,47 @@ def test_ray_spreads_candidates_with_the_same_result(local_run, tmp_path, tiny_s
     assert {r.label: r.status for r in result.records} == {r.label: r.status for r in local.records}
 
 
-def test_candidates_that_cannot_beat_the_best_are_not_run(tmp_path, tiny_store):
-    # float32 first (high prior), then int8_float32 with a prior no measurement of float32 could fall
-    # under: it is listed as not run, with why; with skip_margin=None it runs.
-    recipes = {"replace": True, "candidates": [
-        {"steps": [{"technique": "ctranslate2", "quantization": "float32"}],
-         "prior": {"speedup": 50, "size_ratio": 1.0, "pass_probability": 0.99, "minutes": 1}},
-        {"steps": [{"technique": "ctranslate2", "quantization": SMALL_LOSS}],
-         "prior": {"speedup": 0.01, "size_ratio": 0.5, "pass_probability": 0.9, "minutes": 1}},
-    ]}
-    executor = CountingExecutor()
-    s = settings(tmp_path, recipes=recipes, confirm=0)
-    s = SearchSettings(**{**s.__dict__, "objective": "latency"})
-    result = search(s, store=tiny_store, executor=executor)
-    assert executor.started == ["ct2-float32"] and result.best.label == "ct2-float32"
-    (skipped,) = result.not_run
-    assert skipped.label == f"ct2-{SMALL_LOSS}" and "cannot beat ct2-float32" in skipped.reason
+def test_every_candidate_is_probed_then_measured_in_full_fastest_probe_first(tmp_path, tiny_store):
+    # Successive halving in two rungs: both candidates built, screened and speed-probed; then the full
+    # measurement in the order of their probe ratios, the rest of the rung cut by the probe bound.
+    recipes = {"replace": True, "candidates": RECIPES["candidates"][:1] + RECIPES["candidates"][2:3]}
+    executor, events = CountingExecutor(), []
+    s = settings(tmp_path, recipes=recipes, confirm=0, objective="latency", bench_threads=1, output_tokens=8,
+                 repeats=1, probe_tokens=4, skip_margin=1.25)
+    result = search(s, store=tiny_store, executor=executor, listener=events.append)
+    probed = {e["record"].label: e["record"] for e in events if e["event"] == "probed"}
+    assert set(probed) == {"ct2-float32", f"ct2-{SMALL_LOSS}"}
+    assert all(r.probe > 0 and r.probe_ratio > 0 and r.threads == 1 for r in probed.values())
+    full = [e["label"] for e in events if e["event"] == "start" and e["rung"] == "full"]
+    assert full and full == sorted(full, key=lambda label: -probed[label].probe_ratio)
+    assert len(executor.started) == 2 + len(full)
+    for n in result.not_run:  # cut by the bound: its probe, even 1.25 times over, below the best's measured ratio
+        assert "speed probe gave" in n.reason
+        assert probed[n.label].probe_ratio * 1.25 < result.best.objective_ratio
 
     everything = CountingExecutor()
     s = SearchSettings(**{**s.__dict__, "skip_margin": None, "screen_tokens": 255})
     search(s, store=tiny_store, executor=everything)
-    assert sorted(everything.started) == ["ct2-float32", f"ct2-{SMALL_LOSS}"]
+    assert sorted(everything.started) == sorted(["ct2-float32", f"ct2-{SMALL_LOSS}"] * 2)
+
+
+def test_the_probe_bound():
+    from slipstream.search.record import SearchRecord
+    from slipstream.search.run import _outpaced
+
+    def rec(label, **kw):
+        return SearchRecord(id=label, label=label, steps=[], status=Status.PASSED, **kw)
+
+    best = rec("best", objective=40.0, objective_ratio=2.0)
+    s = SearchSettings(model="m", objective="latency")
+    assert _outpaced(rec("slow", probe_ratio=1.5), best, s).startswith("cannot beat best (2.00x measured)")
+    assert _outpaced(rec("close", probe_ratio=1.7), best, s) is None  # 1.7 x 1.25 > 2: might still win
+    assert _outpaced(rec("slow", probe_ratio=1.5), None, s) is None  # nothing passed yet
+    assert _outpaced(rec("slow", probe_ratio=1.5), best, SearchSettings(model="m", skip_margin=None)) is None
+    size = SearchSettings(model="m", objective="size")
+    small = rec("small", objective=-100e6)
+    assert "larger" in _outpaced(rec("big", probe=-200e6, probe_ratio=1.0), small, size)
+    assert _outpaced(rec("smaller", probe=-50e6, probe_ratio=4.0), small, size) is None
 
 
 def test_skip_margin_below_one_is_refused():

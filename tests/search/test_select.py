@@ -135,7 +135,7 @@ def test_ctranslate2_int8_priors_follow_the_cpu(monkeypatch):
     import slipstream.engines.ctranslate2 as ct2_engine
 
     # priors only: GGUF's candidates stay in the space even where llama-cpp-python is not installed
-    monkeypatch.setattr("slipstream.search.space.runnable", lambda spec, config, device: None)
+    monkeypatch.setattr("slipstream.search.space.runnable", lambda spec, config, device, speed=False: None)
 
     def priors(saturating):
         monkeypatch.setattr(ct2_engine, "saturating_int8", lambda compute_type: saturating)
@@ -205,3 +205,14 @@ def test_default_gate_bounds_kl_beside_perplexity():
     # a candidate that holds perplexity and misses only the KL bound is the closest miss
     only_kl = record("g", "failed_gate", 10.0, 0.003)
     assert closest_misses([record("c", "failed_gate", 80.0, 0.037), only_kl])[0].name == "g"
+
+
+def test_a_type_this_cpu_only_emulates_is_left_out_of_a_speed_search(monkeypatch):
+    from slipstream.search.space import candidates_from, gather_recipes
+
+    monkeypatch.setattr("slipstream.techniques.quantize.cast.cpu_flags", lambda: set())  # no native half
+    speed, left_out = candidates_from(gather_recipes("cpu"), "cpu", objective="latency")
+    (why,) = [s.reason for s in left_out if s.recipe == "fp16"]
+    assert "only emulates" in why and "fp16" not in {c.label for c in speed}
+    size, _ = candidates_from(gather_recipes("cpu"), "cpu", objective="size")
+    assert "fp16" in {c.label for c in size}  # half the bytes still serve the size objective

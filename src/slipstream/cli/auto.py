@@ -37,7 +37,12 @@ class _Printer:
             for s in e["skipped"]:
                 err.print(f"  left out {s.recipe}: {s.reason}", highlight=False)
         elif kind == "start":
-            err.print(f"[{e['index']}/{e['of']}] {e['label']}{left_s}", highlight=False)
+            rung = "screen+probe" if e.get("rung") == "probe" else "full"
+            err.print(f"[{rung} {e['index']}/{e['of']}] {e['label']}{left_s}", highlight=False)
+        elif kind == "probed":
+            r = e["record"]
+            ratio = f"{r.probe_ratio:.2f}x the original's" if r.probe_ratio else "measured"
+            err.print(f"      held the gate on the slice; speed probe {ratio}{left_s}", highlight=False)
         elif kind == "stage":
             err.print(f"      {e['stage']}{left_s}", highlight=False)
         elif kind == "finished":
@@ -83,8 +88,8 @@ def auto_cmd(
                                 help="Engine threads each candidate is benchmarked with, the fastest kept and "
                                      "recommended for serving: auto (1 and every core), N, or N,M"),
     confirm: int = typer.Option(2, "--confirm", help="Leaders re-measured side by side with the original"),
-    run_all: bool = typer.Option(False, "--run-all", help="Also run candidates whose expected speed-up (x1.5) "
-                                 "cannot beat the best passing one measured so far"),
+    run_all: bool = typer.Option(False, "--run-all", help="Measure every candidate that holds the gate on the "
+                                 "screening slice in full, even those whose speed probe (x1.25) cannot beat the best"),
     instance: Optional[str] = typer.Option(None, "--instance", help="Cost objective: a priced instance"),
     price_per_hour: Optional[float] = typer.Option(None, "--price-per-hour", help="Cost objective: your price"),
     report: Optional[Path] = typer.Option(Path("slipstream-auto.html"), "--report",
@@ -107,7 +112,7 @@ def auto_cmd(
                               bench_threads=threads, confirm=confirm, instance=instance,
                               price_per_hour=price_per_hour, recipe_file=str(recipes) if recipes else None,
                               replace_defaults=only_recipes, include=tuple(include), exclude=tuple(exclude),
-                              skip_margin=None if run_all else 1.5, max_kl=max_kl)
+                              skip_margin=None if run_all else 1.25, max_kl=max_kl)
     start = time.perf_counter()
     if report is not None and not report.name:  # --report '' (typer makes it Path('.')): no report
         report = None
@@ -127,7 +132,8 @@ def auto_cmd(
                      "—" if not r.size_bytes else f"{r.size_bytes / 1e6:.0f}",
                      f"{r.seconds or 0:.0f}", (r.reason or "")[:80]])
     table(f"search {result.search_id}: {settings.describe_gates()}, objective {objective} (★ Pareto frontier)",
-          ["variant", "status", "gate Δ", *(g.metric for g in settings.guards), f"{objective} ×", "MB", "s", "reason"], rows)
+          ["variant", "status", "gate Δ", *(g.metric for g in settings.guards), f"{objective} ×", "MB", "s",
+           "reason"], rows)
     for n in result.not_run:
         err.print(f"not run: {n.label} ({n.reason})", highlight=False)
     out.print(result.summary(), highlight=False)

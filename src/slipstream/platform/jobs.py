@@ -127,7 +127,7 @@ class SearchSpec(_Spec):
                               eval_tokens=self.eval_tokens, screen_tokens=self.screen_tokens,
                               bench_threads=tuple(self.threads) if isinstance(self.threads, list) else self.threads,
                               confirm=self.confirm, include=tuple(self.include),
-                              exclude=tuple(self.exclude), skip_margin=None if self.run_all else 1.5,
+                              exclude=tuple(self.exclude), skip_margin=None if self.run_all else 1.25,
                               recipe_file=recipe_file, replace_defaults=self.only_recipes, max_kl=self.max_kl)
 
 

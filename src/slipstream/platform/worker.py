@@ -90,7 +90,8 @@ class SearchEvents:
         kind = e.get("event")
         left = e.get("time_left_s")
         if kind == "start":
-            self.progress._emit(f"candidate {e['index']}/{e['of']}: {e['label']}", e["index"] - 1, e["of"],
+            rung = "screen and probe" if e.get("rung") == "probe" else "full measurement"
+            self.progress._emit(f"{rung} {e['index']}/{e['of']}: {e['label']}", e["index"] - 1, e["of"],
                                 force=True, time_left_s=left)
         elif kind == "stage":
             self.progress._emit(f"{e.get('label')}: {e.get('stage')}", self.progress.done, self.progress.total,

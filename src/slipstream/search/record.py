@@ -18,11 +18,13 @@ from slipstream.search.recipes import Prior
 
 
 class Status(str, Enum):
-    """How a candidate ended. Only ``CANCELLED`` stays out of the ledger: a resumed search runs it again."""
+    """How a candidate ended. ``CANCELLED`` and ``PROBED`` stay out of the ledger: a resumed search runs them
+    again (their builds, evaluations and probes come back from the store's caches)."""
 
     PASSED = "passed"  # within the gate on the full evaluation
     FAILED_GATE = "failed_gate"  # measured, and outside the gate
     SCREENED_OUT = "screened_out"  # even the best case on the screening slice misses the gate
+    PROBED = "probed"  # screened and speed-probed, waiting for the full measurement (never in the ledger)
     ERROR = "error"  # a stage raised, or the worker died
     CANCELLED = "cancelled"  # stopped when the budget ran out
 
@@ -169,6 +171,8 @@ class SearchRecord:
     bench: BenchSummary | None = None  # at the thread count that served the objective best
     threads: int | None = None  # that thread count: the engine threads recommended for serving it
     by_threads: dict[str, float] | None = None  # the objective at each thread count tried (keys: strings, JSON)
+    probe: float | None = None  # the objective on the short speed probe (at its best thread count)
+    probe_ratio: float | None = None  # that against the original's probe (above 1: better)
     objective: float | None = None
     stage: str | None = None  # where an error happened: build, screen, evaluate, benchmark
     reason: str | None = None  # why it failed, missed or stopped

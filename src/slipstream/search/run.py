@@ -7,12 +7,12 @@
 2. :func:`measure_reference`: the original, evaluated on the gate's task and benchmarked.
 3. :func:`plan`: the candidates that can run here, in expected-value order: prior gain on the objective
    times the chance of passing, per expected minute; those already in the ledger are resumed.
-4. :func:`run_candidates`: each candidate built, screened on a small slice (dropped when even the best
-   case the slice allows misses the gate), then fully evaluated and benchmarked, in a worker (local
-   process or Ray; :mod:`slipstream.search.worker`). For speed objectives, a candidate whose prior
-   speed-up, even ``skip_margin`` times over, is below the best passing one measured so far is not run
-   (``--run-all`` runs it); nor is one the budget has no time left for. Every finished candidate is
-   appended to the ledger at once.
+4. :func:`run_candidates`: two rungs of successive halving, each candidate in a worker (local process or
+   Ray; :mod:`slipstream.search.worker`). Every candidate is built, screened on a small slice (dropped when
+   even the best case the slice allows misses the gate) and timed on a short speed probe; then the screened
+   ones get the full evaluation and benchmark, fastest probe first, until none left could beat the best
+   passing one even ``skip_margin`` times over its probe (``--run-all`` measures them all); nor is one run
+   that the budget has no time left for. Every final record is appended to the ledger at once.
 5. :func:`confirm_leaders`: the best passing candidates re-measured side by side with the original in
    interleaved rounds (single benchmarks on a shared machine drift); the winner is chosen on those ratios.
 6. :func:`conclude`: the best passing candidate (:func:`~slipstream.search.select.select`), the Pareto
@@ -208,7 +208,7 @@ def measure_reference(settings: SearchSettings, run: Run) -> tuple[Reference, fl
 def plan(settings: SearchSettings, run: Run) -> Plan:
     """The space in expected-value order, split into what the ledger already holds and what is to run."""
     candidates, skipped = candidates_from(run.recipes, settings.device, list(settings.include) or None,
-                                          list(settings.exclude) or None, run.task)
+                                          list(settings.exclude) or None, run.task, settings.objective)
     if not candidates:
         raise SlipstreamError("no candidate can run here: " +
                               "; ".join(f"{s.recipe}: {s.reason}" for s in skipped[:5]))
@@ -223,73 +223,130 @@ def plan(settings: SearchSettings, run: Run) -> Plan:
 
 def run_candidates(settings: SearchSettings, run: Run, space: Plan, reference: Reference, bench_s: float,
                    executor: Any) -> tuple[list[SearchRecord], list[NotRun]]:
-    """Build, screen, evaluate and benchmark each candidate to run, in its worker; every finished record
-    goes to the ledger at once. Returns every record (resumed ones first) and the candidates not run."""
+    """Two rungs of successive halving, each candidate in its worker. First every candidate is built, screened
+    on a small slice and, if it holds the gate there, timed on a short speed probe; then the screened ones are
+    measured in full (evaluation and benchmark), fastest probe first, until no one left could still beat the
+    best passing candidate (its probe ratio times ``skip_margin`` below that one's measured ratio). Every
+    final record goes to the ledger at once. Returns every record (resumed ones first) and what was not run."""
     records = list(space.resumed)
-    durations = [r.seconds for r in records if r.seconds]
-    # Time kept back for the confirmation rounds and the report at the end.
-    reserve = (settings.confirm_rounds * (settings.confirm + 1) + 1) * bench_s
     not_run: list[NotRun] = []
     by_id = {c.id: c for c in space.todo}
+    durations: dict[str, list[float]] = {"probe": [], "full": [r.seconds for r in records if r.seconds]}
+    # Time kept back for the confirmation rounds and the report at the end.
+    reserve = (settings.confirm_rounds * (settings.confirm + 1) + 1) * bench_s
     base_request = {"model": settings.model, "home": str(run.store.home), "device": settings.device,
                     "gate": asdict(settings.gate), "guards": [asdict(g) for g in settings.guards],
                     "objective": settings.objective, "screen": settings.eval_settings(True),
                     "evaluate": settings.eval_settings(False), "bench": settings.bench_settings(),
-                    "threads": list(settings.bench_threads), "price_per_hour": settings.price().price_per_hour}
-
-    def requests():
-        started = 0
-        for c in space.todo:
-            why = _hopeless(c, select(records), settings) or _no_time(c, run, durations, reserve)
-            if why:
-                not_run.append(NotRun(c.label, why))
-                continue
-            started += 1
-            run.emit({"event": "start", "label": c.label, "index": started, "of": len(space.todo),
-                      "time_left_s": run.time_left()})
-            yield base_request | {"candidate": c.to_dict()}
+                    "probe": settings.probe_settings(), "threads": list(settings.bench_threads),
+                    "price_per_hour": settings.price().price_per_hour}
+    reference_probe = probe_reference(settings, run) if space.todo else None
 
     def on_event(request: dict[str, Any], event: dict[str, Any]) -> None:
         run.emit({"event": "stage", "label": request["candidate"]["label"], "stage": event.get("stage"),
                   "time_left_s": run.time_left()})
 
+    def finish(record: SearchRecord) -> None:
+        if record.status is Status.CANCELLED:  # not in the ledger: a resumed search runs it
+            not_run.append(NotRun(record.label, record.reason or ""))
+        else:
+            record = _against_reference(replace(record, prior=by_id[record.id].prior), reference, settings.objective)
+            if record.seconds:
+                durations["full"].append(record.seconds)
+            records.append(record)
+            run.ledger.append(record)
+        best = select(records)
+        run.emit({"event": "finished", "record": record, "best": best and best.name, "time_left_s": run.time_left()})
+
+    def probes():
+        for i, c in enumerate(space.todo, 1):
+            why = _no_time(c, run, durations["probe"], reserve, c.prior.minutes * 30)
+            if why:
+                not_run.append(NotRun(c.label, why))
+                continue
+            run.emit({"event": "start", "label": c.label, "index": i, "of": len(space.todo), "rung": "probe",
+                      "time_left_s": run.time_left()})
+            yield base_request | {"candidate": c.to_dict(), "fidelity": "probe"}
+
+    probed: list[SearchRecord] = []
+
+    def full():
+        probed.sort(key=lambda r: (-(r.probe_ratio if r.probe_ratio is not None else r.probe or 0.0), r.label))
+        run.emit({"event": "log", "message": f"{len(probed)} candidate(s) held the gate on the screening slice; "
+                                             "measuring them in full, fastest probe first"})
+        for i, r in enumerate(probed, 1):
+            c = by_id[r.id]
+            why = _outpaced(r, select(records), settings) or _no_time(c, run, durations["full"], reserve,
+                                                                     c.prior.minutes * 60)
+            if why:
+                not_run.append(NotRun(c.label, why))
+                continue
+            run.emit({"event": "start", "label": c.label, "index": i, "of": len(probed), "rung": "full",
+                      "time_left_s": run.time_left()})
+            yield base_request | {"candidate": c.to_dict()}
+
     # In-flight candidates are stopped shortly before the confirmation rounds' share of the budget.
     hard_stop = None if run.deadline is None else run.deadline - reserve * 0.5
     try:
-        for _, record in executor.run(requests(), on_event, hard_stop):
-            if record.status is Status.CANCELLED:  # not in the ledger: a resumed search runs it
-                not_run.append(NotRun(record.label, record.reason or ""))
-            else:
-                record = _against_reference(replace(record, prior=by_id[record.id].prior), reference,
-                                            settings.objective)
-                if record.seconds:
-                    durations.append(record.seconds)
-                records.append(record)
-                run.ledger.append(record)
-            best = select(records)
-            run.emit({"event": "finished", "record": record, "best": best and best.name,
-                      "time_left_s": run.time_left()})
+        for _, record in executor.run(probes(), on_event, hard_stop):
+            if record.status is Status.PROBED:
+                record = replace(record, probe_ratio=_ratio(record.probe, reference_probe, settings.objective))
+                durations["probe"].append(record.seconds or 0.0)
+                probed.append(record)
+                run.emit({"event": "probed", "record": record, "time_left_s": run.time_left()})
+            else:  # screened out, failed or cancelled: final
+                finish(record)
+        for _, record in executor.run(full(), on_event, hard_stop):
+            finish(record)
     finally:
         executor.close()
     return records, not_run
 
 
-def _hopeless(c: Candidate, best: SearchRecord | None, settings: SearchSettings) -> str | None:
-    """Why ``c`` cannot beat the best passing candidate even at ``skip_margin`` times its prior."""
-    if settings.skip_margin is None or settings.objective not in ("latency", "throughput"):
-        return None
-    ratio = best.objective_ratio if best else None
-    if not ratio or c.prior.speedup * settings.skip_margin >= ratio:
-        return None
-    return (f"cannot beat {best.label} ({ratio:.2f}x measured): expected {c.prior.speedup:g}x, "  # type: ignore[union-attr]
-            f"x{settings.skip_margin:g} margin")
+def probe_reference(settings: SearchSettings, run: Run) -> float | None:
+    """The original on the speed probe, at its best thread count (None for the size objective)."""
+    if settings.objective == "size":
+        return -float(run.store.get(settings.model).size_bytes)
+    from slipstream.benchmark.run import BenchSettings, bench
+
+    size, best = run.store.get(settings.model).size_bytes, None
+    for n in settings.bench_threads:  # type: ignore[union-attr]
+        metrics = bench(settings.model, settings=BenchSettings(**settings.probe_settings(n)), store=run.store,
+                        use_cache=True).metrics
+        value = objective_value(settings.objective, metrics, size, settings.price().price_per_hour)
+        if value is not None and (best is None or value > best):
+            best = value
+    return best
 
 
-def _no_time(c: Candidate, run: Run, durations: list[float], reserve: float) -> str | None:
-    """Why the budget has no time left for ``c``: less than half what a candidate takes."""
+def _ratio(value: float | None, reference: float | None, objective: str) -> float | None:
+    """``value`` against the original's, above 1 when better (sizes and costs are stored negated)."""
+    if value is None or not reference:
+        return None
+    return value / reference if objective in ("latency", "throughput") else reference / value
+
+
+def _outpaced(r: SearchRecord, best: SearchRecord | None, settings: SearchSettings) -> str | None:
+    """Why probed candidate ``r`` cannot beat the best passing one: its probe ratio, even ``skip_margin`` times
+    over, is below the best's measured ratio (a size is exact: no margin)."""
+    if settings.skip_margin is None or best is None or r.probe_ratio is None:
+        return None
+    if settings.objective == "size":
+        if best.objective is not None and r.probe is not None and r.probe < best.objective:
+            return f"cannot beat {best.label}: larger ({-r.probe / 1e6:.0f} MB against {-best.objective / 1e6:.0f} MB)"
+        return None
+    if not best.objective_ratio or r.probe_ratio * settings.skip_margin >= best.objective_ratio:
+        return None
+    return (f"cannot beat {best.label} ({best.objective_ratio:.2f}x measured): its speed probe gave "
+            f"{r.probe_ratio:.2f}x, x{settings.skip_margin:g} margin")
+
+
+def _no_time(c: Candidate, run: Run, durations: list[float], reserve: float, guess: float) -> str | None:
+    """Why the budget has no time left for ``c``: less than half what one takes at this rung (measured so far,
+    else ``guess`` seconds)."""
     if run.deadline is None:
         return None
-    expected = (sum(durations) / len(durations)) if durations else c.prior.minutes * 60
+    expected = (sum(durations) / len(durations)) if durations else guess
     left = run.deadline - time.time() - reserve
     if left >= expected * 0.5:
         return None
@@ -300,9 +357,7 @@ def _against_reference(record: SearchRecord, reference: Reference, objective: st
     """The record's objective as a ratio to the original's, above 1 when better."""
     if not reference.objective or record.objective is None or objective == "size":
         return record
-    ratio = record.objective / reference.objective if objective in ("latency", "throughput") \
-        else reference.objective / record.objective
-    return replace(record, objective_ratio=ratio)
+    return replace(record, objective_ratio=_ratio(record.objective, reference.objective, objective))
 
 
 def confirm_leaders(settings: SearchSettings, run: Run, records: list[SearchRecord],

@@ -127,9 +127,12 @@ class SearchSettings:
     replace_defaults: bool = False
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
-    # latency/throughput: a candidate whose prior speed-up times this margin is below the best passing
-    # candidate's measured speed-up is not run (listed as not run, with why); None runs every candidate.
-    skip_margin: float | None = 1.5
+    # the first rung's speed probe: output tokens per run (one repeat, each thread count)
+    probe_tokens: int = 16
+    # the second rung: a candidate whose probe ratio (against the original's probe) times this margin is below
+    # the best passing candidate's measured ratio is not measured in full (listed as not run, with why); the
+    # margin covers the probe's error. None measures every screened candidate in full (--run-all).
+    skip_margin: float | None = 1.25
     # WikiText-2 gates (perplexity, top-1 agreement): the mean KL divergence from the original must stay within
     # this too (absolute, nats per token), since perplexity can hold while the next-token distribution moves;
     # "auto" follows the perplexity gate (ln(1 + its allowed drop)); None turns the bound off. Other tasks do
@@ -195,6 +198,10 @@ class SearchSettings:
         batch = (1,) if self.objective in ("latency", "size") else (1, 8)
         return {"output_tokens": self.output_tokens, "batch_sizes": batch, "repeats": self.repeats,
                 "threads": threads or self.bench_threads[0], "device": self.device}  # type: ignore[index]
+
+    def probe_settings(self, threads: int | None = None) -> dict[str, Any]:
+        """The speed probe: the benchmark's settings with few output tokens and one repeat."""
+        return self.bench_settings(threads) | {"output_tokens": self.probe_tokens, "repeats": 1}
 
     def identity(self, model_sha: str) -> dict[str, Any]:
         """What decides every candidate's record: a restart with the same identity resumes."""

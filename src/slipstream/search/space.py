@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -68,8 +69,11 @@ def on_this_machine(recipe: Recipe, device: str) -> Recipe:
                                          pass_probability=min(prior.pass_probability, 0.1)))
 
 
-def runnable(spec: TechniqueSpec, config: TechniqueConfig, device: str) -> str | None:
-    """Why ``config`` cannot run here (missing extra, device), or None if it can."""
+def runnable(spec: TechniqueSpec, config: TechniqueConfig, device: str, speed: bool = False) -> str | None:
+    """Why ``config`` cannot run here (missing extra, device), or None if it can. With ``speed`` (a latency,
+    throughput or cost objective), also why it is not worth running: a module's ``check_device`` that answers
+    False says this device only emulates the arithmetic (half precision on a CPU without native half
+    arithmetic), slower than what it replaces."""
     if not spec.extra_installed():
         return f"needs the '{spec.extra}' extra"
     check = getattr(spec.load_module(), "check_device", None)
@@ -78,9 +82,14 @@ def runnable(spec: TechniqueSpec, config: TechniqueConfig, device: str) -> str |
         params = list(inspect.signature(check).parameters)
         args = [device if p == "device" else config if p == "config" else getattr(config, p) for p in params]
         try:
-            check(*args)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the reason is reported below, once
+                native = check(*args)
         except SlipstreamError as exc:
             return str(exc)
+        if speed and native is False:
+            return (f"{config.slug()}: this {device.upper()} only emulates that arithmetic, slower than float32; "
+                    "left out of a speed search (the size objective keeps it)")
     return None
 
 
@@ -94,9 +103,11 @@ def gather_recipes(device: str, recipe_file: Path | None = None, replace_default
 
 
 def candidates_from(recipes: list[Recipe], device: str, include: list[str] | None = None,
-                    exclude: list[str] | None = None, task: str = "causal-lm") -> tuple[list[Candidate], list[LeftOut]]:
+                    exclude: list[str] | None = None, task: str = "causal-lm",
+                    objective: str = "size") -> tuple[list[Candidate], list[LeftOut]]:
     """Candidates that can run here on a model of ``task``, and the recipes left out with the reason (recipes
-    for other tasks are not part of the space at all)."""
+    for other tasks are not part of the space at all; for a speed ``objective``, nor are the ones this device
+    would only emulate)."""
     candidates: list[Candidate] = []
     skipped: list[LeftOut] = []
     seen: set[str] = set()
@@ -115,7 +126,8 @@ def candidates_from(recipes: list[Recipe], device: str, include: list[str] | Non
         if candidate.id in seen:
             continue
         seen.add(candidate.id)
-        reason = next((r for c in configs if (r := runnable(get(c.technique), c, device))), None)
+        speed = objective in ("latency", "throughput", "cost")
+        reason = next((r for c in configs if (r := runnable(get(c.technique), c, device, speed))), None)
         if reason:
             skipped.append(LeftOut(candidate.label, reason))
         else:

@@ -6,7 +6,9 @@ back as one :class:`~slipstream.search.record.SearchRecord`; nothing raises past
 
 The request is the JSON the search hands a worker: ``model``, ``home`` (the store), ``device``, ``gate``,
 ``objective``, the ``screen``/``evaluate`` evaluation settings, ``bench`` settings and the engine ``threads``
-to benchmark with (the fastest is kept), ``price_per_hour`` and the ``candidate`` (:meth:`slipstream.search.space.Candidate.to_dict`).
+to benchmark with (the fastest is kept), ``price_per_hour``, the ``candidate``
+(:meth:`slipstream.search.space.Candidate.to_dict`), and ``fidelity``: ``probe`` stops after the screen and a
+short speed probe (``probe`` settings), the first rung of the search.
 """
 
 from __future__ import annotations
@@ -62,6 +64,9 @@ def run_candidate(request: dict[str, Any], emit: Emit = lambda **_: None) -> Sea
             record = _screen(record, request, store, gate, guards, emit)
             if record.status is Status.SCREENED_OUT:
                 return replace(record, seconds=time.time() - started)
+        if request.get("fidelity") == "probe":  # the first rung: screened, then a short speed probe
+            stage = "probe"
+            return replace(_probe(record, request, store, emit), seconds=time.time() - started)
         stage = "evaluate"
         record = _evaluate(record, request, store, gate, guards, emit)
         bench_metrics = None
@@ -139,6 +144,29 @@ def _benchmark(record: SearchRecord, request: dict[str, Any], store: Any,
     return replace(record, bench=BenchSummary.from_metrics(metrics), threads=threads,
                    by_threads={str(n): v for n, (v, _) in sorted(by_threads.items(), key=lambda kv: kv[0] or 0)}), \
         metrics
+
+
+def _probe(record: SearchRecord, request: dict[str, Any], store: Any, emit: Emit) -> SearchRecord:
+    """The objective on a short benchmark (``request["probe"]``: few tokens, one repeat) at each thread count:
+    cheap enough to run on every candidate, close enough to order them (docs/search.md#how-it-searches)."""
+    from slipstream.benchmark.run import BenchSettings, bench
+
+    t = time.time()
+    if request["objective"] == "size":
+        value, threads = -float(record.size_bytes or 0), None
+    else:
+        emit(event="stage", stage="probe")
+        measured = {}
+        for n in request.get("threads") or [request["probe"].get("threads")]:
+            metrics = bench(record.name, settings=BenchSettings(**request["probe"] | {"threads": n}), store=store,
+                            use_cache=True).metrics
+            v = objective_value(request["objective"], metrics, record.size_bytes or 0,
+                                request.get("price_per_hour", 0.0816))
+            measured[n] = v if v is not None else float("-inf")
+        threads = max(measured, key=lambda n: (measured[n], -(n or 0)))
+        value = measured[threads]
+    record.timings["probe_s"] = time.time() - t  # type: ignore[index]
+    return replace(record, status=Status.PROBED, probe=value, threads=threads)
 
 
 def _judge(record: SearchRecord, request: dict[str, Any], gate: Any, bench_metrics: dict | None) -> SearchRecord:
