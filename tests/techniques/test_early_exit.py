@@ -11,7 +11,8 @@ import pytest
 
 from slipstream.errors import InvalidConfig
 from slipstream.store.manifest import Manifest
-from slipstream.techniques.prune.early_exit import EarlyExit, check_model, choose_exit, exit_logits, exit_model, kl_curve
+from slipstream.techniques.prune.early_exit import (EarlyExit, check_model, choose_exit, exit_logits, exit_model,
+                                                    first_exit, kl_curve)
 
 FEW = {"samples": 2, "sequence_length": 64}
 LAYERS = 4
@@ -118,7 +119,7 @@ def test_max_kl_on_a_model(model):
     batches = _batches()
     curve = kl_curve(model, batches)
     bound = curve[3] * 1.001
-    facts = exit_model(copy.deepcopy(model), EarlyExit(max_kl=bound, **FEW), batches)
+    facts = exit_model(copy.deepcopy(model), EarlyExit(max_kl=bound, min_layers=1, **FEW), batches)
     expected = min(k for k in (1, 2, 3) if curve[k] <= bound)
     assert facts["exit"]["layers"] == expected and facts["exit"]["rule"] == f"max_kl={bound:g}"
     assert facts["kl_by_exit"] == {str(k): round(v, 6) for k, v in curve.items()}
@@ -145,6 +146,8 @@ def test_configs_that_skip_nothing_are_refused_against_the_model(model):
         check_model(model, EarlyExit(max_kl=0.1, min_layers=LAYERS))
     assert EarlyExit(max_kl=0.05).slug() == "exit-kl0.05" and EarlyExit(max_kl=1e9).slug() == "exit-kl1e09"
     assert EarlyExit(layers=28, min_layers=2).slug() == "exit-l28-min2"
+    assert [first_exit(EarlyExit(**o), 30) for o in ({"max_kl": 0.1}, {"layers": 20}, {"layers": 9},
+                                                     {"max_kl": 0.1, "min_layers": 26})] == [15, 15, 9, 26]
 
 
 def test_optimize_makes_a_smaller_tied_model_that_engines_run(exit_store):
@@ -162,7 +165,7 @@ def test_optimize_makes_a_smaller_tied_model_that_engines_run(exit_store):
     assert config["num_hidden_layers"] == 3 and config["tie_word_embeddings"] is True
     assert variant.parameters < parent.parameters and variant.size_bytes < parent.size_bytes
     facts = Manifest.read(variant.path).extra["facts"]
-    assert facts["exit"]["layers"] == 3 and list(facts["kl_by_exit"]) == ["1", "2", "3", "4"]
+    assert facts["exit"]["layers"] == 3 and list(facts["kl_by_exit"]) == ["2", "3", "4"]  # from half the depth
     assert facts["kl_by_exit"]["4"] == 0.0 and facts["calibration"]["source"] == "wikitext2-valid"
 
     prompt = [1, 45, 100, 200, 33, 7]
@@ -185,6 +188,6 @@ def test_optimize_with_max_kl_records_why(exit_store):
 
     variant = optimize("deep", "early-exit", {"max_kl": 1e9} | FEW, store=exit_store)
     facts = Manifest.read(variant.path).extra["facts"]
-    assert facts["exit"] == {"layers": 1, "kl": facts["kl_by_exit"]["1"], "rule": "max_kl=1e+09"}
+    assert facts["exit"] == {"layers": 2, "kl": facts["kl_by_exit"]["2"], "rule": "max_kl=1e+09"}  # half the depth
     with pytest.raises(InvalidConfig, match="no exit before layer 4 is within max_kl=1e-09"):
         optimize("deep", "early-exit", {"max_kl": 1e-9} | FEW, store=exit_store)

@@ -9,7 +9,9 @@ The exit is chosen on calibration text (WikiText-2 *validation* by default, neve
 forward pass per sample with ``output_hidden_states``: for every candidate exit ``L`` the next-token
 distribution of ``lm_head(norm(h_L))`` is compared with the full model's by its mean KL divergence
 ``KL(full || exit)`` over all tokens. ``max_kl`` takes the earliest exit within the bound; ``layers``
-takes exactly that many layers. The whole curve goes into the variant's facts, so its manifest says why.
+takes exactly that many layers. The curve covers the exits from ``min_layers`` on (by default from half the
+depth: each exit costs a pass of the LM head over the calibration tokens) and goes into the variant's facts, so
+its manifest says why.
 
 The final norm: ``hidden_states[i]`` is the raw output of layer ``i`` for ``i < n``, but transformers
 returns ``hidden_states[n]`` with the final norm already applied (it is the model's
@@ -20,6 +22,7 @@ full depth gives the model's own logits (KL 0).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +41,7 @@ class EarlyExit(TechniqueConfig):
     technique = "early-exit"
     max_kl: float | None = None  # the earliest exit whose mean KL (nats/token) from the full model is within this
     layers: int | None = None  # or: exit after exactly this many decoder layers
-    min_layers: int = 1  # never exit earlier; the KL curve starts here
+    min_layers: int | None = None  # never exit earlier (the KL curve starts here); None: half the model's depth
     calibration: str = "wikitext2-valid"
     samples: int = 8
     sequence_length: int = 512
@@ -51,15 +54,15 @@ class EarlyExit(TechniqueConfig):
                                 + ("; both are set" if self.layers is not None else "; neither is set"))
         if self.max_kl is not None and not self.max_kl > 0:
             raise InvalidConfig(f"early-exit: max_kl must be above 0, got {self.max_kl}")
-        if self.min_layers < 1:
+        if self.min_layers is not None and self.min_layers < 1:
             raise InvalidConfig(f"early-exit: min_layers must be at least 1, got {self.min_layers}")
-        if self.layers is not None and self.layers < self.min_layers:
+        if self.layers is not None and self.min_layers is not None and self.layers < self.min_layers:
             raise InvalidConfig(f"early-exit: layers={self.layers} is below min_layers={self.min_layers}")
         Calibration(self.calibration, self.samples, self.sequence_length)
 
     def slug(self) -> str:
         rule = f"kl{self.max_kl:g}".replace("+", "") if self.max_kl is not None else f"l{self.layers}"
-        return f"exit-{rule}" + (f"-min{self.min_layers}" if self.min_layers != EarlyExit.min_layers else "")
+        return f"exit-{rule}" + (f"-min{self.min_layers}" if self.min_layers is not None else "")
 
 
 # --- measurement ------------------------------------------------------------------------------------
@@ -72,12 +75,19 @@ def check_model(model: Any, config: EarlyExit) -> int:
         raise Unsupported(f"early-exit: {type(model).__name__} has no model.layers, model.norm and lm_head "
                           "(a decoder-only causal LM)")
     n = len(inner.layers)
-    if config.min_layers >= n:
+    if config.min_layers is not None and config.min_layers >= n:
         raise InvalidConfig(f"early-exit: min_layers={config.min_layers} leaves nothing to skip in {n} layers")
     if config.layers is not None and config.layers >= n:
         raise InvalidConfig(f"early-exit: layers={config.layers} skips nothing; the model has {n} layers "
                             f"(exit after 1 to {n - 1})")
     return n
+
+
+def first_exit(config: EarlyExit, n_layers: int) -> int:
+    """The earliest exit the curve measures: ``min_layers``, by default half the depth (each exit costs a pass
+    of the LM head over the calibration tokens), or earlier where ``layers`` asks for an earlier exit."""
+    first = config.min_layers if config.min_layers is not None else max(1, n_layers // 2)
+    return min(first, config.layers) if config.layers is not None else first
 
 
 def exit_logits(model: Any, hidden_states: tuple[Any, ...], layers: int) -> Any:
@@ -97,7 +107,8 @@ def exit_logits(model: Any, hidden_states: tuple[Any, ...], layers: int) -> Any:
     return logits
 
 
-def kl_curve(model: Any, batches: list[Any], first: int = 1) -> dict[int, float]:
+def kl_curve(model: Any, batches: list[Any], first: int = 1, on_batch: Callable[[], None] = lambda: None
+             ) -> dict[int, float]:
     """Exit ``L`` -> mean ``KL(full || exit at L)`` in nats per token, for ``L`` from ``first`` to the
     model's depth (whose value is 0 by construction: the check that the final norm is handled right)."""
     import torch
@@ -118,6 +129,7 @@ def kl_curve(model: Any, batches: list[Any], first: int = 1) -> dict[int, float]
                 q = torch.log_softmax(exit_logits(model, hidden, layers).float(), dim=-1)
                 sums[layers] += (p * (reference - q)).sum(-1).clamp_min(0).sum().item()
             tokens += reference.shape[0] * reference.shape[1]
+            on_batch()
     return {layers: s / max(tokens, 1) for layers, s in sums.items()}
 
 
@@ -141,8 +153,9 @@ def exit_model(model: Any, config: EarlyExit, batches: list[Any], progress: Prog
     progress = or_null(progress)
     n = check_model(model, config)
     before = parameter_count(model)
-    with progress.task(f"measuring the KL of exits {config.min_layers}..{n} against the full model"):
-        curve = kl_curve(model, batches, first=config.min_layers)
+    first = first_exit(config, n)
+    with progress.task(f"measuring the KL of exits {first}..{n} against the full model", total=len(batches)) as task:
+        curve = kl_curve(model, batches, first=first, on_batch=task.advance)
     keep = choose_exit(curve, config, n)
     drop_layers(model, list(range(keep, n)))
     after = parameter_count(model)
