@@ -57,7 +57,7 @@ def test_implements_the_protocol_in_float32(store, engines):
     assert isinstance(ov, Engine)
     info = ov.info()
     assert info.engine == "openvino" and info.compute_type == "float32"
-    assert "float32" in info.details["inference_precision"]  # not the CPU plugin's bf16 default
+    assert info.details["inference_precision"] == "f32"  # not the CPU plugin's bf16 default
     assert ov.max_context == 256
     variant = store.get("tiny-ov")
     assert variant.format == "openvino"

@@ -44,8 +44,8 @@ class OpenVINOEngine(KVGraphEngine):
         self.device = device
         self.batch_size = o.batch_size
         self._threads = o.threads or (os.cpu_count() or 1)
-        config: dict[str, Any] = {"INFERENCE_NUM_THREADS": self._threads, "INFERENCE_PRECISION_HINT": o.inference_precision,
-                                  "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+        config: dict[str, Any] = {"INFERENCE_NUM_THREADS": self._threads, "NUM_STREAMS": 1,
+                                  "INFERENCE_PRECISION_HINT": o.inference_precision, "PERFORMANCE_HINT": "LATENCY"}
         if o.dynamic_quantization is not None:
             config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = o.dynamic_quantization
         core = ov.Core()
@@ -62,9 +62,9 @@ class OpenVINOEngine(KVGraphEngine):
         self.max_context = o.max_context or max_context(path / TOKENIZER_DIR)
 
     def info(self) -> EngineInfo:
+        precision = self._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # "f32"
         return EngineInfo("openvino", self.device, self.quantization, self._threads,
-                          {"openvino": self._ov.__version__,
-                           "inference_precision": str(self._compiled.get_property("INFERENCE_PRECISION_HINT")),
+                          {"openvino": self._ov.__version__, "inference_precision": precision,
                            "dynamic_quantization": self._dynamic_quantization})
 
     def close(self) -> None:
