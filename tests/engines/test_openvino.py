@@ -79,6 +79,20 @@ def test_greedy_tokens_equal_transformers_in_a_padded_batch(engines):
     assert list(ov.stream(ids[1], params)) == a[1].token_ids
 
 
+def test_interleaved_decodes_keep_their_own_cache(engines):
+    _, ov = engines
+    ids = prompts(ov)
+    params = SamplingParams(max_tokens=12, ignore_eos=True)
+    alone = [list(ov.stream(p, params)) for p in ids[:2]]
+    first, second = ov.stream(ids[0], params), ov.stream(ids[1], params)
+    together = [[], []]
+    for a, b in zip(first, second):  # one step of each in turn, on the engine's one infer request
+        together[0].append(a)
+        together[1].append(b)
+        ov.score(ids[2:3])  # a scoring pass between steps too
+    assert together == alone
+
+
 def test_scores_agree_with_transformers(engines):
     hf, ov = engines
     ids = prompts(hf)

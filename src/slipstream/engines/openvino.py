@@ -1,10 +1,11 @@
 """The OpenVINO engine: runs variants written by the OpenVINO exporter (float32, int8 or int4 weights) on
 OpenVINO's CPU plugin.
 
-The graph and the decode loop are :mod:`slipstream.engines.kv_graph`'s; this module runs one step. Two
-infer requests take turns: each step's ``present.*`` output tensors are set as the other request's
-``past.*`` inputs, so the KV cache stays in OpenVINO's own tensors (no copy through numpy per step), and a
-request never writes its outputs over the tensors it is reading. The model is compiled with
+The graph and the decode loop are :mod:`slipstream.engines.kv_graph`'s; this module runs one step. Each step
+gives the infer request new OpenVINO tensors of the step's shapes for its outputs, which the plugin writes
+into, and the ``present.*`` ones are set as the next step's ``past.*`` inputs: the KV cache stays in
+OpenVINO tensors (no copy through numpy per step), and no step writes over a tensor another still holds, so
+decodes may be interleaved (one thread at a time: the request is shared). The model is compiled with
 ``INFERENCE_PRECISION_HINT`` f32 unless asked otherwise: the plugin's own default is bf16 wherever the CPU
 has bf16 instructions. No PyTorch is imported.
 """
@@ -50,12 +51,12 @@ class OpenVINOEngine(KVGraphEngine):
             config["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = o.dynamic_quantization
         core = ov.Core()
         self._compiled = core.compile_model(core.read_model(str(path / MODEL_FILE)), "CPU", config)
-        self._requests = [self._compiled.create_infer_request() for _ in range(2)]
-        self._turn = 0
+        self._request = self._compiled.create_infer_request()
         self._past = [i.get_any_name() for i in self._compiled.inputs if i.get_any_name().startswith("past.")]
         self._present = [o.get_any_name() for o in self._compiled.outputs if o.get_any_name().startswith("present.")]
         shape = self._compiled.input(self._past[0]).get_partial_shape()  # [batch, kv_heads, past, head_dim]
         self._kv_heads, self._head_dim = shape[1].get_length(), shape[3].get_length()
+        self._vocab = self._compiled.output("logits").get_partial_shape()[2].get_length()
         self._dynamic_quantization = self._compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE")
         self.quantization = stored_quantization(path) or "float32"
         self._tokenizer = Tokenizer.from_dir(path / TOKENIZER_DIR)
@@ -68,7 +69,7 @@ class OpenVINOEngine(KVGraphEngine):
                            "dynamic_quantization": self._dynamic_quantization})
 
     def close(self) -> None:
-        self._requests = []
+        self._request = None
         self._compiled = None
 
     # one forward step -----------------------------------------------------------------------
@@ -78,13 +79,18 @@ class OpenVINOEngine(KVGraphEngine):
 
     def _forward(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray,
                  past: list[Any]) -> tuple[np.ndarray, list[Any]]:
-        """Run one step on the request whose turn it is; return the logits (a view of its output, valid
-        until its next turn) and the presents as its own output tensors (the other request's next past)."""
-        request = self._requests[self._turn]
-        self._turn ^= 1
+        """Run one step into output tensors made for it; return the logits (a numpy view of its tensor) and
+        the presents (OpenVINO tensors, to be set as the next step's past)."""
+        ov, request = self._ov, self._request
+        (batch, new), total = ids.shape, mask.shape[1]
         for name, value in (("input_ids", ids), ("attention_mask", mask), ("position_ids", positions)):
-            request.set_tensor(name, self._ov.Tensor(np.ascontiguousarray(value, dtype=np.int64)))
+            request.set_tensor(name, ov.Tensor(np.ascontiguousarray(value, dtype=np.int64)))
         for name, tensor in zip(self._past, past):
             request.set_tensor(name, tensor)
+        logits = ov.Tensor(ov.Type.f32, [batch, new, self._vocab])
+        present = [ov.Tensor(ov.Type.f32, [batch, self._kv_heads, total, self._head_dim]) for _ in self._present]
+        request.set_tensor("logits", logits)
+        for name, tensor in zip(self._present, present):
+            request.set_tensor(name, tensor)
         request.infer()
-        return request.get_tensor("logits").data, [request.get_tensor(name) for name in self._present]
+        return logits.data, present
