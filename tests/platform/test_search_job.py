@@ -17,8 +17,9 @@ from tests.search.test_auto_killed import RECIPES, gone, wait_until
 
 pytest.importorskip("ctranslate2")
 
+# run_all: both candidates measured in full (the size objective would cut the larger one after its probe)
 SPEC = {"objective": "size", "max_drop": "50%", "budget": "none", "recipes": RECIPES, "only_recipes": True,
-        "eval_tokens": 512, "screen_tokens": 256, "confirm": 0}
+        "eval_tokens": 512, "screen_tokens": 256, "confirm": 0, "run_all": True}
 
 
 @pytest.fixture
@@ -61,16 +62,17 @@ def test_search_job_reports_candidates_and_frontier(search_store):
 
 def test_a_search_left_running_by_a_dead_service_resumes_from_its_ledger(search_store, monkeypatch):
     home = search_store.home
-    # the second candidate's worker stops just before it commits its variant
-    env, marker = hooked_env(home, "slipstream.store:Store.commit", after=False,
-                             when="kwargs['name'] == 'tiny-ct2-float32'")
+    # both built, screened and probed; the smaller (int8) measured in full and in the ledger; the second
+    # candidate's worker stops as its full evaluation starts
+    env, marker = hooked_env(home, "slipstream.evaluation.run:evaluate", after=False,
+                             when="args[0] == 'tiny-ct2-float32' and kwargs['settings'].max_tokens == 512")
     for key in ("PYTHONPATH", "SLIPSTREAM_TEST_HOOK", "SLIPSTREAM_TEST_MARKER", "SLIPSTREAM_TEST_WHEN",
                 "SLIPSTREAM_TEST_AFTER"):
         monkeypatch.setenv(key, env[key])
     p = Platform(search_store, api_keys=["k"])
     with _client(p) as c:
         job_id = c.post("/api/v1/jobs", json={"kind": "search", "spec": {"model": "tiny", **SPEC}}).json()["id"]
-        paused = int(wait_until(lambda: marker.exists() and marker.read_text(), 240, "never reached the commit"))
+        paused = int(wait_until(lambda: marker.exists() and marker.read_text(), 240, "never reached the full evaluation"))
         worker = c.get(f"/api/v1/jobs/{job_id}").json()["pid"]
     p.close()  # the service goes; then its worker dies (the machine rebooted, the OOM killer)
     os.killpg(worker, signal.SIGKILL)
