@@ -126,10 +126,11 @@ def test_a_failed_job_says_why_and_a_cancel_ends_a_running_one(platform, store, 
         r = c.post("/api/v1/jobs", json={"kind": "bench", "spec": {"model": "tiny", "batch_sizes": [1, 2, 4, 8]}})
         job_id = r.json()["id"]
         end = time.monotonic() + 60
-        while c.get(f"/api/v1/jobs/{job_id}").json()["state"] != "running":
+        # running, with its worker's pid (the runner records the pid just after the state)
+        while (seen := c.get(f"/api/v1/jobs/{job_id}").json())["state"] != "running" or seen["pid"] is None:
             assert time.monotonic() < end
             time.sleep(0.1)
-        pid = c.get(f"/api/v1/jobs/{job_id}").json()["pid"]
+        pid = seen["pid"]
         r = c.post(f"/api/v1/jobs/{job_id}/cancel")
         assert r.status_code == 200 and r.json()["state"] == "cancelled"
         assert c.post(f"/api/v1/jobs/{job_id}/cancel").status_code == 409
