@@ -3,7 +3,7 @@ benchmarks/README.md resolves (files, and ``#anchors`` as GitHub makes them from
 table in README.md and docs/techniques.md is what ``slipstream techniques --markdown`` prints, and every
 benchmark script is in benchmarks/README.md's table.
 
-Regenerate the techniques tables with ``.venv/bin/python tests/test_docs.py``.
+Regenerate the techniques tables with ``.venv/bin/python -m tests.test_docs``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ DOCS = sorted([ROOT / "README.md", ROOT / "BENCHMARKS.md", ROOT / "benchmarks" /
                *(ROOT / "docs").rglob("*.md")])
 TABLES = [ROOT / "README.md", ROOT / "docs" / "techniques.md"]  # files carrying the generated table
 START, END = "<!-- techniques:start -->\n", "<!-- techniques:end -->"
-REGENERATE = ".venv/bin/python tests/test_docs.py"
+REGENERATE = ".venv/bin/python -m tests.test_docs"
 
 LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 REFERENCE = re.compile(r"^\s*\[[^\]]+\]:\s*(\S+)", re.M)

@@ -166,6 +166,68 @@ def test_fused_steps_give_generate_tokens_with_prefix_reuse_and_sliding_windows(
     assert stepper.active == 0 and max(groups) >= 2
 
 
+def lookup_engine(plain, **options):
+    from slipstream.engines.options import TransformersOptions
+
+    return type(plain)(plain.path, options=TransformersOptions(threads=1, prompt_lookup=5, **options))
+
+
+GROUNDED = "The board approved the new plan for the northern region, and revenue rose by twelve percent. "
+
+
+@pytest.mark.parametrize("model", ["llama", "gemma3"])
+def test_prompt_lookup_drafts_in_the_continuous_batch_and_keeps_greedy_tokens(hf, gemma3, model):
+    # rows join at different steps; greedy rows draft from their own context (n-grams) and ride as segments of
+    # their own rows; a sampled row does not draft; every row's tokens equal its plain greedy (or seeded) decode
+    plain = hf if model == "llama" else gemma3
+    engine = lookup_engine(plain, prompt_lookup_max_batch=3)
+    texts = [GROUNDED * 3, "Summary: " + GROUNDED * 2, TEXTS[1], GROUNDED * 2 + "The board", TEXTS[3]]
+    prompts = [engine.tokenizer.encode(t) for t in texts]
+    params = [SamplingParams(max_tokens=m) for m in (30, 24, 12, 28)] + [
+        SamplingParams(max_tokens=10, temperature=0.8, seed=4)]
+    expected = [plain.generate([p], q)[0].token_ids for p, q in zip(prompts[:4], params[:4])]
+    expected.append(list(plain.stream(prompts[4], params[4])))
+    stepper = engine.stepper(fused_prefill=True)
+    assert stepper.lookup == 5 and engine.stepper(fused_prefill=False).lookup == 0  # drafts need the fused step
+    got, reasons = run_staggered(stepper, prompts, params, joins=[0, 0, 2, 5, 6])
+    assert [got[i] for i in range(len(prompts))] == expected
+    assert stepper.stats()["lookup_drafted"] > 0 and stepper.active == 0
+    # a batch through generate goes through a continuous batch of its own, with the same tokens
+    assert [c.token_ids for c in engine.generate(prompts[:4], SamplingParams(max_tokens=20))] == [
+        plain.generate([p], SamplingParams(max_tokens=20))[0].token_ids for p in prompts[:4]]
+
+
+def test_drafts_the_model_agrees_with_are_kept_and_the_rest_rejected(hf, monkeypatch):
+    # A random model rarely repeats its input, so the drafts here come from an oracle: its own plain greedy
+    # tokens for rows 0 and 2 (every draft token kept), the same with one token changed for rows 1 and 3 (the
+    # rest of that draft rejected). The rows' tokens still equal plain greedy decoding, in fewer passes.
+    from slipstream.engines.torch import stepper as module
+
+    prompts = [hf.tokenizer.encode(t) for t in (GROUNDED, TEXTS[1], TEXTS[3], TEXTS[4])]
+    params = [SamplingParams(max_tokens=24, ignore_eos=True)] * 4
+    expected = [hf.generate([p], q)[0].token_ids for p, q in zip(prompts, params)]
+
+    def oracle(context, tokens, max_ngram=3):
+        i = next(i for i, p in enumerate(prompts) if context[: len(p)] == p)
+        done = len(context) - len(prompts[i])
+        draft = list(expected[i][done: done + tokens])
+        if i % 2 and len(draft) > 1:
+            draft[1] = (draft[1] + 1) % hf.tokenizer.vocab_size
+        return draft
+
+    monkeypatch.setattr(module, "propose", oracle)
+    engine = lookup_engine(hf)
+    stepper = engine.stepper(fused_prefill=True)
+    got, _ = run_staggered(stepper, prompts, params, joins=[0, 0, 1, 3])
+    assert [got[i] for i in range(4)] == expected
+    stats = stepper.stats()
+    assert 0 < stats["lookup_accepted"] < stats["lookup_drafted"]
+    # every pass gives each row at least two tokens once it drafts (the last row joins at step 3): plain
+    # decoding would take 3 + 24 passes
+    assert stats["decode_steps"] <= 3 + 24 // 2
+    assert engine.lookup_stats.tokens == sum(map(len, expected)) - 4  # every token after each row's first
+
+
 def test_row_groups_isolate_long_rows_and_cover_every_row_once():
     from slipstream.engines.torch.attention import row_groups
 

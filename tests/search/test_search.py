@@ -239,3 +239,21 @@ def test_threads_are_a_dimension_and_the_pick_is_recommended_for_serving(tmp_pat
     given = DeploymentSettings.load(None, {"threads": 7, "batching": "sequential"})
     kept, _ = _recommended(tiny_store, variant, given, None, None, {"threads", "batching"})
     assert (kept.threads, kept.batching) == (7, "sequential")  # the command line wins
+
+
+def test_a_probe_starts_only_when_its_scaled_prior_fits_before_the_full_rung():
+    # a recipe's build time is its prior scaled by how the probes so far compared with theirs (the median),
+    # and a probe starts only if all of it fits in what is left after the full rung's reserve
+    import time
+    from types import SimpleNamespace
+
+    from slipstream.search.run import _no_time, _probe_estimate
+
+    heavy = SimpleNamespace(prior=SimpleNamespace(minutes=16.0))
+    assert _probe_estimate(heavy, []) == 16 * 60 * 0.5
+    assert _probe_estimate(heavy, [(180, 60), (120, 60), (600, 100)]) == pytest.approx(16 * 60 / 3)
+    run = SimpleNamespace(deadline=time.time() + 600)
+    assert _no_time(run, 500, reserve=200, share=1.0).startswith("budget: ")  # 400 s left, 500 needed
+    assert _no_time(run, 300, reserve=200, share=1.0) is None
+    assert _no_time(run, 700, reserve=200, share=0.5) is None  # the full rung starts one if half of it fits
+    assert _no_time(SimpleNamespace(deadline=None), 1e9, reserve=0, share=1.0) is None  # no budget

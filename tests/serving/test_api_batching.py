@@ -95,3 +95,28 @@ def test_metrics_report_requests_queue_latency_throughput_and_caches(engines):
     # one step per generated token of the 20-token requests at least, each a positive time
     assert m["slipstream_engine_step_seconds_count"] == m["slipstream_batch_size_count"]
     assert 0 < m["slipstream_engine_step_seconds_sum"] / m["slipstream_engine_step_seconds_count"] < 1
+
+
+def test_prompt_lookup_serves_plain_greedy_answers_and_reports_its_drafts(engines):
+    # a continuous batch whose greedy rows draft with prompt lookup, two clients at once through the openai
+    # client: each answer equals the plain engine's, and /metrics counts the drafted and accepted tokens
+    from concurrent.futures import ThreadPoolExecutor
+
+    from slipstream.engines.options import TransformersOptions
+    from slipstream.engines.transformers import TransformersEngine
+
+    plain = engines["tiny"]
+    engine = TransformersEngine(plain.path, options=TransformersOptions(threads=1, prompt_lookup=4))
+    text = "The board approved the new plan for the northern region, and revenue rose. "
+    prompts = [text * 3, "Summary: " + text * 2]
+    with RunningServer(engine, DeploymentSettings(exact_cache={"enabled": False}), "tiny") as server:
+        client = server.client()
+        with ThreadPoolExecutor(2) as pool:
+            outs = list(pool.map(lambda p: client.completions.create(model="tiny", prompt=p, max_tokens=24,
+                                                                     temperature=0), prompts))
+        m = server.metrics()
+    for prompt, out in zip(prompts, outs):
+        want = plain.generate([plain.tokenizer.encode(prompt)], SamplingParams(max_tokens=24))[0]
+        assert out.choices[0].text == want.text
+    assert m["slipstream_prompt_lookup_draft_tokens_total"] > 0
+    assert 0 <= m["slipstream_prompt_lookup_accepted_tokens_total"] <= m["slipstream_prompt_lookup_draft_tokens_total"]

@@ -36,10 +36,13 @@ class EngineOptions:
 
     def __post_init__(self) -> None:
         check_fields(self, owner=f"engine {self.engine!r}")
-        for name in ("threads", "batch_size", "beam_size"):
+        for name in ("threads", "batch_size", "beam_size", "prompt_lookup_ngram", "prompt_lookup_max_batch"):
             value = getattr(self, name, None)
             if value is not None and value < 1:
                 raise InvalidConfig(f"engine {self.engine!r}: {name}={value} is not valid; expected at least 1")
+        if getattr(self, "prompt_lookup", 0) < 0:
+            raise InvalidConfig(f"engine {self.engine!r}: prompt_lookup={self.prompt_lookup} is not valid; expected 0 "
+                                f"(off) or a number of draft tokens")
 
     @classmethod
     def names(cls) -> list[str]:
@@ -99,6 +102,9 @@ class TransformersOptions(EngineOptions):
     # tokens (slipstream.engines.prompt_lookup; 0: off); output equals plain greedy decoding
     prompt_lookup: int = 0
     prompt_lookup_ngram: int = 3  # the longest n-gram matched to find a draft
+    # continuous batching with prompt_lookup: rows draft only while the batch holds at most this many (a large
+    # batch already keeps the cores busy, and every drafted token is extra work for it)
+    prompt_lookup_max_batch: int = 4
     # encoder-decoder (seq2seq) models: beams searched for a greedy request (1: greedy search)
     beam_size: int = 1
 

@@ -39,7 +39,9 @@ class Stepper(Protocol):
         """Queue a sequence; it is prefilled and joins the batch at the next :meth:`step`."""
 
     def step(self) -> list[StepOutput]:
-        """Advance every active sequence by one token (new ones: prefill and first token)."""
+        """Advance every active sequence by one token (new ones: prefill and first token). A sequence may
+        advance by several (prompt-lookup drafts the model agreed with): its outputs come in order, and only
+        the last can end it."""
 
     def remove(self, seq_id: int) -> None:
         """Drop a sequence at once (cancelled, or stopped by a stop string). Unknown ids are ignored."""

@@ -47,6 +47,7 @@ class TransformersEngine:
         if head_dtype != dtype and not (device == "cpu" and dtype == "float32"):
             raise Unsupported(f"a bfloat16 head is for float32 models on the CPU; this engine runs {dtype} on {device}")
         preflight(Path(path), device)
+        self.path = Path(path)
         if o.threads:
             torch.set_num_threads(o.threads)
         self._torch = torch
@@ -116,7 +117,9 @@ class TransformersEngine:
         kv = kv_cache_dtype or o.kv_cache_dtype
         return TransformersStepper(self, prefix_cache_tokens=prefix_cache_tokens, prefill_tokens=prefill_tokens,
                                    fused_prefill=fused, kv_cache_dtype=None if kv == "auto" else kv,
-                                   decode_attention=o.decode_attention)
+                                   decode_attention=o.decode_attention, prompt_lookup=o.prompt_lookup,
+                                   prompt_lookup_ngram=o.prompt_lookup_ngram,
+                                   prompt_lookup_max_batch=o.prompt_lookup_max_batch, lookup_stats=self.lookup_stats)
 
     # scoring --------------------------------------------------------------------------------
     def _log_softmax(self, batch: Sequence[Sequence[int]]) -> Any:
@@ -165,7 +168,12 @@ class TransformersEngine:
         torch = self._torch
         from transformers import GenerationConfig
 
-        if self._lookup(params):  # one sequence at a time: each draft is checked against its own context
+        if self._lookup(params):
+            if len(prompts) > 1:
+                stepper = self.stepper(prefill_tokens=max(len(p) for p in prompts))
+                if stepper.lookup:  # the model can fuse a step: the batch's rows draft side by side in one pass
+                    return self._stepped(stepper, prompts, params)
+            # one sequence at a time: each draft is checked against its own context
             return [finish(self._tokenizer, len(p), list(self._lookup_tokens(p, params)), params) for p in prompts]
 
         if params.seed is not None:
@@ -195,6 +203,23 @@ class TransformersEngine:
         return [
             finish(self._tokenizer, len(p), out[i, width:].tolist(), params) for i, p in enumerate(prompts)
         ]
+
+    def _stepped(self, stepper: Any, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[Completion]:
+        """``prompts`` through ``stepper``, a continuous batch of their own (up to ``batch_size`` rows at a time),
+        each row with its prompt-lookup drafts."""
+        eos = list(self._tokenizer.eos_token_ids)
+        out: list[list[int]] = [[] for _ in prompts]
+        queued = list(range(len(prompts)))
+        while queued or stepper.active:
+            while queued and stepper.active < self.options.batch_size:
+                i = queued.pop(0)
+                stepper.add(i, prompts[i], params)
+            for o in stepper.step():
+                if o.token is not None:
+                    out[o.seq_id].append(o.token)
+                elif o.finish_reason == "stop" and eos:  # the step ended it on an end-of-sequence token
+                    out[o.seq_id].append(eos[0])
+        return [finish(self._tokenizer, len(p), out[i], params) for i, p in enumerate(prompts)]
 
     def stream(self, prompt: Sequence[int], params: SamplingParams) -> Iterator[int]:
         torch = self._torch

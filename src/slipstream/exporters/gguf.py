@@ -32,7 +32,7 @@ from slipstream.extras import require
 from slipstream.progress import Progress, or_null
 from slipstream.config import TechniqueConfig
 
-Quantization = Literal["F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q4_K_M", "Q4_K_S", "Q4_0"]
+Quantization = Literal["F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_1", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_1", "Q4_0"]
 QUANTIZATIONS: tuple[str, ...] = Quantization.__args__  # type: ignore[attr-defined]
 MODEL_FILE = "model.gguf"
 ARCHITECTURES = {"llama": "llama", "mistral": "llama", "gemma3_text": "gemma3"}

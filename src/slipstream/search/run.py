@@ -241,6 +241,14 @@ def run_candidates(settings: SearchSettings, run: Run, space: Plan, reference: R
                     "probe": settings.probe_settings(), "threads": list(settings.bench_threads),
                     "price_per_hour": settings.price().price_per_hour}
     reference_probe = probe_reference(settings, run) if space.todo else None
+    probe_costs: list[tuple[float, float]] = []  # (prior seconds, measured seconds) of each probe so far
+
+    def full_reserve() -> float:
+        """Time the probe rung leaves for the full one: a full measurement (evaluation and benchmark; the build
+        is cached by then) for each of the first few candidates that held the gate on the slice."""
+        full = durations["full"]
+        each = sum(full) / len(full) if full else FULL_GUESS_S
+        return each * min(max(len(probed), 1), FULL_RESERVED)
 
     def on_event(request: dict[str, Any], event: dict[str, Any]) -> None:
         run.emit({"event": "stage", "label": request["candidate"]["label"], "stage": event.get("stage"),
@@ -260,7 +268,7 @@ def run_candidates(settings: SearchSettings, run: Run, space: Plan, reference: R
 
     def probes():
         for i, c in enumerate(space.todo, 1):
-            why = _no_time(c, run, durations["probe"], reserve, c.prior.minutes * 30)
+            why = _no_time(run, _probe_estimate(c, probe_costs), reserve + full_reserve(), share=1.0)
             if why:
                 not_run.append(NotRun(c.label, why))
                 continue
@@ -276,8 +284,9 @@ def run_candidates(settings: SearchSettings, run: Run, space: Plan, reference: R
                                              "measuring them in full, fastest probe first"})
         for i, r in enumerate(probed, 1):
             c = by_id[r.id]
-            why = _outpaced(r, select(records), settings) or _no_time(c, run, durations["full"], reserve,
-                                                                     c.prior.minutes * 60)
+            full_s = durations["full"]
+            why = _outpaced(r, select(records), settings) or _no_time(
+                run, sum(full_s) / len(full_s) if full_s else FULL_GUESS_S, reserve, share=0.5)
             if why:
                 not_run.append(NotRun(c.label, why))
                 continue
@@ -292,6 +301,7 @@ def run_candidates(settings: SearchSettings, run: Run, space: Plan, reference: R
             if record.status is Status.PROBED:
                 record = replace(record, probe_ratio=_ratio(record.probe, reference_probe, settings.objective))
                 durations["probe"].append(record.seconds or 0.0)
+                probe_costs.append((by_id[record.id].prior.minutes * 60, record.seconds or 0.0))
                 probed.append(record)
                 run.emit({"event": "probed", "record": record, "time_left_s": run.time_left()})
             else:  # screened out, failed or cancelled: final
@@ -341,16 +351,29 @@ def _outpaced(r: SearchRecord, best: SearchRecord | None, settings: SearchSettin
             f"{r.probe_ratio:.2f}x, x{settings.skip_margin:g} margin")
 
 
-def _no_time(c: Candidate, run: Run, durations: list[float], reserve: float, guess: float) -> str | None:
-    """Why the budget has no time left for ``c``: less than half what one takes at this rung (measured so far,
-    else ``guess`` seconds)."""
+# A full measurement's seconds before one has been timed, and how many the probe rung keeps time for.
+FULL_GUESS_S = 150.0
+FULL_RESERVED = 3
+
+
+def _probe_estimate(c: Candidate, done: Sequence[tuple[float, float]]) -> float:
+    """Seconds ``c`` should take to build, screen and probe: its prior minutes, scaled by how long the probes so far
+    took against their own priors (the median; half the prior before any has run). A recipe that builds for a
+    quarter of an hour is not started with ten minutes left because the cheap ones took one."""
+    scales = sorted(measured / prior for prior, measured in done if prior > 0)
+    scale = scales[len(scales) // 2] if scales else 0.5
+    return c.prior.minutes * 60 * scale
+
+
+def _no_time(run: Run, expected: float, reserve: float, share: float) -> str | None:
+    """Why the budget has no time left for a candidate that takes about ``expected`` seconds: less than ``share`` of
+    that is left once ``reserve`` is kept back."""
     if run.deadline is None:
         return None
-    expected = (sum(durations) / len(durations)) if durations else guess
     left = run.deadline - time.time() - reserve
-    if left >= expected * 0.5:
+    if left >= expected * share:
         return None
-    return f"budget: {max(left, 0):.0f}s left, a candidate takes about {expected:.0f}s"
+    return f"budget: {max(left, 0):.0f}s left, this candidate takes about {expected:.0f}s"
 
 
 def _against_reference(record: SearchRecord, reference: Reference, objective: str) -> SearchRecord:

@@ -63,6 +63,15 @@ class _Live:
         reused = CounterMetricFamily("slipstream_prefix_cache_tokens_reused", "Prompt tokens not recomputed")
         reused.add_metric([], v.get("prefix_tokens_reused", 0))
         yield reused
+        if "lookup_drafted" in v:  # the engine drafts with prompt lookup (engine option prompt_lookup)
+            drafted = CounterMetricFamily("slipstream_prompt_lookup_draft_tokens", "Tokens drafted by prompt "
+                                          "lookup and checked by the model")
+            drafted.add_metric([], v["lookup_drafted"])
+            yield drafted
+            accepted = CounterMetricFamily("slipstream_prompt_lookup_accepted_tokens", "Drafted tokens the model "
+                                           "agreed with (each saves a decode step)")
+            accepted.add_metric([], v.get("lookup_accepted", 0))
+            yield accepted
 
 
 class Metrics:

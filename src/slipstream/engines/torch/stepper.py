@@ -9,6 +9,12 @@ its place). Prompts that share a prefix with an earlier prompt reuse its keys/va
 (:class:`~slipstream.engines.prefix_cache.PrefixStore`). Tokens are picked and sequences end by the one
 :class:`~slipstream.engines.sampling.StopRule`.
 
+With prompt lookup on (engine option ``prompt_lookup``), a greedy row may carry a draft into the fused step: its
+next token and the draft ride as a segment of its own row (causal over that row, like a newcomer's prompt), the
+row keeps the draft's longest prefix its own argmax agrees with plus one token of its own, and its length moves
+past only what it kept (the rejected columns are never attended to and are overwritten by the next step). So a
+step can advance a row by several tokens, each reported as its own :class:`StepOutput`.
+
 Imported only by :meth:`TransformersEngine.stepper`, so torch is imported at module level here.
 """
 
@@ -21,6 +27,7 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 from slipstream.engines.prefix_cache import PrefixStore
+from slipstream.engines.prompt_lookup import LookupStats, propose
 from slipstream.engines.protocol import SamplingParams
 from slipstream.engines.sampling import StopRule, pick_torch
 from slipstream.engines.stepping import StepOutput
@@ -39,6 +46,7 @@ class _Seq:
     length: int = 0  # tokens held in the cache row
     next_token: int = -1
     slot: int = 0  # its LoRA adapter's slot once it holds one (0: the base alone)
+    context: list[int] | None = None  # prompt and tokens picked so far, where prompt lookup drafts from it
 
     @property
     def adapter(self) -> str | None:
@@ -54,7 +62,8 @@ class TransformersStepper:
 
     def __init__(self, engine: Any, *, prefix_cache_tokens: int = 0, prefill_tokens: int = 512,
                  fused_prefill: bool = True, kv_cache_dtype: str | None = None,
-                 decode_attention: Literal["c", "torch"] = "c"):
+                 decode_attention: Literal["c", "torch"] = "c", prompt_lookup: int = 0, prompt_lookup_ngram: int = 3,
+                 prompt_lookup_max_batch: int = 4, lookup_stats: LookupStats | None = None):
         self.engine, self.model, self.device = engine, engine.model, engine.device
         use_grouped_attention(self.model)
         # fused_prefill=False: newcomers prefilled in a pass of their own
@@ -66,6 +75,10 @@ class TransformersStepper:
                              f"{', '.join(sorted(FUSED_MODEL_TYPES))}, engine option fused_prefill on); this "
                              f"model keeps its {self.model.dtype} cache")
         self.max_context = engine.max_context
+        # drafts ride in the fused step only: without it a row's draft would need a pass of its own
+        self.lookup = prompt_lookup if self.fused else 0
+        self.lookup_ngram, self.lookup_max_batch = prompt_lookup_ngram, prompt_lookup_max_batch
+        self.lookup_stats = lookup_stats if lookup_stats is not None else LookupStats()
         self.eos = list(engine.tokenizer.eos_token_ids)
         self.prefill_tokens = prefill_tokens  # prompt tokens prefilled per step (at least one prompt)
         self.prefixes: PrefixStore[list[tuple[Any, Any]]] | None = (
@@ -74,6 +87,8 @@ class TransformersStepper:
         self.rows: list[_Seq] = []
         self.pending: list[_Seq] = []
         self.counters = {"prefills": 0, "decode_steps": 0, "peak_batch": 0, "mixed_adapter_steps": 0}
+        if self.lookup:
+            self.counters |= {"lookup_drafted": 0, "lookup_accepted": 0}
 
     @property
     def bank(self) -> Any:
@@ -100,7 +115,10 @@ class TransformersStepper:
             self.bank.prepare(params.adapter)
         gen = torch.Generator().manual_seed(params.seed if params.seed is not None else
                                             int(torch.randint(0, 2**62, (1,))))
-        self.pending.append(_Seq(seq_id, list(prompt), params, gen, StopRule(params, self.eos)))
+        s = _Seq(seq_id, list(prompt), params, gen, StopRule(params, self.eos))
+        if self.lookup and params.greedy and params.adapter is None:
+            s.context = list(prompt)
+        self.pending.append(s)
 
     def remove(self, seq_id: int) -> None:
         for s in self.pending:
@@ -156,6 +174,8 @@ class TransformersStepper:
         if reason == "stop":
             return StepOutput(s.seq_id, None, "stop")
         s.next_token = token
+        if s.context is not None:
+            s.context.append(token)
         if reason == "length" or s.length + 1 >= self.max_context:
             return StepOutput(s.seq_id, token, "length")
         return StepOutput(s.seq_id, token)
@@ -193,28 +213,40 @@ class TransformersStepper:
             k, payload = (self.prefixes.lookup(s.prompt) if self.prefixes is not None and s.reuses_prefixes
                           else (0, None))
             joins.append((s, k if payload is not None else 0, payload))
-        decode, total = len(rows), len(rows) + len(joins)
+        drafts = self._drafts()
+        # with a draft anywhere, every running row rides as a segment (its next token, then its draft, if any)
+        decode, total = (0 if any(drafts) else len(rows)), len(rows) + len(joins)
         lengths = torch.tensor([s.length for s in rows], dtype=torch.long)
-        width = int(lengths.max()) + 1 if decode else 0
-        cache.ensure(total, max([width] + [len(s.prompt) for s, _, _ in joins]), self._buffer_like())
-        cols, ids, segments = [lengths], [s.next_token for s in rows], []
+        width = int(lengths.max()) + 1 if rows else 0
+        cache.ensure(total, max([width + max(map(len, drafts), default=0)] + [len(s.prompt) for s, _, _ in joins]),
+                     self._buffer_like())
+        cols, ids, segments, keep = [lengths[:decode]], [s.next_token for s in rows[:decode]], [], list(range(decode))
         first = decode
+        for r, (s, draft) in enumerate(zip(rows[decode:], drafts[decode:]), start=decode):
+            end = s.length + 1 + len(draft)
+            segments.append((r, first, s.length, end))
+            cols.append(torch.arange(s.length, end))
+            ids += [s.next_token, *draft]
+            keep += range(first, first + 1 + len(draft))  # every token's logits: each checks the next
+            first += 1 + len(draft)
         for j, (s, k, payload) in enumerate(joins):
             if payload is not None:
-                cache.put(decode + j, [(pk[:, :k], pv[:, :k]) for pk, pv in payload])
+                cache.put(len(rows) + j, [(pk[:, :k], pv[:, :k]) for pk, pv in payload])
             end = len(s.prompt)
-            segments.append((decode + j, first, k, end))
+            segments.append((len(rows) + j, first, k, end))
             cols.append(torch.arange(k, end))
             ids += s.prompt[k:]
+            keep.append(first + end - k - 1)  # a prompt's last token's logits: its first pick
             first += end - k
         positions = torch.cat(cols)
-        plan = StepPlan.build(lengths.tolist(), segments, positions, self.c_kernel)
-        cache.width = width - 1 if decode else 0
+        plan = StepPlan.build(lengths[:decode].tolist(), segments, positions, self.c_kernel)
+        cache.width = width - 1 if rows else 0
         cache.step_rows = torch.cat([torch.arange(decode)] + [torch.full((e - k,), r) for r, _, k, e in segments])
         cache.step_cols, cache.plan = positions, plan
-        # every token's logits when all are decode tokens; else the rows' and each prompt's last
-        keep = torch.tensor(list(range(decode)) + [f + e - k - 1 for _, f, k, e in segments]) if segments else 0
-        slots = self._slots([(s, 1) for s in rows] + [(s, len(s.prompt) - k) for s, k, _ in joins], "flat")
+        # every token's logits when all are single decode tokens; else the ones named in keep
+        keep = torch.tensor(keep) if segments else 0
+        slots = self._slots([(s, 1 + len(d)) for s, d in zip(rows, drafts)]
+                            + [(s, len(s.prompt) - k) for s, k, _ in joins], "flat")
         try:
             with plan_masks(), step_slots(slots):
                 logits = self.model(
@@ -224,24 +256,61 @@ class TransformersStepper:
                 ).logits[0].float().cpu()
         finally:
             cache.plan = None
-        self.counters["decode_steps"] += bool(decode)
+        self.counters["decode_steps"] += bool(rows)
         self.counters["prefills"] += bool(joins)
-        outs = []
-        for r, s in enumerate(rows):
-            s.length += 1
-            outs.append(self._choose(s, logits[r]))
+        outs, done, at = [], [], 0
+        for r, (s, draft) in enumerate(zip(rows, drafts)):
+            ended = self._advance(s, draft, logits[at: at + 1 + len(draft)], outs)
+            if ended:
+                done.append(r)
+            at += 1 + len(draft)
+        base = len(rows)  # the joins' rows follow the running ones
         for j, (s, k, payload) in enumerate(joins):
             s.length = len(s.prompt)
             if self.prefixes is not None and s.reuses_prefixes:
-                row = decode + j
+                row = base + j
                 self.prefixes.insert(s.prompt, [(kb[row, :, : s.length].clone(), vb[row, :, : s.length].clone())
                                                 for kb, vb in zip(cache.keys, cache.values)])
-            outs.append(self._choose(s, logits[decode + j]))
+            out = self._choose(s, logits[at + j])
+            outs.append(out)
             rows.append(s)
-        done = [r for r, o in enumerate(outs) if o.finish_reason]
+            if out.finish_reason:
+                done.append(len(rows) - 1)
         for r in reversed(done):
             self._drop_row(r)
         return outs
+
+    def _drafts(self) -> list[list[int]]:
+        """Each running row's prompt-lookup draft ([] for none): greedy rows without an adapter, while the batch
+        is small enough (``prompt_lookup_max_batch``), never past the row's token budget or the context."""
+        if not self.lookup or len(self.rows) > self.lookup_max_batch:
+            return [[] for _ in self.rows]
+        drafts = []
+        for s in self.rows:
+            room = min(s.params.max_tokens - s.rule.generated - 1, self.max_context - s.length - 2, self.lookup)
+            drafts.append(propose(s.context, room, self.lookup_ngram) if s.context is not None and room > 0 else [])
+        return drafts
+
+    def _advance(self, s: _Seq, draft: list[int], logits: Any, outs: list[StepOutput]) -> bool:
+        """Move row ``s`` past its next token and the longest prefix of ``draft`` its own picks agree with
+        (``logits``: one row per token fed, the next token's first), appending an output per token picked;
+        True when the sequence ended."""
+        s.length += 1
+        out = self._choose(s, logits[0])
+        outs.append(out)
+        kept = 0
+        while not out.finish_reason and kept < len(draft) and s.next_token == draft[kept]:
+            kept += 1  # the draft token just picked is already in the cache, one column further on
+            s.length += 1
+            out = self._choose(s, logits[kept])
+            outs.append(out)
+        if self.lookup and s.context is not None:  # a row that drafts when it can: its passes and tokens count
+            self.counters["lookup_drafted"] += len(draft)
+            self.counters["lookup_accepted"] += kept
+            st = self.lookup_stats
+            st.steps, st.drafted, st.accepted = st.steps + 1, st.drafted + len(draft), st.accepted + kept
+            st.tokens += sum(o.token is not None for o in outs[len(outs) - 1 - kept:])
+        return bool(out.finish_reason)
 
     def _buffer_like(self) -> list[tuple[Any, Any]]:
         """Each layer's key/value shape and dtype, for a cache that has no buffers yet."""
