@@ -8,15 +8,19 @@ WikiText-2 *test* text that evaluation scores.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from slipstream.tokenizer import Tokenizer
 from slipstream.errors import InvalidConfig, NotFound
 
 BUNDLED = {"wikitext2-valid": "wikitext2/valid.txt"}
+T = TypeVar("T")
 EVALUATION_TEXTS = {"wikitext2": "wikitext2/test.txt"}
 
 
@@ -68,3 +72,46 @@ class Calibration:
                     return
         if made == 0:
             raise InvalidConfig(f"calibration source {self.source!r} has fewer than {self.sequence_length} tokens")
+
+
+# --- statistics shared by the recipes that need them ------------------------------------------------
+
+def _cache_dir(src: Path) -> tuple[Path, str] | None:
+    """Where statistics of the store variant at ``src`` are kept, and its content digest (None: ``src`` is not a
+    variant of a store, so nothing is kept)."""
+    src = Path(src).resolve()
+    manifest = src / "slipstream.json"  # the store's manifest (slipstream.store.manifest.MANIFEST)
+    if src.parent.name != "variants" or not manifest.exists():
+        return None
+    digest = json.loads(manifest.read_text()).get("sha256")
+    return (src.parent.parent / "cache" / "calibration", digest) if digest else None
+
+
+def shared_statistics(src: Path, kind: str, calibration: Calibration, compute: Callable[[], T],
+                      **settings: Any) -> tuple[T, bool]:
+    """``compute()``'s statistics of the model at ``src`` on ``calibration``, measured once per model: kept in the
+    store (``cache/calibration/``) under the model's content digest, ``kind``, the calibration set and
+    ``settings``, so every recipe and every later search that needs the same statistics of the same model reads
+    them instead (SmoothQuant's activation maxima serve a fixed alpha, alpha="auto" and W8A8's smoothing alike).
+    Returns them and whether they were read. ``compute`` returns what ``torch.save`` keeps with
+    ``weights_only`` loading: tensors, numbers, strings, None, in lists and dicts."""
+    import torch
+
+    where = _cache_dir(src)
+    if where is None:
+        return compute(), False
+    root, digest = where
+    key = json.dumps({"model": digest, "kind": kind, "calibration": asdict(calibration), **settings},
+                     sort_keys=True, default=str)
+    path = root / f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:24]}.pt"
+    if path.exists():
+        try:
+            return torch.load(path, weights_only=True), True
+        except Exception:  # a torn or foreign file: measure again and replace it
+            pass
+    value = compute()
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save(value, tmp)
+    os.replace(tmp, path)  # whole or absent, even with two recipes measuring at once
+    return value, False

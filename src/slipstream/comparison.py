@@ -107,11 +107,13 @@ def compare(
     store: Store | None = None,
     progress: Progress | None = None,
     threads: Mapping[str, int | None] | None = None,
+    engine_options: Mapping[str, dict[str, Any] | None] | None = None,
 ) -> Comparison:
     """Compare ``variants`` with ``base``. With ``rounds > 1`` the benchmarks are interleaved
     (A B C, A B C, ...) and each speed ratio is the median of the per-round ratios, so a machine whose
     speed drifts during the run does not favour whichever variant ran at the quiet moment. ``threads``: engine
-    threads by name where they differ from ``bench_settings``' (each at its own best, as a search chose)."""
+    threads by name where they differ from ``bench_settings``' (each at its own best, as a search chose);
+    ``engine_options``: engine options by name on top of ``bench_settings``' (prompt lookup where a search chose it)."""
     store = store or Store()
     eval_settings = eval_settings or EvalSettings()
     bench_settings = bench_settings or BenchSettings()
@@ -125,6 +127,8 @@ def compare(
         for name in names:
             own = bench_settings if not (threads and threads.get(name)) else \
                 replace(bench_settings, threads=threads[name])
+            if engine_options and engine_options.get(name):
+                own = replace(own, engine_options={**own.engine_options, **engine_options[name]})  # type: ignore[dict-item]
             runs[name].append(bench(name, settings=own, store=store, progress=progress,
                                     use_cache=rounds == 1).metrics)
     rows = [_row(store, name, evals[name], runs[name]) for name in names]

@@ -214,6 +214,13 @@ def test_a_search_recommendation_fills_what_the_spec_leaves_open(tmp_path, tiny_
     assert plan.settings["threads"] == 1  # the scaling section's (one CPU per replica), not the search's
     chosen = {"models": [{"name": "a", "variant": "tiny", "batching": "continuous"}]}
     assert plan_spec(DeploySpec.parse(chosen), store)[0].settings["batching"] == "continuous"
+    assert plan.options == {}
+    # engine options a search measured faster (prompt lookup on its workload) go under the spec's own
+    store.recommend("tiny", {"engine": "transformers", "threads": 1, "batching": "continuous",
+                             "engine_options": {"prompt_lookup": 8}}, {"search": "s2"})
+    assert plan_spec(DeploySpec.parse(open_spec), store)[0].options == {"prompt_lookup": 8}
+    own = {"models": [{"name": "a", "variant": "tiny", "engine": {"prompt_lookup": 3}}]}
+    assert plan_spec(DeploySpec.parse(own), store)[0].options == {"prompt_lookup": 3}
     # measured on a machine of another size: not used
     monkeypatch.setattr("slipstream.store.os.cpu_count", lambda: 999)
     assert store.recommendation("tiny") is None

@@ -56,6 +56,8 @@ def test_search_job_reports_candidates_and_frontier(search_store):
             assert r.status_code == 400 and "objective" in r.json()["error"]["message"]
             r = c.post("/api/v1/jobs", json={"kind": "search", "spec": {"model": "tiny", "budget": "soon"}})
             assert r.status_code == 400 and "soon" in r.json()["error"]["message"]
+            r = c.post("/api/v1/jobs", json={"kind": "search", "spec": {"model": "tiny", "workload": "chatty"}})
+            assert r.status_code == 400 and "workload" in r.json()["error"]["message"]
     finally:
         p.close()
 

@@ -234,11 +234,46 @@ def test_threads_are_a_dimension_and_the_pick_is_recommended_for_serving(tmp_pat
     assert rec["source"]["search"] == result.search_id
 
     variant = tiny_store.get(r.name)
-    chosen, engine = _recommended(tiny_store, variant, DeploymentSettings.load(None, {}), None, None, set())
-    assert (engine, chosen.threads, chosen.batching) == ("ctranslate2", r.threads, "dynamic")
+    chosen, engine, options = _recommended(tiny_store, variant, DeploymentSettings.load(None, {}), None, None, set())
+    assert (engine, chosen.threads, chosen.batching, options) == ("ctranslate2", r.threads, "dynamic", {})
     given = DeploymentSettings.load(None, {"threads": 7, "batching": "sequential"})
-    kept, _ = _recommended(tiny_store, variant, given, None, None, {"threads", "batching"})
+    kept, _, _ = _recommended(tiny_store, variant, given, None, None, {"threads", "batching"})
     assert (kept.threads, kept.batching) == (7, "sequential")  # the command line wins
+
+
+def test_prompt_lookup_is_a_serving_option_measured_on_a_prompt_set(tmp_path, tiny_store):
+    # On a prompt-set workload a candidate whose engine takes prompt_lookup is benchmarked with and without it;
+    # the faster is kept in the record and recommended for serving, where `slipstream serve` applies it under
+    # whatever the user gives. On the fixed workload nothing extra is tried and the search's identity is as before.
+    from slipstream.cli.serve import _recommended
+    from slipstream.serving.settings import DeploymentSettings
+
+    assert SearchSettings(model="m").option_sets() == [{}]
+    assert "option_sets" not in SearchSettings(model="m").identity("sha")
+    smoothed = {"replace": True, "candidates": [
+        {"steps": [{"technique": "smoothquant", "samples": 2, "sequence_length": 32}],  # an HF variant: transformers
+         "prior": {"speedup": 1.0, "size_ratio": 1.0, "pass_probability": 0.9, "minutes": 1}}]}
+    s = settings(tmp_path, recipes=smoothed, objective="latency", bench_threads="1", output_tokens=8, repeats=1,
+                 confirm=0, workload="grounded", prompt_lookup=4)
+    assert s.option_sets() == [{}, {"prompt_lookup": 4}] and s.bench_settings()["workload"] == "grounded"
+    result = search(s, store=tiny_store, executor=LocalExecutor())
+    (r,) = result.records
+    assert r.status is Status.PASSED and set(r.by_options) == {"plain", "prompt_lookup=4"}
+    faster = max(r.by_options, key=r.by_options.get)
+    assert r.objective == r.by_options[faster]
+    assert r.engine_options == (None if faster == "plain" else {"prompt_lookup": 4})
+    rec = tiny_store.recommendation(r.name)
+    assert rec["engine"] == "transformers" and rec.get("engine_options") == r.engine_options
+    assert rec["source"]["workload"] == "grounded" and rec["source"]["by_options"] == r.by_options
+
+    # whichever won here, a recommended option reaches the server's engine, under the user's own
+    variant = tiny_store.get(r.name)
+    tiny_store.recommend(r.name, {"engine": "transformers", "threads": 1, "batching": "continuous",
+                                  "engine_options": {"prompt_lookup": 4}}, {"search": "s1"})
+    _, engine, options = _recommended(tiny_store, variant, DeploymentSettings.load(None, {}), None, None, set())
+    assert (engine, options) == ("transformers", {"transformers": {"prompt_lookup": 4}})
+    _, _, elsewhere = _recommended(tiny_store, variant, DeploymentSettings.load(None, {}), "vllm", None, {"engine"})
+    assert elsewhere == {}  # another engine than the one measured takes none of them
 
 
 def test_a_probe_starts_only_when_its_scaled_prior_fits_before_the_full_rung():

@@ -203,3 +203,36 @@ def test_bad_settings():
     with pytest.raises(InvalidConfig, match="search_samples must be >= 1"):
         make_config("smoothquant", {"alpha": "auto", "search_samples": "0"})
     assert make_config("smoothquant", {"alpha": "auto"}).slug() == "sq-auto"
+
+
+def test_activation_maxima_are_measured_once_per_model_and_shared(outlier_store, monkeypatch):
+    # A second alpha, and the head as well, on the same calibration set read the maxima the first measured
+    # (kept in the store by the model's digest); what they make equals what a fresh measurement makes.
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from slipstream.pipeline import optimize
+    from slipstream.store.manifest import Manifest
+    from slipstream.techniques.quantize import smoothquant
+
+    calls = []
+    real = smoothquant.activation_maxima
+    monkeypatch.setattr(smoothquant, "activation_maxima", lambda *a: (calls.append(len(a[1])), real(*a))[1])
+    opts = {"samples": 3, "sequence_length": 40}
+    first = optimize("outl", "smoothquant", opts | {"alpha": 0.5}, name="outl-shared-a", store=outlier_store)
+    second = optimize("outl", "smoothquant", opts | {"alpha": 0.3, "lm_head": True}, name="outl-shared-b",
+                      store=outlier_store)
+    assert len(calls) == 1  # measured once, every group and the head's input together
+    facts = [Manifest.read(v.path).extra["facts"] for v in (first, second)]
+    assert [f["calibration_statistics"] for f in facts] == ["measured", "read"]
+    assert list((outlier_store.home / "cache" / "calibration").glob("smoothquant-maxima-*.pt"))
+
+    shutil.rmtree(outlier_store.home / "cache" / "calibration")
+    fresh = optimize("outl", "smoothquant", opts | {"alpha": 0.3, "lm_head": True}, name="outl-shared-c",
+                     store=outlier_store)
+    assert len(calls) == 2 and Manifest.read(fresh.path).extra["facts"]["calibration_statistics"] == "measured"
+    got, want = (load_file(next(Path(v.path).glob("*.safetensors"))) for v in (second, fresh))
+    assert got.keys() == want.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=0)

@@ -90,6 +90,12 @@ def auto_cmd(
     confirm: int = typer.Option(2, "--confirm", help="Leaders re-measured side by side with the original"),
     run_all: bool = typer.Option(False, "--run-all", help="Measure every candidate that holds the gate on the "
                                  "screening slice in full, even those whose speed probe (x1.25) cannot beat the best"),
+    workload: str = typer.Option("fixed", "--workload",
+                                 help="What the benchmark runs: fixed (a 128-token prompt), or a prompt set: "
+                                      "grounded (rewrite/summarise a passage), mt-bench, vicuna, file:PATH"),
+    prompt_lookup: int = typer.Option(8, "--prompt-lookup",
+                                      help="On a prompt set, also measure engines that take it with prompt-lookup "
+                                           "drafts of N tokens, kept where faster (0: never)"),
     instance: Optional[str] = typer.Option(None, "--instance", help="Cost objective: a priced instance"),
     price_per_hour: Optional[float] = typer.Option(None, "--price-per-hour", help="Cost objective: your price"),
     report: Optional[Path] = typer.Option(Path("slipstream-auto.html"), "--report",
@@ -112,7 +118,8 @@ def auto_cmd(
                               bench_threads=threads, confirm=confirm, instance=instance,
                               price_per_hour=price_per_hour, recipe_file=str(recipes) if recipes else None,
                               replace_defaults=only_recipes, include=tuple(include), exclude=tuple(exclude),
-                              skip_margin=None if run_all else 1.25, max_kl=max_kl)
+                              skip_margin=None if run_all else 1.25, max_kl=max_kl, workload=workload,
+                              prompt_lookup=prompt_lookup)
     start = time.perf_counter()
     if report is not None and not report.name:  # --report '' (typer makes it Path('.')): no report
         report = None
@@ -139,8 +146,9 @@ def auto_cmd(
     out.print(result.summary(), highlight=False)
     if result.recommended:
         rec = result.recommended
+        extra = "".join(f", {k}={v}" for k, v in (rec.get("engine_options") or {}).items())
         out.print(f"serves fastest here on {rec['engine']} with {rec['threads']} thread(s), {rec['batching']} "
-                  f"batching: `slipstream serve {result.best.name}` uses them", highlight=False)
+                  f"batching{extra}: `slipstream serve {result.best.name}` uses them", highlight=False)
     if result.report:
         out.print(f"report: {result.report}", highlight=False)
     err.print(f"search finished in {time.perf_counter() - start:.0f} s ({result.resumed} candidate(s) resumed)")

@@ -71,9 +71,10 @@ def serve_cmd(
     from slipstream.serving.server import serve
 
     given = {k for k, v in overrides.items() if v is not None}
-    settings, engine = _recommended(store, record, settings, engine, config, given)
+    settings, engine, recommended = _recommended(store, record, settings, engine, config, given)
     name = engine_name(record, engine)
-    options = engine_options(name, engine_option, settings.engine)  # environment < settings file < command line
+    # a search's recommendation < environment < settings file < command line
+    options = recommended.get(name, {}) | engine_options(name, engine_option, settings.engine)
     if name == "vllm" and settings.adapters and not options.get("max_loras"):
         options = {**options, "max_loras": settings.max_loras}  # vLLM must start with LoRA on
     loaded = open_engine(record, engine=name, device=device, threads=settings.threads, store=store, options=options)
@@ -84,15 +85,16 @@ def serve_cmd(
 
 
 def _recommended(store, record, settings, engine, config, given):
-    """A search's serving recommendation for this variant on this machine (its engine, threads and batching)
-    where the command line and the settings file leave them open."""
+    """A search's serving recommendation for this variant on this machine (its engine, threads, batching and
+    engine options) where the command line and the settings file leave them open; the options come back by
+    engine name, to go under any the user gives."""
     from slipstream.cli.output import err
     from slipstream.engines.loading import engines_for
     from slipstream.models.tasks import task_of
 
     rec = store.recommendation(record.name)
     if rec is None:
-        return settings, engine
+        return settings, engine, {}
     explicit = set(given)  # the command line's options and assignments
     if config is not None:
         import yaml
@@ -109,7 +111,12 @@ def _recommended(store, record, settings, engine, config, given):
     if settings.batching == "auto" and "batching" not in explicit and rec.get("batching"):
         update["batching"] = rec["batching"]
         used.append(f"{rec['batching']} batching")
+    options = {}
+    if rec.get("engine_options") and (engine or rec.get("engine")) == rec.get("engine"):
+        options = {rec["engine"]: dict(rec["engine_options"])}
+        used.append(" ".join(f"{k}={v}" for k, v in rec["engine_options"].items()))
     if used:
         err.print(f"using the serving settings search {rec['source'].get('search')} measured fastest here: "
-                  f"{', '.join(used)} (give --threads, --engine or --batching to choose otherwise)", highlight=False)
-    return settings.model_copy(update=update), engine
+                  f"{', '.join(used)} (give --threads, --engine, --batching or -o to choose otherwise)",
+                  highlight=False)
+    return settings.model_copy(update=update), engine, options

@@ -52,7 +52,9 @@ def plan_model(model: ModelSpec, store: Store) -> ReplicaPlan:
         recommended, variant))
     try:
         options_class(engine).of(model.engine)  # a typo is refused here, not in a replica
-        options = dict(model.engine)
+        # the spec's own engine options over those the search measured fastest on this engine (prompt lookup)
+        measured = recommended.get("engine_options") if recommended.get("engine") == engine else None
+        options = dict(measured or {}) | dict(model.engine)
     except Exception as exc:  # noqa: BLE001
         raise InvalidConfig(f"model {model.name!r}: {exc}") from None
     if model.adapters:

@@ -6,7 +6,7 @@ Shared by every engine so that all of them report the same tokens, text and fini
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from slipstream.engines.protocol import Completion, SamplingParams
 from slipstream.engines.sampling import StopRule
@@ -59,6 +59,18 @@ def stream_by_steps(steps: Steps, tokenizer: Tokenizer, prompt: Sequence[int], p
         if tok is None or rule.take(tok) == "stop":
             return
         yield tok
+
+
+def token_scores(sequences: Sequence[Sequence[int]], logprobs: Sequence[Any]) -> list[Any]:
+    """``Engine.score`` from ``Engine.logprobs``: each sequence's log-probability of every token after its
+    first (float32), picked from the per-position log-softmax rows ``logprobs`` gives."""
+    import numpy as np
+
+    out = []
+    for seq, lp in zip(sequences, logprobs):
+        target = np.asarray(seq[1:], dtype=np.int64)
+        out.append(lp[np.arange(len(target)), target].astype(np.float32))
+    return out
 
 
 def first_stop(text: str, stops: Sequence[str]) -> int | None:

@@ -7,20 +7,21 @@ The graph (written by :func:`slipstream.exporters.onnx.export_float`) takes ``in
 the same graph with a past of length 0. A batch of prompts is left-padded, with positions counted from each
 row's first real token, as transformers does; scoring right-pads with positions from 0.
 
-A subclass provides only :meth:`KVGraphEngine._forward` (one step in its runtime, the presents kept in the
-runtime's own tensors) and :meth:`KVGraphEngine._empty_past`; the loop, sampling, scoring, ``generate``
-and ``stream`` are here.
+A subclass calls :meth:`KVGraphEngine._open` first, then opens its runtime, and provides only
+:meth:`KVGraphEngine._forward` (one step in its runtime, the presents kept in the runtime's own tensors) and
+:meth:`KVGraphEngine._empty_past`; the loop, sampling, scoring, ``generate`` and ``stream`` are here.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from slipstream.engines.finishing import generate_by_steps, stream_by_steps
+from slipstream.engines.finishing import generate_by_steps, stream_by_steps, token_scores
 from slipstream.engines.protocol import Completion, SamplingParams
 from slipstream.engines.sampling import StopRule, log_softmax, pick
 from slipstream.tokenizer import Tokenizer
@@ -36,6 +37,22 @@ class KVGraphEngine:
     @property
     def tokenizer(self) -> Tokenizer:
         return self._tokenizer
+
+    def _open(self, path: Path, options: Any, device: str, refusal: str) -> None:
+        """What every runtime's constructor does first: refuse a device other than the CPU (``refusal`` says
+        which CPU backend the runtime uses), keep the options, and read the thread count, the stored
+        quantization, the tokenizer and the context length kept beside the graph."""
+        from slipstream.errors import Unsupported
+        from slipstream.exporters.files import TOKENIZER_DIR
+        from slipstream.exporters.onnx import stored_quantization
+
+        if device != "cpu":
+            raise Unsupported(f"{refusal}; device {device!r} is not available")
+        self.options, self.device, self.batch_size = options, device, options.batch_size
+        self._threads = options.threads or (os.cpu_count() or 1)
+        self.quantization = stored_quantization(path) or "float32"
+        self._tokenizer = Tokenizer.from_dir(path / TOKENIZER_DIR)
+        self.max_context = options.max_context or max_context(path / TOKENIZER_DIR)
 
     # one forward step: the runtime's part ---------------------------------------------------
     def _empty_past(self, batch: int) -> list[Any]:
@@ -65,11 +82,7 @@ class KVGraphEngine:
         return out
 
     def score(self, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
-        out = []
-        for seq, lp in zip(sequences, self.logprobs(sequences)):
-            target = np.asarray(seq[1:], dtype=np.int64)
-            out.append(lp[np.arange(len(target)), target].astype(np.float32))
-        return out
+        return token_scores(sequences, self.logprobs(sequences))
 
     # generation -----------------------------------------------------------------------------
     def _steps(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> Iterator[list[int | None]]:

@@ -16,7 +16,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from slipstream.engines.finishing import finish, generate_by_steps, stream_by_steps
+from slipstream.engines.finishing import finish, generate_by_steps, stream_by_steps, token_scores
 from slipstream.engines.options import LlamaCppOptions
 from slipstream.engines.protocol import Completion, EngineInfo, SamplingParams
 from slipstream.engines.sampling import StopRule, log_softmax, pick
@@ -167,11 +167,7 @@ class LlamaCppEngine:
         return out
 
     def score(self, sequences: Sequence[Sequence[int]]) -> list[np.ndarray]:
-        out = []
-        for seq, lp in zip(sequences, self.logprobs(sequences)):
-            target = np.asarray(seq[1:], dtype=np.int64)
-            out.append(lp[np.arange(len(target)), target].astype(np.float32))
-        return out
+        return token_scores(sequences, self.logprobs(sequences))
 
     # generation -----------------------------------------------------------------------------
     def _steps(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> Iterator[list[int | None]]:

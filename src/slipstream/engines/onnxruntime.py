@@ -7,17 +7,14 @@ KV cache stays inside ONNX Runtime's own buffers (no copy through numpy per step
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from slipstream.engines.kv_graph import KVGraphEngine, max_context
+from slipstream.engines.kv_graph import KVGraphEngine
 from slipstream.engines.options import OnnxRuntimeOptions
 from slipstream.engines.protocol import EngineInfo
-from slipstream.tokenizer import Tokenizer
-from slipstream.errors import Unsupported
 from slipstream.extras import require
 
 
@@ -27,18 +24,12 @@ class OnnxRuntimeEngine(KVGraphEngine):
     def __init__(self, path: Path, *, device: str = "cpu", options: OnnxRuntimeOptions | None = None, **changes: Any):
         """``options`` (:class:`~slipstream.engines.options.OnnxRuntimeOptions`), then ``changes`` by name."""
         o = OnnxRuntimeOptions.of(options, **changes)
-        if device != "cpu":
-            raise Unsupported(f"the ONNX Runtime engine here uses the CPU provider; device {device!r} is not available")
-        ort = require("onnxruntime", "onnx", "the ONNX Runtime engine")
-        from slipstream.exporters.files import TOKENIZER_DIR
-        from slipstream.exporters.onnx import MODEL_FILE, stored_quantization
-
         path = Path(path)
+        self._open(path, o, device, "the ONNX Runtime engine here uses the CPU provider")
+        ort = require("onnxruntime", "onnx", "the ONNX Runtime engine")
+        from slipstream.exporters.onnx import MODEL_FILE
+
         self._ort = ort
-        self.options = o
-        self.device = device
-        self.batch_size = o.batch_size
-        self._threads = o.threads or (os.cpu_count() or 1)
         options = ort.SessionOptions()
         options.intra_op_num_threads = self._threads
         options.inter_op_num_threads = 1
@@ -50,9 +41,6 @@ class OnnxRuntimeEngine(KVGraphEngine):
         self._present = [o.name for o in self.session.get_outputs() if o.name.startswith("present.")]
         shape = inputs[self._past[0]].shape  # [batch, kv_heads, past, head_dim]
         self._kv_heads, self._head_dim = int(shape[1]), int(shape[3])
-        self.quantization = stored_quantization(path) or "float32"
-        self._tokenizer = Tokenizer.from_dir(path / TOKENIZER_DIR)
-        self.max_context = o.max_context or max_context(path / TOKENIZER_DIR)
 
     def info(self) -> EngineInfo:
         return EngineInfo("onnxruntime", self.device, self.quantization, self._threads,

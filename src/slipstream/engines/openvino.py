@@ -12,18 +12,15 @@ has bf16 instructions. No PyTorch is imported.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from slipstream.engines.kv_graph import KVGraphEngine, max_context
+from slipstream.engines.kv_graph import KVGraphEngine
 from slipstream.engines.options import OpenVINOOptions
 from slipstream.engines.protocol import EngineInfo
-from slipstream.errors import Unsupported
 from slipstream.extras import require
-from slipstream.tokenizer import Tokenizer
 
 
 class OpenVINOEngine(KVGraphEngine):
@@ -32,19 +29,12 @@ class OpenVINOEngine(KVGraphEngine):
     def __init__(self, path: Path, *, device: str = "cpu", options: OpenVINOOptions | None = None, **changes: Any):
         """``options`` (:class:`~slipstream.engines.options.OpenVINOOptions`), then ``changes`` by name."""
         o = OpenVINOOptions.of(options, **changes)
-        if device != "cpu":
-            raise Unsupported(f"the OpenVINO engine here uses the CPU plugin; device {device!r} is not available")
+        path = Path(path)
+        self._open(path, o, device, "the OpenVINO engine here uses the CPU plugin")
         ov = require("openvino", "openvino", "the OpenVINO engine")
-        from slipstream.exporters.files import TOKENIZER_DIR
-        from slipstream.exporters.onnx import stored_quantization
         from slipstream.exporters.openvino import MODEL_FILE
 
-        path = Path(path)
         self._ov = ov
-        self.options = o
-        self.device = device
-        self.batch_size = o.batch_size
-        self._threads = o.threads or (os.cpu_count() or 1)
         config: dict[str, Any] = {"INFERENCE_NUM_THREADS": self._threads, "NUM_STREAMS": 1,
                                   "INFERENCE_PRECISION_HINT": o.inference_precision, "PERFORMANCE_HINT": "LATENCY"}
         if o.dynamic_quantization is not None:
@@ -58,9 +48,6 @@ class OpenVINOEngine(KVGraphEngine):
         self._kv_heads, self._head_dim = shape[1].get_length(), shape[3].get_length()
         self._vocab = self._compiled.output("logits").get_partial_shape()[2].get_length()
         self._dynamic_quantization = self._compiled.get_property("DYNAMIC_QUANTIZATION_GROUP_SIZE")
-        self.quantization = stored_quantization(path) or "float32"
-        self._tokenizer = Tokenizer.from_dir(path / TOKENIZER_DIR)
-        self.max_context = o.max_context or max_context(path / TOKENIZER_DIR)
 
     def info(self) -> EngineInfo:
         precision = self._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # "f32"

@@ -19,7 +19,7 @@ import sys
 import threading
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from slipstream.errors import InvalidConfig, SlipstreamError
 from slipstream.lifetime import pid_alive
@@ -113,6 +113,10 @@ class SearchSpec(_Spec):
     threads: Union[Annotated[int, Field(ge=1)], list[Annotated[int, Field(ge=1)]], Literal["auto"]] = "auto"
     confirm: int = Field(2, ge=0)
     run_all: bool = False
+    # what the benchmark runs: "fixed", or a prompt set (grounded, mt-bench, vicuna, file:PATH), on which engines
+    # that take it are also measured with prompt-lookup drafts of prompt_lookup tokens (0: never)
+    workload: str = "fixed"
+    prompt_lookup: int = Field(8, ge=0)
     # a recipe file's contents (docs/search.md), extending the space or, with only_recipes, replacing it
     recipes: Optional[dict[str, Any]] = None
     only_recipes: bool = False
@@ -128,7 +132,18 @@ class SearchSpec(_Spec):
                               bench_threads=tuple(self.threads) if isinstance(self.threads, list) else self.threads,
                               confirm=self.confirm, include=tuple(self.include),
                               exclude=tuple(self.exclude), skip_margin=None if self.run_all else 1.25,
-                              recipe_file=recipe_file, replace_defaults=self.only_recipes, max_kl=self.max_kl)
+                              recipe_file=recipe_file, replace_defaults=self.only_recipes, max_kl=self.max_kl,
+                              workload=self.workload, prompt_lookup=self.prompt_lookup)
+
+    @field_validator("workload")
+    @classmethod
+    def _workload(cls, value: str) -> str:
+        from slipstream.benchmark.workloads import check_workload
+
+        try:
+            return check_workload(value)
+        except Exception as exc:  # noqa: BLE001 (pydantic reports it against the field)
+            raise ValueError(str(exc)) from None
 
 
 SPECS: dict[str, type[_Spec]] = {"import": ImportSpec, "optimize": OptimizeSpec, "evaluate": EvaluateSpec,

@@ -171,6 +171,10 @@ class SearchRecord:
     bench: BenchSummary | None = None  # at the thread count that served the objective best
     threads: int | None = None  # that thread count: the engine threads recommended for serving it
     by_threads: dict[str, float] | None = None  # the objective at each thread count tried (keys: strings, JSON)
+    # engine options chosen by measurement beside the threads (prompt lookup on a prompt-set workload), and the
+    # objective with each option set tried ("plain", "prompt_lookup=8"), at its best thread count
+    engine_options: dict[str, Any] | None = None
+    by_options: dict[str, float] | None = None
     probe: float | None = None  # the objective on the short speed probe (at its best thread count)
     probe_ratio: float | None = None  # that against the original's probe (above 1: better)
     objective: float | None = None

@@ -239,6 +239,7 @@ def run_candidates(settings: SearchSettings, run: Run, space: Plan, reference: R
                     "objective": settings.objective, "screen": settings.eval_settings(True),
                     "evaluate": settings.eval_settings(False), "bench": settings.bench_settings(),
                     "probe": settings.probe_settings(), "threads": list(settings.bench_threads),
+                    "option_sets": settings.option_sets(),
                     "price_per_hour": settings.price().price_per_hour}
     reference_probe = probe_reference(settings, run) if space.todo else None
     probe_costs: list[tuple[float, float]] = []  # (prior seconds, measured seconds) of each probe so far
@@ -399,7 +400,8 @@ def confirm_leaders(settings: SearchSettings, run: Run, records: list[SearchReco
     leaders = [r.name for r in passing[: settings.confirm]]
     run.emit({"event": "confirm", "names": leaders, "rounds": settings.confirm_rounds})
     threads = {r.name: r.threads for r in passing[: settings.confirm]} | {settings.model: reference.threads}
-    confirmed = confirm(settings, leaders, run.store, threads)  # type: ignore[arg-type]
+    options = {r.name: r.engine_options for r in passing[: settings.confirm] if r.engine_options}
+    confirmed = confirm(settings, leaders, run.store, threads, options)  # type: ignore[arg-type]
     out = []
     for r in records:
         if r.name in confirmed.decode_tokens_per_s:
@@ -431,9 +433,11 @@ def recommend_serving(best: SearchRecord | None, settings: SearchSettings, run: 
 
     engine = best.bench.engine.get("engine")
     recommended = {"engine": engine, "threads": best.threads,
-                   "batching": batching_for(run.store.get(best.name), engine)}
+                   "batching": batching_for(run.store.get(best.name), engine)} \
+        | ({"engine_options": best.engine_options} if best.engine_options else {})
     run.store.recommend(best.name, recommended, {"search": run.search_id, "objective": settings.objective,
-                                                 "by_threads": best.by_threads})
+                                                 "by_threads": best.by_threads, "workload": settings.workload}
+                        | ({"by_options": best.by_options} if best.by_options else {}))
     return recommended
 
 

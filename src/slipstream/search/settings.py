@@ -138,6 +138,12 @@ class SearchSettings:
     # "auto" follows the perplexity gate (ln(1 + its allowed drop)); None turns the bound off. Other tasks do
     # not measure KL, so it does not apply to them.
     max_kl: float | str | None = "auto"
+    # what the benchmark runs: "fixed" (one 128-token prompt, exactly output_tokens generated) or a prompt set
+    # (mt-bench, vicuna, grounded, file:PATH: each request through the chat template, stopping where the model
+    # stops). On a prompt set, candidates whose engine takes it are also measured with prompt-lookup drafts of
+    # this many tokens, kept where they are faster (0: never tried)
+    workload: str = "fixed"
+    prompt_lookup: int = 8
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -153,6 +159,12 @@ class SearchSettings:
             object.__setattr__(self, "max_kl", parse_max_kl(self.max_kl, self.gate))
         if self.max_kl is not None and not self.max_kl >= 0:
             raise InvalidConfig(f"max KL must be a number of nats per token >= 0 (or none), got {self.max_kl}")
+        from slipstream.benchmark.workloads import check_workload
+
+        check_workload(self.workload)
+        if self.prompt_lookup < 0:
+            raise InvalidConfig(f"prompt_lookup must be 0 (never tried) or a number of draft tokens, "
+                                f"got {self.prompt_lookup}")
 
 
     @property
@@ -197,7 +209,15 @@ class SearchSettings:
         """The benchmark's settings at ``threads`` (default: the first thread count tried)."""
         batch = (1,) if self.objective in ("latency", "size") else (1, 8)
         return {"output_tokens": self.output_tokens, "batch_sizes": batch, "repeats": self.repeats,
-                "threads": threads or self.bench_threads[0], "device": self.device}  # type: ignore[index]
+                "threads": threads or self.bench_threads[0], "device": self.device}  \
+            | ({"workload": self.workload} if self.workload != "fixed" else {})  # type: ignore[index]
+
+    def option_sets(self) -> list[dict[str, Any]]:
+        """The engine option sets each candidate is measured with beside its thread counts (each engine takes
+        those it has options for): plain, and prompt lookup where the workload is a prompt set."""
+        if self.workload == "fixed" or not self.prompt_lookup:
+            return [{}]
+        return [{}, {"prompt_lookup": self.prompt_lookup}]
 
     def probe_settings(self, threads: int | None = None) -> dict[str, Any]:
         """The speed probe: the benchmark's settings with few output tokens and one repeat."""
@@ -210,7 +230,8 @@ class SearchSettings:
                 "objective": self.objective, "device": self.device, "screen": self.eval_settings(True),
                 "evaluate": self.eval_settings(False),
                 "bench": self.bench_settings() | {"threads": list(self.bench_threads)},  # type: ignore[arg-type]
-                "price": asdict(self.price()) if self.objective == "cost" else None}
+                "price": asdict(self.price()) if self.objective == "cost" else None} \
+            | ({"option_sets": self.option_sets()} if len(self.option_sets()) > 1 else {})
 
     def price(self) -> Any:
         from slipstream.benchmark.cost import resolve_price

@@ -24,16 +24,17 @@ class Confirmation:
 
 
 def confirm(settings: SearchSettings, names: list[str], store: Store,
-            threads: dict[str, int | None] | None = None) -> Confirmation:
-    """Interleaved rounds: original, leader 1, leader 2, ... repeated; ratios are medians per round. ``threads``:
-    each one's engine threads (the count its own benchmark found fastest)."""
+            threads: dict[str, int | None] | None = None,
+            engine_options: dict[str, dict[str, Any] | None] | None = None) -> Confirmation:
+    """Interleaved rounds: original, leader 1, leader 2, ... repeated; ratios are medians per round. ``threads``
+    and ``engine_options``: each one's engine threads and options (those its own benchmark found fastest)."""
     from slipstream.benchmark.run import BenchSettings
     from slipstream.comparison import compare
     from slipstream.evaluation.run import EvalSettings
 
     comparison = compare(settings.model, names, eval_settings=EvalSettings(**ppl_settings(settings)),
                          bench_settings=BenchSettings(**settings.bench_settings()), rounds=settings.confirm_rounds,
-                         store=store, threads=threads)
+                         store=store, threads=threads, engine_options=engine_options)
     return Confirmation(rounds=settings.confirm_rounds, comparison=comparison.to_dict(),
                         speedup={r.name: r.speedup for r in comparison.rows},
                         decode_tokens_per_s={r.name: r.decode_tokens_per_s for r in comparison.rows})

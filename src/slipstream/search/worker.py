@@ -124,49 +124,69 @@ def _evaluate(record: SearchRecord, request: dict[str, Any], store: Any, gate: A
     return record
 
 
-def _benchmark(record: SearchRecord, request: dict[str, Any], store: Any,
-               emit: Emit) -> tuple[SearchRecord, dict[str, Any]]:
+def option_sets(request: dict[str, Any], store: Any, variant: str) -> list[dict[str, Any]]:
+    """The request's engine option sets that the variant's engine takes (plain always among them)."""
+    from slipstream.engines.loading import engine_name
+    from slipstream.engines.options import options_class
+
+    names = set(options_class(engine_name(store.get(variant))).names())
+    sets = [o for o in request.get("option_sets") or [{}] if set(o) <= names]
+    return sets if {} in [dict(o) for o in sets] else [{}, *sets]
+
+
+def option_label(options: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(options.items())) or "plain"
+
+
+def _fastest(record: SearchRecord, request: dict[str, Any], store: Any, settings: dict[str, Any]) -> dict[str, Any]:
+    """The candidate benchmarked with ``settings`` at every thread count and engine option set it takes: the
+    objective of each, and the fastest (on a tie the fewer threads, which leave cores to other replicas, and
+    the plain options)."""
     from slipstream.benchmark.run import BenchSettings, bench
 
+    runs = []  # (value, threads, options, metrics)
+    for options in option_sets(request, store, record.name):  # type: ignore[arg-type]
+        for threads in request.get("threads") or [settings.get("threads")]:
+            metrics = bench(record.name, settings=BenchSettings(**settings | {"threads": threads,
+                                                                              "engine_options": options}),
+                            store=store, use_cache=True).metrics
+            value = objective_value(request["objective"], metrics, record.size_bytes or 0,
+                                    request.get("price_per_hour", 0.0816))
+            runs.append((value if value is not None else float("-inf"), threads, options, metrics))
+    value, threads, options, metrics = max(runs, key=lambda r: (r[0], -(r[1] or 0), not r[2]))
+    plain = [r for r in runs if not r[2]]
+    by_options = {}
+    for r in runs:
+        by_options[option_label(r[2])] = max(by_options.get(option_label(r[2]), float("-inf")), r[0])
+    return {"value": value, "threads": threads, "options": options, "metrics": metrics,
+            "by_threads": {str(r[1]): r[0] for r in sorted(plain, key=lambda r: r[1] or 0)},
+            "by_options": by_options if len(by_options) > 1 else None}
+
+
+def _benchmark(record: SearchRecord, request: dict[str, Any], store: Any,
+               emit: Emit) -> tuple[SearchRecord, dict[str, Any]]:
     emit(event="stage", stage="benchmark")
     t = time.time()
-    by_threads: dict[int, tuple[float, dict[str, Any]]] = {}
-    for threads in request.get("threads") or [request["bench"].get("threads")]:
-        metrics = bench(record.name, settings=BenchSettings(**request["bench"] | {"threads": threads}), store=store,
-                        use_cache=True).metrics
-        value = objective_value(request["objective"], metrics, record.size_bytes or 0,
-                                request.get("price_per_hour", 0.0816))
-        by_threads[threads] = (value if value is not None else float("-inf"), metrics)
-    # the fastest thread count; on a tie the fewer threads (they leave cores for other replicas)
-    threads = max(by_threads, key=lambda n: (by_threads[n][0], -(n or 0)))
-    metrics = by_threads[threads][1]
+    best = _fastest(record, request, store, request["bench"])
     record.timings["benchmark_s"] = time.time() - t  # type: ignore[index]
-    return replace(record, bench=BenchSummary.from_metrics(metrics), threads=threads,
-                   by_threads={str(n): v for n, (v, _) in sorted(by_threads.items(), key=lambda kv: kv[0] or 0)}), \
-        metrics
+    return replace(record, bench=BenchSummary.from_metrics(best["metrics"]), threads=best["threads"],
+                   by_threads=best["by_threads"], engine_options=best["options"] or None,
+                   by_options=best["by_options"]), best["metrics"]
 
 
 def _probe(record: SearchRecord, request: dict[str, Any], store: Any, emit: Emit) -> SearchRecord:
     """The objective on a short benchmark (``request["probe"]``: few tokens, one repeat) at each thread count:
     cheap enough to run on every candidate, close enough to order them (docs/search.md#how-it-searches)."""
-    from slipstream.benchmark.run import BenchSettings, bench
-
     t = time.time()
+    options = None
     if request["objective"] == "size":
         value, threads = -float(record.size_bytes or 0), None
     else:
         emit(event="stage", stage="probe")
-        measured = {}
-        for n in request.get("threads") or [request["probe"].get("threads")]:
-            metrics = bench(record.name, settings=BenchSettings(**request["probe"] | {"threads": n}), store=store,
-                            use_cache=True).metrics
-            v = objective_value(request["objective"], metrics, record.size_bytes or 0,
-                                request.get("price_per_hour", 0.0816))
-            measured[n] = v if v is not None else float("-inf")
-        threads = max(measured, key=lambda n: (measured[n], -(n or 0)))
-        value = measured[threads]
+        best = _fastest(record, request, store, request["probe"])
+        value, threads, options = best["value"], best["threads"], best["options"] or None
     record.timings["probe_s"] = time.time() - t  # type: ignore[index]
-    return replace(record, status=Status.PROBED, probe=value, threads=threads)
+    return replace(record, status=Status.PROBED, probe=value, threads=threads, engine_options=options)
 
 
 def _judge(record: SearchRecord, request: dict[str, Any], gate: Any, bench_metrics: dict | None) -> SearchRecord:

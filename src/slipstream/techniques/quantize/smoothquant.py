@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from slipstream.calibration import Calibration
+from slipstream.calibration import Calibration, shared_statistics
 from slipstream.errors import Unsupported
 from slipstream.progress import Progress, or_null
 from slipstream.config import TechniqueConfig
@@ -71,6 +71,7 @@ AUTO_ALPHAS: tuple[float | None, ...] = (None, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7
 # alpha="auto" measures a linear with more output rows than this (a head over a large vocabulary) on
 # a fixed random sample of them: each row is rounded on its own, so the sample's error estimates the whole
 SEARCH_ROWS = 8192
+HEAD_GROUP = "norm->lm_head"
 
 
 @dataclass
@@ -114,8 +115,14 @@ def smoothing_groups(model: Any, lm_head: bool = False) -> list[Group]:
 
             model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
             cfg.tie_word_embeddings = False
-        groups.append(Group("norm->lm_head", model.model.norm, [model.lm_head], offset))
+        groups.append(Group(HEAD_GROUP, model.model.norm, [model.lm_head], offset))
     return groups
+
+
+def head_group(model: Any) -> list[Group]:
+    """The output head's input as a group to measure (not to smooth: that unties a tied head, lm_head=True)."""
+    head = model.get_output_embeddings()
+    return [Group(HEAD_GROUP, model.model.norm, [head])] if head is not None else []
 
 
 def feed(model: Any, groups: list[Group], batches, on_input) -> None:
@@ -241,17 +248,35 @@ def calibrate_and_smooth(model: Any, src: Path, calibration: Calibration, alpha:
                 yield ids
                 bar.advance()
 
-    maxima = activation_maxima(model, groups, stream(f"calibrating SmoothQuant on {calibration.source}",
-                                                      calibration.samples))
+    # The maxima of the model as loaded, with the head's input always among them: one measurement per model serves
+    # every alpha, with and without lm_head, and W8A8's smoothing (slipstream.calibration.shared_statistics).
+    measured = groups if lm_head else groups + head_group(model)
+
+    def measure() -> dict[str, Any]:
+        values = activation_maxima(model, measured, stream(f"calibrating SmoothQuant on {calibration.source}",
+                                                            calibration.samples))
+        return {g.name: v for g, v in zip(measured, values)}
+
+    by_name, read = shared_statistics(src, "smoothquant-maxima", calibration, measure,
+                                      groups=sorted(g.name for g in measured))
+    maxima = [by_name[g.name].to(g.linears[0].weight.device) for g in groups]
+    shared = {"calibration_statistics": "read" if read else "measured"}
     if alpha != "auto":
         smooth(model, groups, maxima, alpha)
-        return {}
+        return shared
     search_samples = min(search_samples, calibration.samples)
-    chosen, relative = search_alphas(model, groups, maxima, stream("SmoothQuant: searching alpha per group",
-                                                                   search_samples))
+
+    def search() -> dict[str, Any]:
+        chosen, relative = search_alphas(model, groups, maxima, stream("SmoothQuant: searching alpha per group",
+                                                                       search_samples))
+        return {"chosen": chosen, "relative": relative}
+
+    found, _ = shared_statistics(src, "smoothquant-alphas", calibration, search, search_samples=search_samples,
+                                 groups=[g.name for g in groups], candidates=list(AUTO_ALPHAS))
+    chosen, relative = found["chosen"], found["relative"]
     smooth(model, groups, maxima, chosen)
     candidates = ["none" if a is None else a for a in AUTO_ALPHAS]
-    return {"smoothquant_auto": {
+    return shared | {"smoothquant_auto": {
         "candidates": candidates, "search_samples": search_samples,
         "groups": {g.name: {"alpha": "none" if a is None else a,
                             "relative_error": dict(zip(map(str, candidates), row))}
