@@ -354,7 +354,7 @@ def _outpaced(r: SearchRecord, best: SearchRecord | None, settings: SearchSettin
 
 # A full measurement's seconds before one has been timed, and how many the probe rung keeps time for.
 FULL_GUESS_S = 150.0
-FULL_RESERVED = 3
+FULL_RESERVED = 2
 
 
 def _probe_estimate(c: Candidate, done: Sequence[tuple[float, float]]) -> float:
