@@ -101,3 +101,22 @@ def test_unsupported_quantization_is_refused_before_any_work(tiny_llama_dir, tmp
     proc = slipstream("optimize", "tiny", "-t", "ctranslate2", "-q", missing[0], "--device", "cpu", home=tmp_path)
     assert proc.returncode == 1 and f"'{missing[0]}' cannot run on cpu here" in proc.stderr
     assert json.loads(slipstream("models", "list", "--json", home=tmp_path).stdout)[-1]["name"] == "tiny"
+
+
+def test_the_demo_runs_auto_with_its_own_settings_and_auto_defaults_for_the_rest(monkeypatch):
+    # the demo calls `slipstream auto`'s function directly: every option it leaves alone must arrive as auto's
+    # default value, never as typer's option object (a new auto option once broke `make demo` that way)
+    import functools
+    from pathlib import Path
+
+    from typer.models import OptionInfo
+
+    from slipstream.cli import auto, demo
+
+    seen = {}
+    monkeypatch.setattr(auto, "auto_cmd", functools.wraps(auto.auto_cmd)(lambda **kw: seen.update(kw)))
+    demo.demo_cmd(budget="30m", max_drop="1%", max_kl="auto", objective="latency", report=Path("r.html"),
+                  compare_only=False, eval_tokens=8192, rounds=1, as_json=True)
+    assert seen["model"] == "smollm2-135m" and seen["budget"] == "30m" and seen["report"] == Path("r.html")
+    assert seen["workload"] == "fixed" and seen["threads"] == "auto" and seen["run_all"] is False
+    assert not [k for k, v in seen.items() if isinstance(v, OptionInfo)]

@@ -35,13 +35,16 @@ def demo_cmd(
         result = run_demo(DemoSettings(eval_tokens=eval_tokens, rounds=rounds), progress=RichProgress(not as_json))
         render(result, as_json=as_json)
     else:
+        import inspect
+
         from slipstream.cli.auto import auto_cmd
 
-        auto_cmd(model=MODEL, max_drop=max_drop, metric="perplexity", max_kl=max_kl, objective=objective,
-                 budget=budget, device="cpu", recipes=None, only_recipes=False, include=[], exclude=[], eval_tokens=8_192,
-                 screen_tokens=2_048, limit=None, executor="local", address=None, workers=None, threads="auto",
-                 confirm=2,
-                 run_all=False, instance=None, price_per_hour=None, report=report, as_json=as_json)
+        # `slipstream auto`'s own defaults for every option the demo does not set (typer keeps them in OptionInfo)
+        defaults = {name: getattr(p.default, "default", p.default)
+                    for name, p in inspect.signature(auto_cmd).parameters.items()}
+        auto_cmd(**defaults | dict(model=MODEL, max_drop=max_drop, metric="perplexity", max_kl=max_kl,
+                                   objective=objective, budget=budget, device="cpu", include=[], exclude=[],
+                                   report=report, as_json=as_json))
     if not as_json:
         err.print(f"demo finished in {time.perf_counter() - start:.0f} s")
         out.print(f"open {report} in a browser" if not compare_only else "", highlight=False)
