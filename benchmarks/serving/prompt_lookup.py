@@ -10,6 +10,11 @@ to 8 tokens (3-gram match), at --threads threads. Plain and lookup runs alternat
 speed-up is the median of the per-round ratios of total tokens over total seconds. Every lookup output is compared
 token for token with the plain one.
 
+With ``--rows N [M ...]``, the transformers engine's continuous batch as well: the same requests through a
+stepper N rows at a time (a finished row's place taken by the next request), plain and with prompt lookup
+(drafting while the batch holds at most ``prompt_lookup_max_batch`` rows, default 4), output tokens per second
+over the whole set.
+
 Usage (writes benchmarks/results/<machine>/prompt_lookup.json; about 10 minutes on 2 cores):
     SLIPSTREAM_HOME=/tmp/pl-home .venv/bin/python benchmarks/serving/prompt_lookup.py [--threads 2] [--rounds 3]
 """
@@ -52,6 +57,22 @@ def run(engine, prompts, params) -> tuple[list[list[int]], float, int]:
     return outs, time.perf_counter() - t, sum(map(len, outs))
 
 
+def stepped(engine, prompts, params, rows: int) -> tuple[list[list[int]], float, int]:
+    """The prompts through ``engine``'s continuous batch, ``rows`` at a time: each one's tokens, seconds, tokens."""
+    stepper = engine.stepper()
+    out = [[] for _ in prompts]
+    queue = list(range(len(prompts)))
+    t = time.perf_counter()
+    while queue or stepper.active:
+        while queue and stepper.active < rows:
+            i = queue.pop(0)
+            stepper.add(i, prompts[i], params)
+        for o in stepper.step():
+            if o.token is not None:
+                out[o.seq_id].append(o.token)
+    return out, time.perf_counter() - t, sum(map(len, out))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -59,6 +80,8 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--draft", type=int, default=8)
+    ap.add_argument("--rows", type=int, nargs="*", default=[], help="continuous batches of N rows (transformers)")
+    ap.add_argument("--skip-batch-1", action="store_true", help="only the continuous batches")
     ap.add_argument("--out", type=Path, default=result_path("prompt_lookup.json"))
     args = ap.parse_args()
 
@@ -79,7 +102,7 @@ def main() -> None:
     params = SamplingParams(max_tokens=args.max_tokens)
     record = {"machine": describe_machine(), "threads": args.threads, "rounds": args.rounds, "draft": args.draft,
               "max_tokens": args.max_tokens, "results": {}}
-    for label, variant in (("transformers float32", MODEL), ("llama.cpp Q8_0", gguf)):
+    for label, variant in () if args.skip_batch_1 else (("transformers float32", MODEL), ("llama.cpp Q8_0", gguf)):
         plain = open_engine(variant, store=store, threads=args.threads)
         lookup = open_engine(variant, store=store, threads=args.threads, prompt_lookup=args.draft)
         for workload, texts in (("input-grounded", grounded(args.requests)), ("chat", chat(args.requests))):
@@ -107,6 +130,34 @@ def main() -> None:
             write_json(args.out, record)
         plain.close()
         lookup.close()
+    if args.rows:
+        record["continuous"] = {}
+        plain = open_engine(MODEL, store=store, threads=args.threads)
+        lookup = open_engine(MODEL, store=store, threads=args.threads, prompt_lookup=args.draft)
+        for workload, texts in (("input-grounded", grounded(args.requests)), ("chat", chat(args.requests))):
+            prompts = [prompt_ids(plain, t, chat=None) for t in texts]
+            for rows in args.rows:
+                stepped(plain, prompts[:2], params.with_(max_tokens=4), rows)  # warm-up
+                stepped(lookup, prompts[:2], params.with_(max_tokens=4), rows)
+                lookup.lookup_stats.__init__()
+                rounds, identical = [], True
+                for _ in range(args.rounds):
+                    a, ta, na = stepped(plain, prompts, params, rows)
+                    b, tb, nb = stepped(lookup, prompts, params, rows)
+                    identical &= a == b
+                    rounds.append({"plain_tokens_per_s": na / ta, "lookup_tokens_per_s": nb / tb,
+                                   "speedup": (nb / tb) / (na / ta), "tokens": na})
+                stats = lookup.lookup_stats.to_dict()
+                row = {"identical": identical, "speedup": statistics.median(r["speedup"] for r in rounds),
+                       "plain_tokens_per_s": statistics.median(r["plain_tokens_per_s"] for r in rounds),
+                       "lookup_tokens_per_s": statistics.median(r["lookup_tokens_per_s"] for r in rounds),
+                       "acceptance_rate": stats["acceptance_rate"], "tokens_per_step": stats["tokens_per_step"],
+                       "rounds": rounds, "stats": stats}
+                record["continuous"][f"{workload} / {rows} rows"] = row
+                print(f"continuous batch {rows:2d} rows {workload:15s} identical={identical} "
+                      f"{row['plain_tokens_per_s']:6.1f} -> {row['lookup_tokens_per_s']:6.1f} tok/s "
+                      f"({row['speedup']:.2f}x), acceptance {row['acceptance_rate']:.2f}", flush=True)
+                write_json(args.out, record)
     print(f"wrote {args.out}")
 
 
