@@ -73,6 +73,25 @@ def stepped(engine, prompts, params, rows: int) -> tuple[list[list[int]], float,
     return out, time.perf_counter() - t, sum(map(len, out))
 
 
+def rounds_of(measure, plain, lookup, rounds: int) -> dict:
+    """``measure(engine)`` (outputs, seconds, tokens) on the plain engine and the lookup one, alternating, for
+    ``rounds`` rounds: whether the outputs matched, the median speeds and speed-up, and the drafts' statistics."""
+    lookup.lookup_stats.__init__()
+    runs, identical = [], True
+    for _ in range(rounds):
+        a, ta, na = measure(plain)
+        b, tb, nb = measure(lookup)
+        identical &= a == b
+        runs.append({"plain_tokens_per_s": na / ta, "lookup_tokens_per_s": nb / tb,
+                     "speedup": (nb / tb) / (na / ta), "tokens": na})
+    stats = lookup.lookup_stats.to_dict()
+    return {"identical": identical, "speedup": statistics.median(r["speedup"] for r in runs),
+            "plain_tokens_per_s": statistics.median(r["plain_tokens_per_s"] for r in runs),
+            "lookup_tokens_per_s": statistics.median(r["lookup_tokens_per_s"] for r in runs),
+            "acceptance_rate": stats["acceptance_rate"], "tokens_per_step": stats["tokens_per_step"],
+            "rounds": runs, "stats": stats}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -109,22 +128,9 @@ def main() -> None:
             prompts = [prompt_ids(plain, t, chat=None) for t in texts]
             run(plain, prompts[:1], params.with_(max_tokens=8))  # warm-up
             run(lookup, prompts[:1], params.with_(max_tokens=8))
-            lookup.lookup_stats.__init__()
-            rounds, identical = [], True
-            for _ in range(args.rounds):
-                a, ta, na = run(plain, prompts, params)
-                b, tb, nb = run(lookup, prompts, params)
-                identical &= a == b
-                rounds.append({"plain_tokens_per_s": na / ta, "lookup_tokens_per_s": nb / tb,
-                               "speedup": (nb / tb) / (na / ta), "tokens": na})
-            stats = lookup.lookup_stats.to_dict()
-            row = {"identical": identical, "speedup": statistics.median(r["speedup"] for r in rounds),
-                   "plain_tokens_per_s": statistics.median(r["plain_tokens_per_s"] for r in rounds),
-                   "lookup_tokens_per_s": statistics.median(r["lookup_tokens_per_s"] for r in rounds),
-                   "acceptance_rate": stats["acceptance_rate"], "tokens_per_step": stats["tokens_per_step"],
-                   "rounds": rounds, "stats": stats}
+            row = rounds_of(lambda engine: run(engine, prompts, params), plain, lookup, args.rounds)
             record["results"][f"{label} / {workload}"] = row
-            print(f"{label:22s} {workload:15s} identical={identical} {row['plain_tokens_per_s']:6.1f} -> "
+            print(f"{label:22s} {workload:15s} identical={row['identical']} {row['plain_tokens_per_s']:6.1f} -> "
                   f"{row['lookup_tokens_per_s']:6.1f} tok/s ({row['speedup']:.2f}x), acceptance "
                   f"{row['acceptance_rate']:.2f}, {row['tokens_per_step']} tokens per pass", flush=True)
             write_json(args.out, record)
@@ -139,22 +145,9 @@ def main() -> None:
             for rows in args.rows:
                 stepped(plain, prompts[:2], params.with_(max_tokens=4), rows)  # warm-up
                 stepped(lookup, prompts[:2], params.with_(max_tokens=4), rows)
-                lookup.lookup_stats.__init__()
-                rounds, identical = [], True
-                for _ in range(args.rounds):
-                    a, ta, na = stepped(plain, prompts, params, rows)
-                    b, tb, nb = stepped(lookup, prompts, params, rows)
-                    identical &= a == b
-                    rounds.append({"plain_tokens_per_s": na / ta, "lookup_tokens_per_s": nb / tb,
-                                   "speedup": (nb / tb) / (na / ta), "tokens": na})
-                stats = lookup.lookup_stats.to_dict()
-                row = {"identical": identical, "speedup": statistics.median(r["speedup"] for r in rounds),
-                       "plain_tokens_per_s": statistics.median(r["plain_tokens_per_s"] for r in rounds),
-                       "lookup_tokens_per_s": statistics.median(r["lookup_tokens_per_s"] for r in rounds),
-                       "acceptance_rate": stats["acceptance_rate"], "tokens_per_step": stats["tokens_per_step"],
-                       "rounds": rounds, "stats": stats}
+                row = rounds_of(lambda engine: stepped(engine, prompts, params, rows), plain, lookup, args.rounds)
                 record["continuous"][f"{workload} / {rows} rows"] = row
-                print(f"continuous batch {rows:2d} rows {workload:15s} identical={identical} "
+                print(f"continuous batch {rows:2d} rows {workload:15s} identical={row['identical']} "
                       f"{row['plain_tokens_per_s']:6.1f} -> {row['lookup_tokens_per_s']:6.1f} tok/s "
                       f"({row['speedup']:.2f}x), acceptance {row['acceptance_rate']:.2f}", flush=True)
                 write_json(args.out, record)
