@@ -117,6 +117,6 @@ def _recommended(store, record, settings, engine, config, given):
         used.append(" ".join(f"{k}={v}" for k, v in rec["engine_options"].items()))
     if used:
         err.print(f"using the serving settings search {rec['source'].get('search')} measured fastest here: "
-                  f"{', '.join(used)} (give --threads, --engine, --batching or -o to choose otherwise)",
-                  highlight=False)
+                  f"{', '.join(used)} (give --threads, --engine, --batching or --engine-option to choose "
+                  "otherwise)", highlight=False)
     return settings.model_copy(update=update), engine, options
