@@ -35,6 +35,12 @@ class TechniqueConfig:
     def to_dict(self) -> dict[str, Any]:
         return {"technique": self.technique, **dataclasses.asdict(self)}
 
+    def stand_in(self) -> "TechniqueConfig | None":
+        """A cheaper config whose output has the same format, shapes and size, and so runs exactly as fast: what
+        a speed search probes before paying for this one (docs/search.md#stand-ins). ``None``: this step only
+        changes weight values (it can be left out); ``self``: there is nothing cheaper."""
+        return self
+
 
 def check_fields(config: Any, owner: str | None = None) -> None:
     """Check every field against its annotation (Literal choices, int, float, bool, str); ``owner`` names

@@ -161,6 +161,74 @@ def test_every_candidate_is_probed_then_measured_in_full_fastest_probe_first(tmp
     assert sorted(everything.started) == sorted(["ct2-float32", f"ct2-{SMALL_LOSS}"] * 2)
 
 
+class RequestLog(LocalExecutor):
+    def __init__(self):
+        super().__init__(1)
+        self.requests = []
+
+    def _one(self, request, on_event, deadline=None):
+        self.requests.append(request)
+        return super()._one(request, on_event, deadline)
+
+
+def test_a_slow_recipe_is_probed_as_its_stand_in_and_built_only_when_it_could_win(tmp_path, tiny_store):
+    # int8-rows changes weight values only: its stand-in is the same CTranslate2 conversion without it, probed
+    # with no screen. By size, the float32 stand-in cannot beat the int8 variant measured first: the recipe is
+    # cut without being built. By latency with no bound, it is built in full, as large as its stand-in.
+    calibrated = [{"technique": "int8-rows", "samples": 8, "sequence_length": 64}]
+    slow = lambda q: {"steps": calibrated + [{"technique": "ctranslate2", "quantization": q}],  # noqa: E731
+                      "prior": {"speedup": 2, "size_ratio": 0.5, "pass_probability": 0.9, "minutes": 20}}
+    recipes = {"replace": True, "candidates": [RECIPES["candidates"][2], slow("float32")]}
+    log, events = RequestLog(), []
+    result = search(settings(tmp_path, recipes=recipes, confirm=0, skip_margin=1.25), store=tiny_store,
+                    executor=log, listener=events.append)
+    probe = next(r for r in log.requests if r["candidate"]["label"] == "gptq-rows + ct2-float32")
+    assert probe["fidelity"] == "probe" and probe["screen"] is None
+    assert probe["candidate"]["stand_in"] == "ct2-float32"
+    assert [st["technique"] for st in probe["candidate"]["steps"]] == ["ctranslate2"]
+    probed = next(e["record"] for e in events if e["event"] == "probed" and e["record"].label.startswith("gptq-rows"))
+    assert probed.probed_as == "ct2-float32" and probed.name == "tiny-ct2-float32" and probed.screen is None
+    assert [r["candidate"]["label"] for r in log.requests].count("gptq-rows + ct2-float32") == 1  # never built
+    assert not tiny_store.exists("tiny-gptq-rows-ct2-float32")
+    (cut,) = [n for n in result.not_run if n.label == "gptq-rows + ct2-float32"]
+    assert "stand-in ct2-float32" in cut.reason and "larger" in cut.reason
+
+    recipes = {"replace": True, "candidates": [slow(SMALL_LOSS)]}
+    log = RequestLog()
+    (tmp_path / "latency").mkdir()
+    result = search(settings(tmp_path / "latency", recipes=recipes, confirm=0, objective="latency",
+                             bench_threads=1, output_tokens=8, repeats=1, probe_tokens=4),
+                    store=tiny_store, executor=log)
+    probe, full = log.requests
+    assert probe["candidate"]["steps"] == [{"technique": "ctranslate2", "quantization": SMALL_LOSS}]
+    assert [st["technique"] for st in full["candidate"]["steps"]] == ["int8-rows", "ctranslate2"] and full["screen"]
+    (record,) = result.records
+    assert record.name == f"tiny-gptq-rows-ct2-{SMALL_LOSS}" and record.evaluation is not None
+    assert record.size_bytes == tiny_store.get(f"tiny-ct2-{SMALL_LOSS}").size_bytes  # same format, same size
+
+
+def test_stand_ins_keep_the_format_and_drop_what_only_chooses_values():
+    from slipstream.search.space import STAND_IN_MINUTES, Candidate
+    from slipstream.search.recipes import Prior
+    from slipstream.techniques.registry import make_config
+
+    def twin(*steps):
+        c = Candidate(tuple(make_config(t, o) for t, o in steps), Prior(5, 0.2, 0.5, 30))
+        t = c.stand_in()
+        return t and (t.label, t.prior.minutes, t.prior.speedup)
+
+    assert twin(("prune-structured", {"layers": 0.2, "mlp": 0.25}), ("distill", {"steps": 60}),
+                ("ctranslate2", {"quantization": "int8"})) == ("prune-l20-m25 + ct2-int8", STAND_IN_MINUTES, 5)
+    assert twin(("gptq", {"bits": 4, "group_size": 128}))[0] == "rtn-w4g128"
+    assert twin(("awq", {"bits": 4, "group_size": 64}))[0] == "rtn-w4g64"
+    assert twin(("gptq", {"actorder": "weight"})) is None  # its column order is stored: no twin
+    assert twin(("smoothquant", {"alpha": "auto", "lm_head": True}), ("int8-rows", {}),
+                ("ctranslate2", {"quantization": "int8"}))[0] == "sq0.5-head + ct2-int8"
+    assert twin(("w8a8", {"keep_float": []}))[0] == "w8a8-sq0.8-rtn-keep-none"
+    assert twin(("ctranslate2", {"quantization": "int8"})) is None  # nothing cheaper than itself
+    assert twin(("smoothquant", {"alpha": 0.7}), ("ctranslate2", {"quantization": "int8"})) is None
+
+
 def test_the_probe_bound():
     from slipstream.search.record import SearchRecord
     from slipstream.search.run import _outpaced
@@ -172,6 +240,8 @@ def test_the_probe_bound():
     s = SearchSettings(model="m", objective="latency")
     assert _outpaced(rec("slow", probe_ratio=1.5), best, s).startswith("cannot beat best (2.00x measured)")
     assert _outpaced(rec("close", probe_ratio=1.7), best, s) is None  # 1.7 x 1.25 > 2: might still win
+    assert "probe (on its stand-in twin, the same format) gave 1.50x" in _outpaced(
+        rec("slow", probe_ratio=1.5, probed_as="twin"), best, s)
     assert _outpaced(rec("slow", probe_ratio=1.5), None, s) is None  # nothing passed yet
     assert _outpaced(rec("slow", probe_ratio=1.5), best, SearchSettings(model="m", skip_margin=None)) is None
     size = SearchSettings(model="m", objective="size")

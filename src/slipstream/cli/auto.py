@@ -38,11 +38,15 @@ class _Printer:
                 err.print(f"  left out {s.recipe}: {s.reason}", highlight=False)
         elif kind == "start":
             rung = "screen+probe" if e.get("rung") == "probe" else "full"
-            err.print(f"[{rung} {e['index']}/{e['of']}] {e['label']}{left_s}", highlight=False)
+            if e.get("stand_in"):
+                rung = "probe"
+            twin = f" (probing its stand-in {e['stand_in']}: same format, same speed)" if e.get("stand_in") else ""
+            err.print(f"[{rung} {e['index']}/{e['of']}] {e['label']}{twin}{left_s}", highlight=False)
         elif kind == "probed":
             r = e["record"]
             ratio = f"{r.probe_ratio:.2f}x the original's" if r.probe_ratio else "measured"
-            err.print(f"      held the gate on the slice; speed probe {ratio}{left_s}", highlight=False)
+            held = "stand-in built" if r.probed_as else "held the gate on the slice"
+            err.print(f"      {held}; speed probe {ratio}{left_s}", highlight=False)
         elif kind == "stage":
             err.print(f"      {e['stage']}{left_s}", highlight=False)
         elif kind == "finished":

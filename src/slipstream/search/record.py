@@ -177,6 +177,7 @@ class SearchRecord:
     by_options: dict[str, float] | None = None
     probe: float | None = None  # the objective on the short speed probe (at its best thread count)
     probe_ratio: float | None = None  # that against the original's probe (above 1: better)
+    probed_as: str | None = None  # the stand-in that was probed instead (same format and speed), by its label
     objective: float | None = None
     stage: str | None = None  # where an error happened: build, screen, evaluate, benchmark
     reason: str | None = None  # why it failed, missed or stopped

@@ -212,7 +212,8 @@ def plan(settings: SearchSettings, run: Run) -> Plan:
     if not candidates:
         raise SlipstreamError("no candidate can run here: " +
                               "; ".join(f"{s.recipe}: {s.reason}" for s in skipped[:5]))
-    candidates.sort(key=lambda c: -expected_value(c, settings.objective))
+    # the first rung's cost is the stand-in's where a candidate has one
+    candidates.sort(key=lambda c: -expected_value(c.stand_in() or c, settings.objective))
     done = run.ledger.load()
     space = Plan(candidates=candidates, skipped=skipped, resumed=[done[c.id] for c in candidates if c.id in done],
                  todo=[c for c in candidates if c.id not in done])
@@ -243,6 +244,9 @@ def run_candidates(settings: SearchSettings, run: Run, space: Plan, reference: R
                     "price_per_hour": settings.price().price_per_hour}
     reference_probe = probe_reference(settings, run) if space.todo else None
     probe_costs: list[tuple[float, float]] = []  # (prior seconds, measured seconds) of each probe so far
+    # A candidate with a cheaper twin of the same format (docs/search.md#stand-ins) is probed as that twin, with
+    # no screen (the twin's accuracy is not the candidate's); only if its speed could still win is it built.
+    twins = {c.id: c.stand_in() for c in space.todo}
 
     def full_reserve() -> float:
         """Time the probe rung leaves for the full one: a full measurement (evaluation and benchmark; the build
@@ -260,7 +264,7 @@ def run_candidates(settings: SearchSettings, run: Run, space: Plan, reference: R
             not_run.append(NotRun(record.label, record.reason or ""))
         else:
             record = _against_reference(replace(record, prior=by_id[record.id].prior), reference, settings.objective)
-            if record.seconds:
+            if record.seconds and twins.get(record.id) is None:  # a stand-in's full run includes its build
                 durations["full"].append(record.seconds)
             records.append(record)
             run.ledger.append(record)
@@ -269,13 +273,19 @@ def run_candidates(settings: SearchSettings, run: Run, space: Plan, reference: R
 
     def probes():
         for i, c in enumerate(space.todo, 1):
-            why = _no_time(run, _probe_estimate(c, probe_costs), reserve + full_reserve(), share=1.0)
+            twin = twins[c.id]
+            why = _no_time(run, _probe_estimate(twin or c, probe_costs), reserve + full_reserve(), share=1.0)
             if why:
                 not_run.append(NotRun(c.label, why))
                 continue
             run.emit({"event": "start", "label": c.label, "index": i, "of": len(space.todo), "rung": "probe",
-                      "time_left_s": run.time_left()})
-            yield base_request | {"candidate": c.to_dict(), "fidelity": "probe"}
+                      "time_left_s": run.time_left()} | ({"stand_in": twin.label} if twin else {}))
+            if twin is None:
+                yield base_request | {"candidate": c.to_dict(), "fidelity": "probe"}
+            else:
+                yield base_request | {"candidate": c.to_dict() | {"steps": [s.to_dict() for s in twin.steps],
+                                                                  "stand_in": twin.label},
+                                      "fidelity": "probe", "screen": None}
 
     probed: list[SearchRecord] = []
 
@@ -286,8 +296,9 @@ def run_candidates(settings: SearchSettings, run: Run, space: Plan, reference: R
         for i, r in enumerate(probed, 1):
             c = by_id[r.id]
             full_s = durations["full"]
-            why = _outpaced(r, select(records), settings) or _no_time(
-                run, sum(full_s) / len(full_s) if full_s else FULL_GUESS_S, reserve, share=0.5)
+            expected = (sum(full_s) / len(full_s) if full_s else FULL_GUESS_S) + (
+                _probe_estimate(c, probe_costs) if r.probed_as else 0.0)  # a stand-in's candidate is not built yet
+            why = _outpaced(r, select(records), settings) or _no_time(run, expected, reserve, share=0.5)
             if why:
                 not_run.append(NotRun(c.label, why))
                 continue
@@ -302,7 +313,7 @@ def run_candidates(settings: SearchSettings, run: Run, space: Plan, reference: R
             if record.status is Status.PROBED:
                 record = replace(record, probe_ratio=_ratio(record.probe, reference_probe, settings.objective))
                 durations["probe"].append(record.seconds or 0.0)
-                probe_costs.append((by_id[record.id].prior.minutes * 60, record.seconds or 0.0))
+                probe_costs.append(((twins[record.id] or by_id[record.id]).prior.minutes * 60, record.seconds or 0.0))
                 probed.append(record)
                 run.emit({"event": "probed", "record": record, "time_left_s": run.time_left()})
             else:  # screened out, failed or cancelled: final
@@ -344,11 +355,13 @@ def _outpaced(r: SearchRecord, best: SearchRecord | None, settings: SearchSettin
         return None
     if settings.objective == "size":
         if best.objective is not None and r.probe is not None and r.probe < best.objective:
-            return f"cannot beat {best.label}: larger ({-r.probe / 1e6:.0f} MB against {-best.objective / 1e6:.0f} MB)"
+            return (f"cannot beat {best.label}: larger ({-r.probe / 1e6:.0f} MB against {-best.objective / 1e6:.0f} MB"
+                    + (f", measured on its stand-in {r.probed_as})" if r.probed_as else ")"))
         return None
     if not best.objective_ratio or r.probe_ratio * settings.skip_margin >= best.objective_ratio:
         return None
-    return (f"cannot beat {best.label} ({best.objective_ratio:.2f}x measured): its speed probe gave "
+    probed = f" (on its stand-in {r.probed_as}, the same format)" if r.probed_as else ""
+    return (f"cannot beat {best.label} ({best.objective_ratio:.2f}x measured): its speed probe{probed} gave "
             f"{r.probe_ratio:.2f}x, x{settings.skip_margin:g} margin")
 
 

@@ -46,6 +46,20 @@ class Candidate:
         return {"id": self.id, "label": self.label, "steps": [s.to_dict() for s in self.steps],
                 "prior": self.prior.to_dict()}
 
+    def stand_in(self) -> "Candidate | None":
+        """Its cheap twin for the speed probe: every step's stand-in (weight-only training and calibrated
+        rounding left out or rounded to nearest), the same format and shapes, so the same speed and size; None
+        when it has no cheaper twin. Its prior is the candidate's, expected to take at most
+        :data:`STAND_IN_MINUTES`."""
+        steps = tuple(t for s in self.steps if (t := s.stand_in()) is not None)
+        if not steps or steps == self.steps:
+            return None
+        return Candidate(steps, replace(self.prior, minutes=min(self.prior.minutes, STAND_IN_MINUTES)))
+
+
+# What a stand-in is expected to take to build and probe (its steps are the cheap ones).
+STAND_IN_MINUTES = 2.0
+
 
 def on_this_machine(recipe: Recipe, device: str) -> Recipe:
     """A built-in recipe with its prior as it holds on this machine. W8A8's speed-up needs the int8 products

@@ -53,7 +53,8 @@ def run_candidate(request: dict[str, Any], emit: Emit = lambda **_: None) -> Sea
     candidate = request["candidate"]
     record = SearchRecord(id=candidate["id"], label=candidate["label"], steps=candidate["steps"],
                           status=Status.ERROR, worker=Worker(socket.gethostname(), os.getpid()),
-                          max_drop=request["gate"]["max_drop"], timings={})
+                          max_drop=request["gate"]["max_drop"], timings={},
+                          probed_as=candidate.get("stand_in"))
     stage = "build"
     try:
         store, gate = Store(request["home"]), Gate(**request["gate"])

@@ -71,6 +71,9 @@ class Distill(TechniqueConfig):
         budget = f"{self.steps}s" + (f"-{self.minutes:g}m" if self.minutes else "")
         return f"distill-{budget}-" + hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:6]
 
+    def stand_in(self) -> None:
+        return None  # training moves weight values only: the student's architecture, and so its speed, stay
+
 
 # --- teacher, tokenizers ----------------------------------------------------------------------------
 

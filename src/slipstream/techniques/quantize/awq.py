@@ -25,7 +25,7 @@ from slipstream.calibration import Calibration
 from slipstream.errors import InvalidConfig, Unsupported
 from slipstream.progress import Progress
 from slipstream.config import TechniqueConfig
-from slipstream.techniques.quantize.rtn import check_group_size, weight_args, weight_slug
+from slipstream.techniques.quantize.rtn import RTN, check_group_size, weight_args, weight_slug
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +53,11 @@ class AWQ(TechniqueConfig):
     def slug(self) -> str:
         return f"awq-{weight_slug(self.bits, self.group_size, self.symmetric)}" + (
             "" if self.mappings == "auto" else f"-{self.mappings}")
+
+    def stand_in(self) -> TechniqueConfig:
+        """Round to nearest on the same grid: AWQ's scales are folded into the weights and the norms before
+        them, so its checkpoint has the same format and shapes."""
+        return RTN(bits=self.bits, group_size=self.group_size, symmetric=self.symmetric)
 
 
 def all_mappings(model) -> list:

@@ -15,7 +15,7 @@ from slipstream.calibration import Calibration
 from slipstream.errors import InvalidConfig
 from slipstream.progress import Progress
 from slipstream.config import TechniqueConfig
-from slipstream.techniques.quantize.rtn import check_group_size, weight_args, weight_slug
+from slipstream.techniques.quantize.rtn import RTN, check_group_size, weight_args, weight_slug
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +41,13 @@ class GPTQ(TechniqueConfig):
 
     def slug(self) -> str:
         return f"gptq-{weight_slug(self.bits, self.group_size, self.symmetric)}"
+
+    def stand_in(self) -> TechniqueConfig:
+        """Round to nearest on the same grid: the same checkpoint format without the calibration. Activation
+        order "weight" stores a column permutation (g_idx) that rounding to nearest would not."""
+        if self.actorder == "weight":
+            return self
+        return RTN(bits=self.bits, group_size=self.group_size, symmetric=self.symmetric)
 
 
 def apply(src: Path, out: Path, config: GPTQ, device: str = "cpu", progress: Progress | None = None) -> dict:

@@ -59,6 +59,9 @@ class Int8Rows(TechniqueConfig):
     def slug(self) -> str:
         return "gptq-rows"
 
+    def stand_in(self) -> None:
+        return None  # new values on the grid CTranslate2 would round to anyway: the same int8 model, as fast
+
 
 def gptq_rows(weight: Any, hessian: Any, dampening: float = 0.01, block_size: int = 128,
               chunk_rows: int = 16384) -> tuple[Any, dict[str, float]]:

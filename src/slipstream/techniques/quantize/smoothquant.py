@@ -65,6 +65,13 @@ class SmoothQuant(TechniqueConfig):
             alpha = f"{self.alpha:g}"
         return f"sq{alpha}" + ("-head" if self.lm_head else "")
 
+    def stand_in(self) -> "SmoothQuant":
+        """A fixed alpha instead of the per-group search: smoothing rescales values only, and the head is
+        untied (or not) just the same."""
+        if self.alpha != "auto":
+            return self
+        return dataclasses.replace(self, alpha=0.5, search_samples=SmoothQuant.search_samples)
+
 
 # alpha="auto"'s candidates; None is no smoothing (s = 1), so a group is never smoothed for the worse
 AUTO_ALPHAS: tuple[float | None, ...] = (None, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)

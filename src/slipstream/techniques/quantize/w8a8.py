@@ -59,6 +59,11 @@ class W8A8(TechniqueConfig):
         return ("w8a8" + (f"-sq{self.smoothing:g}" if self.smoothing is not None else "") + f"-{self.weights}"
                 + self._keep_slug())
 
+    def stand_in(self) -> "W8A8":
+        """int8 weights rounded to nearest instead of by GPTQ: the same modules in int8 (``keep_float=auto``
+        chooses them on the smoothed model, before the weights are rounded), the same checkpoint."""
+        return self if self.weights == "rtn" else dataclasses.replace(self, weights="rtn")
+
     def _auto_defaults(self) -> bool:
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
         return (self.kl_budget, self.auto_samples) == (defaults["kl_budget"], defaults["auto_samples"])
