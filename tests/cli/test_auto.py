@@ -27,6 +27,11 @@ def fake_search(settings, *, store=None, executor=None, listener=None, report=No
     listener({"event": "reference", "stage": "done", "reference": reference})
     listener({"event": "space", "candidates": 3, "resumed": 0, "order": ["ct2-int8"],
               "skipped": [LeftOut("ct2-int16", "needs a GPU")]})
+    listener({"event": "start", "label": "gptq-w4g128", "index": 1, "of": 3, "rung": "probe",
+              "stand_in": "rtn-w4g128", "time_left_s": 900.0})
+    listener({"event": "probed", "time_left_s": 840.0, "record": SearchRecord(
+        id="d", label="gptq-w4g128", steps=[], status=Status.PROBED, probe_ratio=0.8, probed_as="rtn-w4g128")})
+    listener({"event": "start", "label": "ct2-int8", "index": 2, "of": 3, "rung": "probe", "time_left_s": 800.0})
     for record in (PASSED, MISSED, DIED):
         listener({"event": "finished", "record": record, "best": "m-ct2-int8", "time_left_s": 600.0})
     records = [MISSED, DIED, PASSED]
@@ -51,6 +56,10 @@ def test_table_and_progress_read_the_records(run_auto):
     assert "original: perplexity 20, 542 MB" in out and "left out ct2-int16: needs a GPU" in out
     assert "passed, gate metric +0.40%, 3.90x the original · best so far: m-ct2-int8" in out
     assert "error (worker exited with code 9: MemoryError)" in out
+    # the rung in brackets (printed as text, not read as console markup), and a stand-in said as such
+    assert "[probe 1/3] gptq-w4g128 (probing its stand-in rtn-w4g128: same format, same speed) · 15.0 min left" in out
+    assert "stand-in built; speed probe 0.80x the original's" in out
+    assert "[screen+probe 2/3] ct2-int8 · 13.3 min left" in out
     # passing first, then by objective; the confirmed ratio; the frontier starred
     rows = [line for line in out.splitlines() if "│" in line]
     assert [r.split("│")[1].strip() for r in rows] == ["m-ct2-int8 ★", "m-gguf-q4_k_m", "awq-w4g128"]

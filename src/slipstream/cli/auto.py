@@ -35,20 +35,20 @@ class _Printer:
             err.print(f"{e['candidates']} candidates ({e['resumed']} already done, {len(e['skipped'])} left out "
                       f"as not runnable here)")
             for s in e["skipped"]:
-                err.print(f"  left out {s.recipe}: {s.reason}", highlight=False)
+                err.print(f"  left out {s.recipe}: {s.reason}", highlight=False, markup=False)
         elif kind == "start":
             rung = "screen+probe" if e.get("rung") == "probe" else "full"
             if e.get("stand_in"):
                 rung = "probe"
             twin = f" (probing its stand-in {e['stand_in']}: same format, same speed)" if e.get("stand_in") else ""
-            err.print(f"[{rung} {e['index']}/{e['of']}] {e['label']}{twin}{left_s}", highlight=False)
+            err.print(f"[{rung} {e['index']}/{e['of']}] {e['label']}{twin}{left_s}", highlight=False, markup=False)
         elif kind == "probed":
             r = e["record"]
             ratio = f"{r.probe_ratio:.2f}x the original's" if r.probe_ratio else "measured"
             held = "stand-in built" if r.probed_as else "held the gate on the slice"
-            err.print(f"      {held}; speed probe {ratio}{left_s}", highlight=False)
+            err.print(f"      {held}; speed probe {ratio}{left_s}", highlight=False, markup=False)
         elif kind == "stage":
-            err.print(f"      {e['stage']}{left_s}", highlight=False)
+            err.print(f"      {e['stage']}{left_s}", highlight=False, markup=False)
         elif kind == "finished":
             r = e["record"]
             self.best = e.get("best") or self.best
@@ -56,7 +56,7 @@ class _Printer:
             ratio = r.objective_ratio
             err.print(f"      {r.status}" + (f", gate metric {r.drop:+.2%}" if r.drop is not None else "")
                       + (f", {ratio:.2f}x the original" if ratio else "") + (f" ({detail})" if detail else "")
-                      + f" · best so far: {self.best or 'none'}{left_s}", highlight=False)
+                      + f" · best so far: {self.best or 'none'}{left_s}", highlight=False, markup=False)
         elif kind == "confirm":
             err.print(f"confirming {', '.join(e['names'])} side by side with the original ({e['rounds']} rounds)")
         elif kind == "log":
@@ -146,13 +146,13 @@ def auto_cmd(
           ["variant", "status", "gate Δ", *(g.metric for g in settings.guards), f"{objective} ×", "MB", "s",
            "reason"], rows)
     for n in result.not_run:
-        err.print(f"not run: {n.label} ({n.reason})", highlight=False)
-    out.print(result.summary(), highlight=False)
+        err.print(f"not run: {n.label} ({n.reason})", highlight=False, markup=False)
+    out.print(result.summary(), highlight=False, markup=False)
     if result.recommended:
         rec = result.recommended
         extra = "".join(f", {k}={v}" for k, v in (rec.get("engine_options") or {}).items())
         out.print(f"serves fastest here on {rec['engine']} with {rec['threads']} thread(s), {rec['batching']} "
-                  f"batching{extra}: `slipstream serve {result.best.name}` uses them", highlight=False)
+                  f"batching{extra}: `slipstream serve {result.best.name}` uses them", highlight=False, markup=False)
     if result.report:
-        out.print(f"report: {result.report}", highlight=False)
+        out.print(f"report: {result.report}", highlight=False, markup=False)
     err.print(f"search finished in {time.perf_counter() - start:.0f} s ({result.resumed} candidate(s) resumed)")
