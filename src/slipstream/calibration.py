@@ -76,15 +76,15 @@ class Calibration:
 
 # --- statistics shared by the recipes that need them ------------------------------------------------
 
-def _cache_dir(src: Path) -> tuple[Path, str] | None:
-    """Where statistics of the store variant at ``src`` are kept, and its content digest (None: ``src`` is not a
-    variant of a store, so nothing is kept)."""
+def model_cache_dir(src: Path, folder: str = "calibration") -> tuple[Path, str] | None:
+    """Where what is derived once per model from the store variant at ``src`` is kept (``cache/<folder>/`` of its
+    store), and its content digest (None: ``src`` is not a variant of a store, so nothing is kept)."""
     src = Path(src).resolve()
     manifest = src / "slipstream.json"  # the store's manifest (slipstream.store.manifest.MANIFEST)
     if src.parent.name != "variants" or not manifest.exists():
         return None
     digest = json.loads(manifest.read_text()).get("sha256")
-    return (src.parent.parent / "cache" / "calibration", digest) if digest else None
+    return (src.parent.parent / "cache" / folder, digest) if digest else None
 
 
 def shared_statistics(src: Path, kind: str, calibration: Calibration, compute: Callable[[], T],
@@ -97,7 +97,7 @@ def shared_statistics(src: Path, kind: str, calibration: Calibration, compute: C
     ``weights_only`` loading: tensors, numbers, strings, None, in lists and dicts."""
     import torch
 
-    where = _cache_dir(src)
+    where = model_cache_dir(src)
     if where is None:
         return compute(), False
     root, digest = where

@@ -69,6 +69,30 @@ def test_dynamic_int8_is_smaller_and_close(onnx_store, reference):
     assert ops["MatMul"] == 5 + 15  # 5 between activations, left in float; a float outlier product per weight
 
 
+def test_the_float_graph_is_exported_once_per_model_and_copied(tmp_path, tiny_llama_dir):
+    import hashlib
+
+    from slipstream.models.intake import import_model
+    from slipstream.store import Store
+
+    def sha(path):
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    store = Store(tmp_path / "home")
+    import_model(str(tiny_llama_dir), "tiny", store=store)
+    plain = optimize("tiny", ONNX("float32"), store=store)
+    (kept,) = (store.home / "cache" / "onnx-float").iterdir()
+    assert store.manifest(plain.name).extra["facts"]["float_graph"] == "exported"
+    assert sha(kept / "model.onnx") == sha(plain.path / "model.onnx")
+    before = sha(kept / "model.onnx")
+    # outlier channels rewrite the graph they are given: a copy, so the kept one stays as exported
+    split = optimize("tiny", ONNX("int8_dynamic", outlier_channels=2, samples=2, sequence_length=32), store=store)
+    facts = store.manifest(split.name).extra["facts"]
+    assert facts["float_graph"] == "read" and facts["outlier_channels"]["per_input"] == 2
+    assert sha(kept / "model.onnx") == before and len(list(kept.parent.iterdir())) == 1
+    assert not list(split.path.glob("*.tmp"))
+
+
 def test_per_tensor_activations_are_onnx_runtimes_own(onnx_store, reference):
     variant = optimize("tiny", ONNX("int8_dynamic", activations="per_tensor"), store=onnx_store)
     assert variant.name == "tiny-onnx-int8-dynamic-act-pertensor"

@@ -36,12 +36,14 @@ The variant directory holds ``model.onnx`` (plus ``model.onnx.data`` for models 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
-from slipstream.calibration import Calibration
+from slipstream.calibration import Calibration, model_cache_dir
 from slipstream.errors import InvalidModel, Unsupported
 from slipstream.exporters import onnx_genai
 from slipstream.exporters.files import copy_tokenizer
@@ -257,6 +259,40 @@ def export_float(src: Path, path: Path) -> dict[str, Any]:
     program.save(str(path), external_data=external)
     return {"layers": layers, "kv_heads": kv_heads, "head_dim": head_dim, "external_data": external,
             "opset": OPSET}
+
+
+def float_graph(src: Path, path: Path) -> dict[str, Any]:
+    """:func:`export_float`'s graph of the store variant at ``src``, written at ``path``, exported once per model:
+    kept in the store (``cache/onnx-float/``) under the model's content digest and this module's code, so the
+    ONNX Runtime and OpenVINO recipes of a search (six in the default space), and later searches, copy one graph
+    instead of each exporting it again (about a minute each for SmolLM2-135M on two cores). Outside a store it
+    is exported at ``path``. The facts say which (``float_graph``: ``exported`` or ``read``)."""
+    if path.name != MODEL_FILE:
+        raise ValueError(f"the float graph is written as {MODEL_FILE}, not {path.name}")
+    where = model_cache_dir(src, "onnx-float")
+    if where is None:
+        return export_float(src, path) | {"float_graph": "exported"}
+    import torch
+    import transformers
+
+    root, digest = where
+    key = hashlib.sha256(json.dumps([digest, OPSET, torch.__version__, transformers.__version__,
+                                     hashlib.sha256(Path(__file__).read_bytes()).hexdigest()]).encode()).hexdigest()[:24]
+    kept, how = root / key, "read"
+    if not (kept / "facts.json").exists():
+        tmp = root / f"{key}.{os.getpid()}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        (tmp / "facts.json").write_text(json.dumps(export_float(src, tmp / MODEL_FILE)))
+        try:
+            os.replace(tmp, kept)  # whole or absent, even with two recipes exporting at once
+        except OSError:  # another recipe kept its graph first: use that one
+            shutil.rmtree(tmp, ignore_errors=True)
+        how = "exported"
+    for f in kept.iterdir():  # the graph and its external data, under the names the graph refers to
+        if f.name != "facts.json":
+            shutil.copyfile(f, path.parent / f.name)
+    return json.loads((kept / "facts.json").read_text()) | {"float_graph": how}
 
 
 # --- quantization ------------------------------------------------------------------------------------
@@ -495,13 +531,13 @@ def export(src: Path, out: Path, config: ONNX, device: str = "cpu", progress: Pr
     target = out / MODEL_FILE
     if config.quantization == "float32":
         with progress.task("exporting to ONNX (torch.onnx, dynamo)"):
-            facts = export_float(src, target)
+            facts = float_graph(src, target)
     else:
         staging = out / "float.tmp"
         staging.mkdir()
         try:
             with progress.task("exporting to ONNX (torch.onnx, dynamo)"):
-                facts = export_float(src, staging / MODEL_FILE)
+                facts = float_graph(src, staging / MODEL_FILE)
             with progress.task(f"quantizing with ONNX Runtime ({config.quantization})"):
                 facts |= quantize(staging / MODEL_FILE, target, config, src, facts, progress)
         finally:

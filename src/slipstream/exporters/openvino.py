@@ -110,7 +110,7 @@ def export(src: Path, out: Path, config: OpenVINO, device: str = "cpu", progress
     """Export the transformers model in ``src`` into ``out``; return facts for the manifest."""
     if device != "cpu":
         raise Unsupported(f"the OpenVINO export here targets OpenVINO's CPU plugin, not {device}")
-    from slipstream.exporters.onnx import MODEL_FILE as ONNX_FILE, check_model, export_float
+    from slipstream.exporters.onnx import MODEL_FILE as ONNX_FILE, check_model, float_graph
 
     check_model(src)
     ov = require("openvino", "openvino", "OpenVINO export")
@@ -120,10 +120,10 @@ def export(src: Path, out: Path, config: OpenVINO, device: str = "cpu", progress
     staging.mkdir()
     try:
         with progress.task("exporting to ONNX (torch.onnx, dynamo)"):
-            shape = export_float(src, staging / ONNX_FILE)
+            shape = float_graph(src, staging / ONNX_FILE)
         with progress.task("converting to OpenVINO IR"):
             model = ov.convert_model(str(staging / ONNX_FILE))
-        facts: dict[str, Any] = {k: shape[k] for k in ("layers", "kv_heads", "head_dim")}
+        facts: dict[str, Any] = {k: shape[k] for k in ("layers", "kv_heads", "head_dim", "float_graph")}
         if config.quantization != "float32":
             with progress.task(f"compressing weights with NNCF ({config.quantization})"):
                 model, done = compress(model, config)
