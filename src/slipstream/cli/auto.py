@@ -37,10 +37,8 @@ class _Printer:
             for s in e["skipped"]:
                 err.print(f"  left out {s.recipe}: {s.reason}", highlight=False, markup=False)
         elif kind == "start":
-            rung = "screen+probe" if e.get("rung") == "probe" else "full"
-            if e.get("stand_in"):
-                rung = "probe"
             twin = f" (probing its stand-in {e['stand_in']}: same format, same speed)" if e.get("stand_in") else ""
+            rung = "full" if e.get("rung") != "probe" else "probe" if twin else "screen+probe"
             err.print(f"[{rung} {e['index']}/{e['of']}] {e['label']}{twin}{left_s}", highlight=False, markup=False)
         elif kind == "probed":
             r = e["record"]
